@@ -1,0 +1,254 @@
+//! Call detail records: one record per call leg, the fields and CSV columns fixed by
+//! the design contract.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Direction of a call leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Inbound,
+    Outbound,
+    Internal,
+}
+
+/// How a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Disposition {
+    Answered,
+    NoAnswer,
+    Busy,
+    Failed,
+    Cancelled,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+            Direction::Internal => "internal",
+        }
+    }
+}
+
+impl Disposition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Disposition::Answered => "answered",
+            Disposition::NoAnswer => "no_answer",
+            Disposition::Busy => "busy",
+            Disposition::Failed => "failed",
+            Disposition::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A call detail record. Times are UTC; `answer` is `None` for an unanswered call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cdr {
+    pub id: Uuid,
+    pub start: DateTime<Utc>,
+    pub answer: Option<DateTime<Utc>>,
+    pub end: DateTime<Utc>,
+    pub caller: String,
+    pub callee: String,
+    pub direction: Direction,
+    pub disposition: Disposition,
+    /// Seconds from start to end.
+    pub duration: u64,
+    /// Billable seconds: from answer to end (0 if unanswered).
+    pub billsec: u64,
+    #[serde(default)]
+    pub recording_id: Option<String>,
+    /// Name or id of the node that carried the call.
+    #[serde(default)]
+    pub node: String,
+}
+
+/// CSV header, the same columns in the same order as the JSON fields.
+pub const CSV_COLUMNS: [&str; 12] = [
+    "id",
+    "start",
+    "answer",
+    "end",
+    "caller",
+    "callee",
+    "direction",
+    "disposition",
+    "duration",
+    "billsec",
+    "recording_id",
+    "node",
+];
+
+/// Longest accepted caller/callee/node/recording id, in bytes.
+pub const MAX_FIELD_LEN: usize = 256;
+
+/// Why a CDR was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cdr {id}: field `{field}`: {problem}")]
+pub struct CdrInvalid {
+    pub id: Uuid,
+    pub field: &'static str,
+    pub problem: String,
+}
+
+fn rfc3339(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+impl Cdr {
+    /// Check the rules that serde cannot: times in order, strings bounded and printable.
+    pub fn validate(&self) -> Result<(), CdrInvalid> {
+        let bad = |field, problem: &str| {
+            Err(CdrInvalid {
+                id: self.id,
+                field,
+                problem: problem.to_string(),
+            })
+        };
+        if self.end < self.start {
+            return bad("end", "is before `start`");
+        }
+        if let Some(answer) = self.answer {
+            if answer < self.start || answer > self.end {
+                return bad("answer", "must lie between `start` and `end`");
+            }
+        }
+        for (field, value) in [
+            ("caller", self.caller.as_str()),
+            ("callee", self.callee.as_str()),
+            ("node", self.node.as_str()),
+            ("recording_id", self.recording_id.as_deref().unwrap_or("")),
+        ] {
+            if value.len() > MAX_FIELD_LEN {
+                return bad(field, &format!("longer than {MAX_FIELD_LEN} bytes"));
+            }
+            if value.chars().any(|c| c.is_control()) {
+                return bad(field, "contains a control character");
+            }
+        }
+        if self.caller.is_empty() {
+            return bad("caller", "is empty");
+        }
+        if self.callee.is_empty() {
+            return bad("callee", "is empty");
+        }
+        Ok(())
+    }
+
+    /// The CSV row, in [`CSV_COLUMNS`] order.
+    pub fn csv_record(&self) -> [String; 12] {
+        [
+            self.id.to_string(),
+            rfc3339(&self.start),
+            self.answer.as_ref().map(rfc3339).unwrap_or_default(),
+            rfc3339(&self.end),
+            self.caller.clone(),
+            self.callee.clone(),
+            self.direction.as_str().to_string(),
+            self.disposition.as_str().to_string(),
+            self.duration.to_string(),
+            self.billsec.to_string(),
+            self.recording_id.clone().unwrap_or_default(),
+            self.node.clone(),
+        ]
+    }
+
+    /// Build a CDR for a call with the given times (durations derived from them).
+    pub fn new_call(
+        caller: &str,
+        callee: &str,
+        start: DateTime<Utc>,
+        answer: Option<DateTime<Utc>>,
+        end: DateTime<Utc>,
+        node: &str,
+    ) -> Cdr {
+        let duration = (end - start).num_seconds().max(0) as u64;
+        let billsec = answer
+            .map(|a| (end - a).num_seconds().max(0) as u64)
+            .unwrap_or(0);
+        Cdr {
+            id: Uuid::new_v4(),
+            start,
+            answer,
+            end,
+            caller: caller.to_string(),
+            callee: callee.to_string(),
+            direction: Direction::Internal,
+            disposition: if answer.is_some() {
+                Disposition::Answered
+            } else {
+                Disposition::NoAnswer
+            },
+            duration,
+            billsec,
+            recording_id: None,
+            node: node.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn csv_columns_match_json_fields_in_order() {
+        let cdr = Cdr::new_call(
+            "100",
+            "200",
+            t("2026-01-01T10:00:00Z"),
+            Some(t("2026-01-01T10:00:05Z")),
+            t("2026-01-01T10:01:05Z"),
+            "a",
+        );
+        let json = serde_json::to_value(&cdr).unwrap();
+        let keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        // serde_json without preserve_order sorts keys; compare as sets and check the
+        // struct order through a serialized string instead.
+        let text = serde_json::to_string(&cdr).unwrap();
+        let mut last = 0;
+        for col in CSV_COLUMNS {
+            assert!(keys.contains(&col), "{col} missing from JSON");
+            let pos = text.find(&format!("\"{col}\":")).unwrap();
+            assert!(pos >= last, "{col} out of order");
+            last = pos;
+        }
+        assert_eq!(cdr.billsec, 60);
+        assert_eq!(cdr.duration, 65);
+        assert_eq!(cdr.csv_record()[2], "2026-01-01T10:00:05Z");
+    }
+
+    #[test]
+    fn validate_names_the_field() {
+        let mut cdr = Cdr::new_call(
+            "100",
+            "200",
+            t("2026-01-01T10:00:00Z"),
+            None,
+            t("2026-01-01T10:01:00Z"),
+            "a",
+        );
+        assert!(cdr.validate().is_ok());
+        cdr.end = t("2025-01-01T10:00:00Z");
+        assert_eq!(cdr.validate().unwrap_err().field, "end");
+        cdr.end = t("2026-01-01T10:01:00Z");
+        cdr.caller = "a\u{0}b".into();
+        assert_eq!(cdr.validate().unwrap_err().field, "caller");
+    }
+}

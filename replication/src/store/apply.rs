@@ -1,0 +1,282 @@
+//! Deterministic apply: a pure function of (state, entries) → (batch, responses).
+//!
+//! It reads the state-machine tree, writes nothing itself and returns one
+//! `sled::Batch` holding the data AND the new applied log id, which the caller
+//! applies atomically. No clock, no randomness, no network: timestamps come inside
+//! the entries. Tests drive it with a temporary sled tree.
+
+use std::collections::HashSet;
+
+use openraft::{EntryPayload, RaftLogId};
+
+use super::codec;
+use super::keys;
+use crate::cdr::Cdr;
+use crate::types::{Entry, Request, Response, StoredMembership};
+
+/// Everything one call to [`apply_entries`] produced.
+pub struct Applied {
+    pub batch: sled::Batch,
+    pub responses: Vec<Response>,
+    /// CDRs newly inserted (for metrics).
+    pub cdrs_inserted: u64,
+}
+
+/// Compute the effect of `entries` on `tree`. Entries are applied in order; later
+/// entries see the effect of earlier ones in the same call.
+pub fn apply_entries(
+    tree: &sled::Tree,
+    entries: impl IntoIterator<Item = Entry>,
+) -> Result<Applied, ApplyError> {
+    let mut batch = sled::Batch::default();
+    let mut responses = Vec::new();
+    let mut cdrs_inserted = 0u64;
+    // CDR ids and config keys written earlier in this call (not yet in the tree).
+    let mut new_ids: HashSet<uuid::Uuid> = HashSet::new();
+    let mut config_written: std::collections::HashMap<String, bool> = Default::default();
+    let mut last = None;
+    for entry in entries {
+        let log_id = *entry.get_log_id();
+        last = Some(log_id);
+        let resp = match entry.payload {
+            EntryPayload::Blank => Response::Done,
+            EntryPayload::Membership(m) => {
+                let stored = StoredMembership::new(Some(log_id), m);
+                batch.insert(keys::MEMBERSHIP, codec::encode(&stored)?);
+                Response::Done
+            }
+            EntryPayload::Normal(req) => match req {
+                Request::SetConfig { key, value } => {
+                    let existed = match config_written.get(&key) {
+                        Some(present) => *present,
+                        None => tree.contains_key(keys::config_key(&key))?,
+                    };
+                    batch.insert(
+                        keys::config_key(&key),
+                        codec::encode(&(log_id.index, value))?,
+                    );
+                    config_written.insert(key.clone(), true);
+                    Response::Config {
+                        key,
+                        version: log_id.index,
+                        existed,
+                    }
+                }
+                Request::DeleteConfig { key } => {
+                    let existed = match config_written.get(&key) {
+                        Some(present) => *present,
+                        None => tree.contains_key(keys::config_key(&key))?,
+                    };
+                    batch.remove(keys::config_key(&key));
+                    config_written.insert(key.clone(), false);
+                    Response::Config {
+                        key,
+                        version: log_id.index,
+                        existed,
+                    }
+                }
+                Request::AddCdrs { cdrs } => {
+                    let (mut inserted, mut duplicates) = (0u32, 0u32);
+                    for cdr in cdrs {
+                        if new_ids.contains(&cdr.id) || tree.contains_key(keys::cdr_key(&cdr.id))? {
+                            duplicates += 1;
+                            continue;
+                        }
+                        insert_cdr(&mut batch, &cdr)?;
+                        new_ids.insert(cdr.id);
+                        inserted += 1;
+                    }
+                    cdrs_inserted += u64::from(inserted);
+                    Response::Cdrs {
+                        inserted,
+                        duplicates,
+                    }
+                }
+            },
+        };
+        responses.push(resp);
+    }
+    if let Some(last) = last {
+        batch.insert(keys::APPLIED, codec::encode(&Some(last))?);
+    }
+    Ok(Applied {
+        batch,
+        responses,
+        cdrs_inserted,
+    })
+}
+
+fn insert_cdr(batch: &mut sled::Batch, cdr: &Cdr) -> Result<(), ApplyError> {
+    batch.insert(&keys::cdr_key(&cdr.id), codec::encode(cdr)?);
+    batch.insert(
+        keys::index_key(keys::BY_START, None, &cdr.start, &cdr.id),
+        &[][..],
+    );
+    batch.insert(
+        keys::index_key(keys::BY_CALLER, Some(&cdr.caller), &cdr.start, &cdr.id),
+        &[][..],
+    );
+    batch.insert(
+        keys::index_key(keys::BY_CALLEE, Some(&cdr.callee), &cdr.start, &cdr.id),
+        &[][..],
+    );
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("state machine read: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("state machine encode: {0}")]
+    Codec(#[from] codec::CodecError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::LogId;
+    use openraft::{CommittedLeaderId, Entry as RaftEntry};
+
+    fn tree() -> sled::Tree {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        db.open_tree("sm").unwrap()
+    }
+
+    fn entry(index: u64, req: Request) -> Entry {
+        RaftEntry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(req),
+        }
+    }
+
+    fn cdr(caller: &str, minute: u32) -> Cdr {
+        let start = format!("2026-01-01T10:{minute:02}:00Z").parse().unwrap();
+        let end = format!("2026-01-01T10:{minute:02}:30Z").parse().unwrap();
+        Cdr::new_call(caller, "200", start, None, end, "a")
+    }
+
+    fn run(tree: &sled::Tree, entries: Vec<Entry>) -> Vec<Response> {
+        let applied = apply_entries(tree, entries).unwrap();
+        tree.apply_batch(applied.batch).unwrap();
+        applied.responses
+    }
+
+    #[test]
+    fn retried_cdr_write_is_not_duplicated() {
+        let t = tree();
+        let c = cdr("100", 1);
+        // The same CDR twice in one entry, then again in a later entry (a client retry).
+        let r = run(
+            &t,
+            vec![
+                entry(
+                    1,
+                    Request::AddCdrs {
+                        cdrs: vec![c.clone(), c.clone()],
+                    },
+                ),
+                entry(
+                    2,
+                    Request::AddCdrs {
+                        cdrs: vec![c.clone()],
+                    },
+                ),
+            ],
+        );
+        assert_eq!(
+            r[0],
+            Response::Cdrs {
+                inserted: 1,
+                duplicates: 1
+            }
+        );
+        assert_eq!(
+            r[1],
+            Response::Cdrs {
+                inserted: 0,
+                duplicates: 1
+            }
+        );
+        let by_start = t.scan_prefix([keys::BY_START]).count();
+        let by_caller = t.scan_prefix([keys::BY_CALLER]).count();
+        assert_eq!((by_start, by_caller), (1, 1));
+    }
+
+    #[test]
+    fn applied_index_is_in_the_same_batch_as_the_data() {
+        let t = tree();
+        let applied = apply_entries(
+            &t,
+            vec![entry(
+                7,
+                Request::SetConfig {
+                    key: "k".into(),
+                    value: "1".into(),
+                },
+            )],
+        )
+        .unwrap();
+        // Nothing is visible before the batch is applied, everything after.
+        assert!(t.get(keys::APPLIED).unwrap().is_none());
+        t.apply_batch(applied.batch).unwrap();
+        let got: Option<LogId> = codec::decode(&t.get(keys::APPLIED).unwrap().unwrap()).unwrap();
+        assert_eq!(got.unwrap().index, 7);
+        assert!(t.get(keys::config_key("k")).unwrap().is_some());
+    }
+
+    #[test]
+    fn config_versions_are_log_indexes_and_apply_is_deterministic() {
+        let cdrs = vec![cdr("1", 1), cdr("2", 2)];
+        let entries = || {
+            vec![
+                entry(
+                    3,
+                    Request::SetConfig {
+                        key: "smtp.host".into(),
+                        value: "\"a\"".into(),
+                    },
+                ),
+                entry(
+                    4,
+                    Request::SetConfig {
+                        key: "smtp.host".into(),
+                        value: "\"b\"".into(),
+                    },
+                ),
+                entry(
+                    5,
+                    Request::DeleteConfig {
+                        key: "other".into(),
+                    },
+                ),
+                entry(6, Request::AddCdrs { cdrs: cdrs.clone() }),
+            ]
+        };
+        let (a, b) = (tree(), tree());
+        let ra = run(&a, entries());
+        let rb = run(&b, entries());
+        assert_eq!(ra, rb);
+        assert_eq!(
+            ra[1],
+            Response::Config {
+                key: "smtp.host".into(),
+                version: 4,
+                existed: true
+            }
+        );
+        assert_eq!(
+            ra[2],
+            Response::Config {
+                key: "other".into(),
+                version: 5,
+                existed: false
+            }
+        );
+        // Same entries, byte-identical trees.
+        let dump = |t: &sled::Tree| t.iter().map(|kv| kv.unwrap()).collect::<Vec<_>>();
+        assert_eq!(dump(&a), dump(&b));
+        let (_, v): (u64, String) =
+            codec::decode(&a.get(keys::config_key("smtp.host")).unwrap().unwrap()).unwrap();
+        assert_eq!(v, "\"b\"");
+    }
+}

@@ -1,0 +1,248 @@
+//! The Raft log in sled, with group commit.
+//!
+//! Entries live in tree `log` keyed by big-endian index; the vote, the committed log
+//! id and the last purged log id live in tree `raft_meta`. `append` inserts the
+//! entries and hands openraft's completion callback to the [`Flusher`]; the flusher
+//! runs one `flush_async` (fsync) for every callback that arrived before it started,
+//! so many appends share one disk flush. openraft only counts an entry toward the
+//! commit quorum after its callback fires, so nothing is acknowledged before it is on
+//! disk.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::RangeBounds;
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, RaftLogReader, StorageIOError};
+use tokio::sync::mpsc;
+
+use super::codec;
+use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_PURGED: &[u8] = b"last_purged";
+
+/// The sled-backed Raft log. Cheap to clone (sled trees are shared handles).
+#[derive(Clone)]
+pub struct LogStore {
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+    flusher: Arc<Flusher>,
+}
+
+/// Shares one fsync between all appends that arrive while the previous one runs.
+pub struct Flusher {
+    tx: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
+}
+
+impl Flusher {
+    fn start(db: sled::Db) -> Flusher {
+        let (tx, mut rx) = mpsc::unbounded_channel::<LogFlushed<TypeConfig>>();
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while let Some(first) = rx.recv().await {
+                batch.push(first);
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                }
+                let res = db.flush_async().await;
+                for cb in batch.drain(..) {
+                    let r = match &res {
+                        Ok(_) => Ok(()),
+                        Err(e) => Err(io::Error::other(e.to_string())),
+                    };
+                    cb.log_io_completed(r);
+                }
+            }
+        });
+        Flusher { tx }
+    }
+}
+
+fn read_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(
+        ErrorSubject::Logs,
+        ErrorVerb::Read,
+        openraft::AnyError::new(&e),
+    )
+    .into()
+}
+
+fn write_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(
+        ErrorSubject::Logs,
+        ErrorVerb::Write,
+        openraft::AnyError::new(&e),
+    )
+    .into()
+}
+
+fn vote_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(
+        ErrorSubject::Vote,
+        ErrorVerb::Write,
+        openraft::AnyError::new(&e),
+    )
+    .into()
+}
+
+impl LogStore {
+    /// Open the log trees in `db`. Must be called inside a tokio runtime.
+    pub fn open(db: &sled::Db) -> Result<LogStore, sled::Error> {
+        Ok(LogStore {
+            db: db.clone(),
+            log: db.open_tree("log")?,
+            meta: db.open_tree("raft_meta")?,
+            flusher: Arc::new(Flusher::start(db.clone())),
+        })
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
+        match self.meta.get(key).map_err(read_err)? {
+            None => Ok(None),
+            Some(v) => codec::decode(&v).map(Some).map_err(read_err),
+        }
+    }
+
+    fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
+        self.get_meta(KEY_PURGED)
+    }
+
+    /// Number of entries currently in the log (for status and tests).
+    pub fn len(&self) -> usize {
+        self.log.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.log.is_empty()
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        use std::ops::Bound;
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => Some(i + 1),
+            Bound::Excluded(i) => Some(*i),
+            Bound::Unbounded => None,
+        };
+        let iter = match end {
+            Some(end) => self.log.range(start.to_be_bytes()..end.to_be_bytes()),
+            None => self.log.range(start.to_be_bytes()..),
+        };
+        let mut out = Vec::new();
+        for item in iter {
+            let (_, v) = item.map_err(read_err)?;
+            out.push(codec::decode::<Entry>(&v).map_err(read_err)?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged = self.last_purged()?;
+        let last = match self.log.last().map_err(read_err)? {
+            Some((_, v)) => Some(*codec::decode::<Entry>(&v).map_err(read_err)?.get_log_id()),
+            None => None,
+        };
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last.or(last_purged),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.meta
+            .insert(KEY_VOTE, codec::encode(vote).map_err(vote_err)?)
+            .map_err(vote_err)?;
+        // A vote must be durable before it is answered (Raft §5.2).
+        self.db.flush_async().await.map_err(vote_err)?;
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.get_meta(KEY_VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not flushed on its own: it rides on the next log flush. Losing it on a
+        // crash only means re-applying from the state machine's applied index.
+        self.meta
+            .insert(KEY_COMMITTED, codec::encode(&committed).map_err(write_err)?)
+            .map_err(write_err)?;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            let key = entry.get_log_id().index.to_be_bytes();
+            batch.insert(&key, codec::encode(&entry).map_err(write_err)?);
+        }
+        self.log.apply_batch(batch).map_err(write_err)?;
+        if self.flusher.tx.send(callback).is_err() {
+            return Err(write_err(io::Error::other("log flusher stopped")));
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(log_id.index.to_be_bytes()..) {
+            let (k, _) = item.map_err(read_err)?;
+            batch.remove(k);
+        }
+        self.log.apply_batch(batch).map_err(write_err)?;
+        self.db.flush_async().await.map_err(write_err)?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Record the purge point first: a crash in between leaves extra entries, never
+        // a hole.
+        self.meta
+            .insert(KEY_PURGED, codec::encode(&log_id).map_err(write_err)?)
+            .map_err(write_err)?;
+        self.db.flush_async().await.map_err(write_err)?;
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(..=log_id.index.to_be_bytes()) {
+            let (k, _) = item.map_err(read_err)?;
+            batch.remove(k);
+        }
+        self.log.apply_batch(batch).map_err(write_err)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,48 @@
+//! Storage: the Raft log and the state machine in one sled database.
+//!
+//! ```text
+//!   openraft ──append──▶ LogStore (tree `log`, `raft_meta`) ──▶ Flusher: one fsync per group
+//!       │
+//!       └──apply──▶ StateMachineStore (tree `sm.N`: config, CDRs, indexes, applied id)
+//!                        │                       │
+//!                        └─ snapshots/ (files) ◀─┘ build / install
+//!   node (API) ──reads──▶ query:: functions on the current `sm.N` tree
+//! ```
+//!
+//! Only this module touches sled. The rest of tandem sees the openraft traits
+//! (writes) and [`query`] (reads); replacing the engine means rewriting this module.
+
+pub mod apply;
+pub mod codec;
+pub mod keys;
+pub mod log;
+pub mod query;
+pub mod sm;
+
+use std::path::Path;
+
+pub use log::LogStore;
+pub use sm::{SmShared, StateMachineStore};
+
+/// Open (or create) the store under `dir`: `dir/db` (sled) and `dir/snapshots`.
+///
+/// `cache_mb` bounds sled's page cache. Must be called inside a tokio runtime.
+pub fn open(dir: &Path, cache_mb: u64) -> Result<(LogStore, StateMachineStore), crate::Error> {
+    let err = |e: &dyn std::fmt::Display| crate::Error::Storage {
+        path: dir.to_path_buf(),
+        reason: e.to_string(),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
+    let db = sled::Config::new()
+        .path(dir.join("db"))
+        .cache_capacity(cache_mb.max(1) * 1024 * 1024)
+        // Never rely on the background flusher for durability: every acknowledged
+        // write is flushed explicitly (see log.rs). Keep it only as a safety net.
+        .flush_every_ms(Some(1000))
+        .mode(sled::Mode::HighThroughput)
+        .open()
+        .map_err(|e| err(&e))?;
+    let log = LogStore::open(&db).map_err(|e| err(&e))?;
+    let sm = StateMachineStore::open(&db, &dir.join("snapshots")).map_err(|e| err(&e))?;
+    Ok((log, sm))
+}
