@@ -1,1 +1,785 @@
+//! A running cluster member: openraft + the peer server + the write path.
+//!
+//! ```text
+//!  write(req) ─▶ leader?  yes ─▶ raft.client_write ─▶ commit (majority fsynced) ─▶ apply ─▶ Ok
+//!                         no  ─▶ LeaderOp::Write over peer TLS to the leader ─────────────▶ Ok
+//!  add_cdrs(v) ─▶ CdrBatcher (merges concurrent calls into one entry) ─▶ write
+//! ```
+//!
+//! The leader also runs the *promoter*: a learner whose log is close to the leader's
+//! is promoted to voter, so a joining node first catches up (snapshot + log), then
+//! votes.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::cdr::Cdr;
+use crate::network::{
+    self, ForwardError, JoinAccepted, LeaderOp, LeaderReply, PeerClient, RpcHandler, RpcRequest,
+    RpcResponse,
+};
+use crate::store::{self, LogStore, SmShared};
+use crate::tls::{self, ClusterCa, JoinToken, NodeIdentity};
+use crate::types::{MemberKind, NodeId, NodeInfo, Raft, RaftMetrics, Request, Response};
+use crate::{Error, Result};
+
+/// Settings of one member (derived from the node's config file).
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    pub id: NodeId,
+    pub info: NodeInfo,
+    pub data_dir: PathBuf,
+    /// Where the peer server listens.
+    pub listen: String,
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot (and compact the log) every this many entries.
+    pub snapshot_logs: u64,
+    /// sled page cache, MiB.
+    pub cache_mb: u64,
+    /// Directory with ca.pem, node.pem, node.key (and ca.key + join.token on the
+    /// node that ran `init`).
+    pub tls_dir: PathBuf,
+}
+
+/// The most CDRs merged into one log entry (keeps entries small: heartbeats share
+/// the stream).
+pub const MAX_CDRS_PER_ENTRY: usize = 512;
+/// A learner within this many entries of the leader is promoted to voter.
+pub const PROMOTE_WITHIN: u64 = 200;
+
+/// Freshness of this node's state compared with the leader.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Lag {
+    pub entries: u64,
+    pub ms: u64,
+}
+
+/// Tracks, on a follower, the leader's commit index as heard in AppendEntries, to
+/// tell how far behind local apply is (in entries and in time).
+#[derive(Default)]
+struct LagTracker {
+    seen: Mutex<VecDeque<(u64, Instant)>>,
+}
+
+impl LagTracker {
+    fn observe(&self, leader_commit: u64, now: Instant) {
+        let mut seen = self.seen.lock().expect("lag lock");
+        if seen.back().is_none_or(|(i, _)| *i < leader_commit) {
+            seen.push_back((leader_commit, now));
+            if seen.len() > 4096 {
+                seen.pop_front();
+            }
+        }
+    }
+
+    fn lag(&self, applied: u64, now: Instant) -> Lag {
+        let mut seen = self.seen.lock().expect("lag lock");
+        while seen.front().is_some_and(|(i, _)| *i <= applied) {
+            // Keep the newest one so that `entries` stays known.
+            if seen.len() == 1 {
+                break;
+            }
+            seen.pop_front();
+        }
+        match (seen.front(), seen.back()) {
+            (Some((first, t)), Some((last, _))) if *last > applied => Lag {
+                entries: last - applied,
+                ms: now
+                    .duration_since(if *first > applied { *t } else { now })
+                    .as_millis() as u64,
+            },
+            _ => Lag::default(),
+        }
+    }
+}
+
+/// Times at which the leader's log reached each index (for per-follower lag in ms).
+#[derive(Default)]
+struct IndexClock {
+    samples: Mutex<VecDeque<(u64, Instant)>>,
+}
+
+impl IndexClock {
+    fn record(&self, index: u64, now: Instant) {
+        let mut s = self.samples.lock().expect("clock lock");
+        if s.back().is_none_or(|(i, _)| *i < index) {
+            s.push_back((index, now));
+            while s.len() > 8192
+                || s.front()
+                    .is_some_and(|(_, t)| now.duration_since(*t) > Duration::from_secs(300))
+            {
+                s.pop_front();
+            }
+        }
+    }
+
+    /// How long ago the first entry after `matched` was appended by the leader.
+    fn behind_ms(&self, matched: u64, now: Instant) -> u64 {
+        let s = self.samples.lock().expect("clock lock");
+        s.iter()
+            .find(|(i, _)| *i > matched)
+            .map(|(_, t)| now.duration_since(*t).as_millis() as u64)
+            .unwrap_or(0)
+    }
+}
+
+/// Per-peer view for `tandem status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    pub name: String,
+    pub kind: MemberKind,
+    pub addr: String,
+    pub api: String,
+    pub voter: bool,
+    /// Last log index known to be on that node (leader's view), if known.
+    pub matched_index: Option<u64>,
+    pub lag_entries: Option<u64>,
+    pub lag_ms: Option<u64>,
+}
+
+struct CdrBatch {
+    cdrs: Vec<Cdr>,
+    done: oneshot::Sender<Result<(u64, Response)>>,
+}
+
+/// A running member of the cluster.
+pub struct Replica {
+    pub id: NodeId,
+    pub info: NodeInfo,
+    pub raft: Raft,
+    pub sm: Arc<SmShared>,
+    log: LogStore,
+    client_tls: Arc<rustls::ClientConfig>,
+    tls_dir: PathBuf,
+    forward_pool: Mutex<HashMap<NodeId, Vec<PeerClient>>>,
+    lag: LagTracker,
+    clock: IndexClock,
+    cdr_tx: mpsc::Sender<CdrBatch>,
+    /// Writes committed through this node (metrics).
+    pub writes_committed: std::sync::atomic::AtomicU64,
+}
+
+impl Replica {
+    /// Open the store, load the TLS identity, start Raft and the peer server.
+    pub async fn start(cfg: ReplicaConfig) -> Result<Arc<Replica>> {
+        let identity = NodeIdentity::load(&cfg.tls_dir)?;
+        let server_tls = tls::server_config(&identity)?;
+        let client_tls = tls::client_config(&identity)?;
+        let (log, sm) = store::open(&cfg.data_dir.join("raft"), cfg.cache_mb)?;
+        let raft_config = Config {
+            cluster_name: "tandem".into(),
+            heartbeat_interval: cfg.heartbeat_ms,
+            election_timeout_min: cfg.election_timeout_min_ms,
+            election_timeout_max: cfg.election_timeout_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_logs),
+            max_in_snapshot_log_to_keep: 1000,
+            purge_batch_size: 256,
+            max_payload_entries: 64,
+            snapshot_max_chunk_size: 1024 * 1024,
+            install_snapshot_timeout: 5_000,
+            enable_elect: cfg.info.kind == MemberKind::Data,
+            ..Default::default()
+        };
+        let raft_config = Arc::new(raft_config.validate().map_err(|e| Error::Raft {
+            reason: format!("timeouts: {e}"),
+        })?);
+        let shared = sm.shared.clone();
+        let raft = Raft::new(
+            cfg.id,
+            raft_config,
+            network::Network {
+                tls: client_tls.clone(),
+            },
+            log.clone(),
+            sm,
+        )
+        .await
+        .map_err(|e| Error::Raft {
+            reason: e.to_string(),
+        })?;
+        let listener = TcpListener::bind(&cfg.listen)
+            .await
+            .map_err(|e| Error::Storage {
+                path: cfg.listen.clone().into(),
+                reason: format!("cannot listen for peers on {}: {e}", cfg.listen),
+            })?;
+        let (cdr_tx, cdr_rx) = mpsc::channel(4096);
+        let replica = Arc::new(Replica {
+            id: cfg.id,
+            info: cfg.info.clone(),
+            raft,
+            sm: shared,
+            log,
+            client_tls,
+            tls_dir: cfg.tls_dir.clone(),
+            forward_pool: Mutex::new(HashMap::new()),
+            lag: LagTracker::default(),
+            clock: IndexClock::default(),
+            cdr_tx,
+            writes_committed: Default::default(),
+        });
+        tokio::spawn(network::serve(
+            listener,
+            server_tls,
+            Arc::new(Handler(Arc::downgrade(&replica))),
+        ));
+        tokio::spawn(cdr_batcher(Arc::downgrade(&replica), cdr_rx));
+        tokio::spawn(leader_duties(Arc::downgrade(&replica)));
+        tracing::info!(node = cfg.id, listen = %cfg.listen, "replica started");
+        Ok(replica)
+    }
+
+    /// Initialize a brand-new cluster whose first members are `members` (no-op if
+    /// this node already has state).
+    pub async fn initialize(&self, members: BTreeMap<NodeId, NodeInfo>) -> Result<()> {
+        if self.raft.is_initialized().await.map_err(|e| Error::Raft {
+            reason: e.to_string(),
+        })? {
+            return Ok(());
+        }
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(Error::Raft {
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    pub fn metrics(&self) -> RaftMetrics {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// The state-machine tree, for local (stale) reads.
+    pub fn tree(&self) -> sled::Tree {
+        self.sm.tree()
+    }
+
+    /// Commit index known to this node.
+    pub fn commit_index(&self) -> u64 {
+        self.log.committed().map(|l| l.index).unwrap_or(0)
+    }
+
+    /// Entries in the local log (for status).
+    pub fn log_len(&self) -> usize {
+        self.log.len()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader
+    }
+
+    /// How far this node's applied state is behind the leader.
+    pub fn lag(&self) -> Lag {
+        if self.is_leader() {
+            return Lag::default();
+        }
+        let applied = self.metrics().last_applied.map(|l| l.index).unwrap_or(0);
+        self.lag.lag(applied, Instant::now())
+    }
+
+    /// Write through Raft (forwarded to the leader when this node is not it).
+    /// Returns once the entry is committed and applied on the leader.
+    pub async fn write(&self, req: Request) -> Result<(u64, Response)> {
+        match self.leader_op(LeaderOp::Write(req)).await? {
+            LeaderReply::Written { index, response } => Ok((index, response)),
+            other => Err(Error::Raft {
+                reason: format!("unexpected reply {other:?}"),
+            }),
+        }
+    }
+
+    /// Insert CDRs; concurrent calls are merged into shared log entries (group
+    /// commit). Returns the log index and this call's inserted/duplicate counts.
+    pub async fn add_cdrs(&self, cdrs: Vec<Cdr>) -> Result<(u64, Response)> {
+        let (tx, rx) = oneshot::channel();
+        self.cdr_tx
+            .send(CdrBatch { cdrs, done: tx })
+            .await
+            .map_err(|_| Error::Shutdown)?;
+        rx.await.map_err(|_| Error::Shutdown)?
+    }
+
+    /// Index a linearizable read must wait for (Raft §6.4 read index), then wait
+    /// until this node has applied it.
+    pub async fn linearizable_barrier(&self, timeout: Duration) -> Result<u64> {
+        let index = match self.leader_op(LeaderOp::ReadIndex).await? {
+            LeaderReply::ReadIndex { index } => index,
+            other => {
+                return Err(Error::Raft {
+                    reason: format!("unexpected reply {other:?}"),
+                })
+            }
+        };
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map_err(|e| Error::Raft {
+                reason: format!("waiting for apply of {index}: {e}"),
+            })?;
+        Ok(index)
+    }
+
+    /// Remove a node from the cluster.
+    pub async fn remove_node(&self, id: NodeId) -> Result<()> {
+        self.leader_op(LeaderOp::Remove { id }).await.map(|_| ())
+    }
+
+    /// Run `op` on the leader: locally if we are it, else forwarded. Retries while
+    /// leadership moves, for up to ~5 s.
+    pub async fn leader_op(&self, op: LeaderOp) -> Result<LeaderReply> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut last_err = Error::NoLeader;
+        while Instant::now() < deadline {
+            let m = self.metrics();
+            let leader = m.current_leader;
+            let res = match leader {
+                Some(l) if l == self.id => self.run_leader_op(op.clone()).await,
+                Some(l) => match m.membership_config.membership().get_node(&l) {
+                    Some(info) => self.forward(l, info.addr.clone(), op.clone()).await,
+                    None => Err(ForwardError::NotLeader { leader: None }),
+                },
+                None => Err(ForwardError::NotLeader { leader: None }),
+            };
+            match res {
+                Ok(reply) => return Ok(reply),
+                Err(ForwardError::NotLeader { .. }) => last_err = Error::NoLeader,
+                Err(ForwardError::Failed(reason)) => {
+                    if reason.starts_with("unreachable:") {
+                        last_err = Error::LeaderUnreachable {
+                            leader: leader.unwrap_or_default(),
+                            addr: String::new(),
+                            reason,
+                        };
+                    } else {
+                        return Err(Error::Raft { reason });
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(last_err)
+    }
+
+    async fn forward(
+        &self,
+        leader: NodeId,
+        addr: String,
+        op: LeaderOp,
+    ) -> Result<LeaderReply, ForwardError> {
+        let mut client = {
+            let mut pool = self.forward_pool.lock().expect("pool lock");
+            pool.get_mut(&leader).and_then(|v| v.pop())
+        }
+        .unwrap_or_else(|| PeerClient::new(leader, addr, self.client_tls.clone()));
+        let res = client
+            .call(&RpcRequest::Leader(op), Duration::from_secs(10))
+            .await;
+        match res {
+            Ok(RpcResponse::Leader(r)) => {
+                self.forward_pool
+                    .lock()
+                    .expect("pool lock")
+                    .entry(leader)
+                    .or_default()
+                    .push(client);
+                r
+            }
+            Ok(_) => Err(ForwardError::Failed("unexpected reply from leader".into())),
+            Err(e) => Err(ForwardError::Failed(format!(
+                "unreachable: leader {leader}: {e}"
+            ))),
+        }
+    }
+
+    /// Perform a leader operation on this node (which believes it is the leader).
+    async fn run_leader_op(&self, op: LeaderOp) -> Result<LeaderReply, ForwardError> {
+        let not_leader = |e: &dyn std::fmt::Display, leader: Option<NodeId>| {
+            tracing::debug!(error = %e, "leader op refused");
+            ForwardError::NotLeader { leader }
+        };
+        match op {
+            LeaderOp::Write(req) => match self.raft.client_write(req).await {
+                Ok(resp) => {
+                    self.writes_committed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Ok(LeaderReply::Written {
+                        index: resp.log_id.index,
+                        response: resp.data,
+                    })
+                }
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    Err(not_leader(&f, f.leader_id))
+                }
+                Err(e) => Err(ForwardError::Failed(e.to_string())),
+            },
+            LeaderOp::ReadIndex => match self.raft.ensure_linearizable().await {
+                Ok(read_log_id) => Ok(LeaderReply::ReadIndex {
+                    index: read_log_id.map(|l| l.index).unwrap_or(0),
+                }),
+                Err(e) => Err(not_leader(&e, None)),
+            },
+            LeaderOp::AddLearner { id, info } => {
+                let m = self.metrics();
+                if m.membership_config.membership().get_node(&id).is_some() {
+                    // Already a member (a retried join): update nothing, succeed.
+                    return Ok(LeaderReply::Done);
+                }
+                match self.raft.add_learner(id, info, false).await {
+                    Ok(_) => Ok(LeaderReply::Done),
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                        Err(not_leader(&f, f.leader_id))
+                    }
+                    Err(e) => Err(ForwardError::Failed(e.to_string())),
+                }
+            }
+            LeaderOp::Remove { id } => {
+                let m = self.metrics();
+                let membership = m.membership_config.membership();
+                let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+                let res = if voters.contains(&id) {
+                    if voters.len() == 1 {
+                        return Err(ForwardError::Failed("cannot remove the last voter".into()));
+                    }
+                    self.raft
+                        .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                        .await
+                } else if membership.get_node(&id).is_some() {
+                    self.raft
+                        .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                        .await
+                } else {
+                    return Err(ForwardError::Failed(format!("node {id} is not a member")));
+                };
+                match res {
+                    Ok(_) => Ok(LeaderReply::Done),
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                        Err(not_leader(&f, f.leader_id))
+                    }
+                    Err(e) => Err(ForwardError::Failed(e.to_string())),
+                }
+            }
+        }
+    }
+
+    /// The members with their replication state (leader's view when we lead).
+    pub fn members(&self) -> Vec<MemberStatus> {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let last = m.last_log_index.unwrap_or(0);
+        let now = Instant::now();
+        membership
+            .nodes()
+            .map(|(id, info)| {
+                let matched = match &m.replication {
+                    Some(r) => r.get(id).map(|l| l.map(|l| l.index).unwrap_or(0)),
+                    None if *id == self.id => Some(last),
+                    None => None,
+                };
+                MemberStatus {
+                    id: *id,
+                    name: info.name.clone(),
+                    kind: info.kind,
+                    addr: info.addr.clone(),
+                    api: info.api.clone(),
+                    voter: voters.contains(id),
+                    matched_index: matched,
+                    lag_entries: matched.map(|x| last.saturating_sub(x)),
+                    lag_ms: matched.map(|x| self.clock.behind_ms(x, now)),
+                }
+            })
+            .collect()
+    }
+
+    /// Handle a join: check the token, sign the CSR, add the node as a learner.
+    async fn handle_join(
+        &self,
+        secret: String,
+        id: NodeId,
+        csr_pem: String,
+        info: NodeInfo,
+    ) -> Result<JoinAccepted, String> {
+        let ca = ClusterCa::load(&self.tls_dir)
+            .map_err(|_| format!("node {} does not hold the cluster CA key; send the join to the node that ran `tandem init`", self.id))?;
+        let token_text = std::fs::read_to_string(self.tls_dir.join("join.token"))
+            .map_err(|e| format!("node {} has no join token file: {e}", self.id))?;
+        let token: JoinToken = token_text
+            .trim()
+            .parse()
+            .map_err(|e| format!("stored join token unreadable: {e}"))?;
+        if !token.secret_matches(&secret) {
+            tracing::warn!(joiner = id, "join refused: wrong token");
+            return Err(
+                "join token refused: wrong secret (get the token printed by `tandem init`)".into(),
+            );
+        }
+        let members = self
+            .metrics()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(i, n)| (*i, n.clone()))
+            .collect::<Vec<_>>();
+        if let Some((_, existing)) = members.iter().find(|(i, _)| *i == id) {
+            if existing.addr != info.addr {
+                return Err(format!(
+                    "node id {id} is already used by {} ; pick another [node] id",
+                    existing.addr
+                ));
+            }
+        }
+        let cert_pem = ca.sign_csr(id, &csr_pem).map_err(|e| e.to_string())?;
+        self.leader_op(LeaderOp::AddLearner {
+            id,
+            info: info.clone(),
+        })
+        .await
+        .map_err(|e| format!("adding node {id} as learner: {e}"))?;
+        tracing::info!(joiner = id, addr = %info.addr, "node enrolled and added as learner");
+        Ok(JoinAccepted {
+            cert_pem,
+            ca_pem: ca.cert_pem.clone(),
+            members,
+        })
+    }
+}
+
+/// Enroll this node with a cluster: generate a key + CSR, send them with the token
+/// to `addr`, save the returned certificate. The node then starts with `run` and is
+/// promoted to voter once it has caught up.
+pub async fn join(
+    addr: &str,
+    token: &JoinToken,
+    id: NodeId,
+    info: NodeInfo,
+    tls_dir: &std::path::Path,
+) -> Result<JoinAccepted> {
+    let (key_pem, csr_pem) = NodeIdentity::generate_csr(id)?;
+    let tls = tls::join_client_config(&token.ca_fingerprint)?;
+    let peer_err = |reason: String| Error::Peer {
+        peer: 0,
+        addr: addr.to_string(),
+        reason,
+    };
+    let mut stream = network::connect(addr, tls, Duration::from_secs(10))
+        .await
+        .map_err(|e| peer_err(format!("{e}")))?;
+    let req = RpcRequest::Join {
+        secret: token.secret.clone(),
+        id,
+        csr_pem,
+        info,
+    };
+    let resp = network::exchange(&mut stream, &req, Duration::from_secs(30))
+        .await
+        .map_err(|e| peer_err(format!("{e}")))?;
+    match resp {
+        RpcResponse::Join(Ok(acc)) => {
+            let identity = NodeIdentity {
+                cert_pem: acc.cert_pem.clone(),
+                key_pem,
+                ca_pem: acc.ca_pem.clone(),
+            };
+            identity.save(tls_dir)?;
+            Ok(acc)
+        }
+        RpcResponse::Join(Err(reason)) | RpcResponse::Refused(reason) => Err(peer_err(reason)),
+        _ => Err(peer_err("unexpected reply to join".into())),
+    }
+}
+
+struct Handler(std::sync::Weak<Replica>);
+
+impl RpcHandler for Handler {
+    async fn handle(&self, peer: Option<NodeId>, req: RpcRequest) -> RpcResponse {
+        let Some(r) = self.0.upgrade() else {
+            return RpcResponse::Refused("node is shutting down".into());
+        };
+        match req {
+            RpcRequest::AppendEntries(rpc) => {
+                if let Some(c) = rpc.leader_commit {
+                    r.lag.observe(c.index, Instant::now());
+                }
+                RpcResponse::AppendEntries(r.raft.append_entries(rpc).await)
+            }
+            RpcRequest::Vote(rpc) => RpcResponse::Vote(r.raft.vote(rpc).await),
+            RpcRequest::InstallSnapshot(rpc) => {
+                RpcResponse::InstallSnapshot(r.raft.install_snapshot(rpc).await)
+            }
+            RpcRequest::Leader(op) => {
+                tracing::trace!(?peer, "forwarded leader op");
+                RpcResponse::Leader(r.run_leader_op(op).await)
+            }
+            RpcRequest::Join {
+                secret,
+                id,
+                csr_pem,
+                info,
+            } => RpcResponse::Join(r.handle_join(secret, id, csr_pem, info).await),
+        }
+    }
+}
+
+/// Merge concurrent CDR writes into shared entries of at most MAX_CDRS_PER_ENTRY.
+async fn cdr_batcher(replica: std::sync::Weak<Replica>, mut rx: mpsc::Receiver<CdrBatch>) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(32));
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        let mut count = group[0].cdrs.len();
+        while count < MAX_CDRS_PER_ENTRY {
+            match rx.try_recv() {
+                Ok(b) => {
+                    count += b.cdrs.len();
+                    group.push(b);
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(r) = replica.upgrade() else { return };
+        let permit = in_flight.clone().acquire_owned().await.expect("semaphore");
+        tokio::spawn(async move {
+            let cdrs: Vec<Cdr> = group.iter().flat_map(|b| b.cdrs.iter().cloned()).collect();
+            let res = r.write(Request::AddCdrs { cdrs }).await;
+            for b in group {
+                let mine = match &res {
+                    Ok((index, Response::Cdrs { duplicate_ids, .. })) => {
+                        let dups: Vec<uuid::Uuid> = b
+                            .cdrs
+                            .iter()
+                            .map(|c| c.id)
+                            .filter(|id| duplicate_ids.contains(id))
+                            .collect();
+                        Ok((
+                            *index,
+                            Response::Cdrs {
+                                inserted: (b.cdrs.len() - dups.len()) as u32,
+                                duplicates: dups.len() as u32,
+                                duplicate_ids: dups,
+                            },
+                        ))
+                    }
+                    Ok(other) => Ok(other.clone()),
+                    Err(e) => Err(clone_err(e)),
+                };
+                let _ = b.done.send(mine);
+            }
+            drop(permit);
+        });
+    }
+}
+
+fn clone_err(e: &Error) -> Error {
+    match e {
+        Error::NoLeader => Error::NoLeader,
+        Error::LeaderUnreachable {
+            leader,
+            addr,
+            reason,
+        } => Error::LeaderUnreachable {
+            leader: *leader,
+            addr: addr.clone(),
+            reason: reason.clone(),
+        },
+        Error::Shutdown => Error::Shutdown,
+        other => Error::Raft {
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// Leader background work: sample the log index clock; promote caught-up learners.
+async fn leader_duties(replica: std::sync::Weak<Replica>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut last_promote = Instant::now();
+    loop {
+        tick.tick().await;
+        let Some(r) = replica.upgrade() else { return };
+        let m = r.metrics();
+        if m.state != ServerState::Leader {
+            continue;
+        }
+        r.clock
+            .record(m.last_log_index.unwrap_or(0), Instant::now());
+        if last_promote.elapsed() < Duration::from_millis(500) {
+            continue;
+        }
+        last_promote = Instant::now();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let last = m.last_log_index.unwrap_or(0);
+        let ready: BTreeSet<NodeId> = membership
+            .learner_ids()
+            .filter(|id| {
+                m.replication
+                    .as_ref()
+                    .and_then(|rep| rep.get(id).copied().flatten())
+                    .is_some_and(|l| last.saturating_sub(l.index) <= PROMOTE_WITHIN)
+            })
+            .collect();
+        if ready.is_empty() || voters.is_empty() {
+            continue;
+        }
+        tracing::info!(?ready, "promoting caught-up learners to voters");
+        if let Err(e) = r
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds(ready), false)
+            .await
+        {
+            tracing::warn!(error = %e, "promotion failed; will retry");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_tracker_reports_entries_and_age() {
+        let t = LagTracker::default();
+        let t0 = Instant::now();
+        t.observe(10, t0);
+        t.observe(20, t0 + Duration::from_millis(100));
+        let lag = t.lag(5, t0 + Duration::from_millis(250));
+        assert_eq!(
+            lag,
+            Lag {
+                entries: 15,
+                ms: 250
+            }
+        );
+        let lag = t.lag(15, t0 + Duration::from_millis(300));
+        assert_eq!(
+            lag,
+            Lag {
+                entries: 5,
+                ms: 200
+            }
+        );
+        assert_eq!(t.lag(20, t0 + Duration::from_millis(400)), Lag::default());
+    }
+
+    #[test]
+    fn index_clock_gives_age_of_first_missing_entry() {
+        let c = IndexClock::default();
+        let t0 = Instant::now();
+        c.record(1, t0);
+        c.record(5, t0 + Duration::from_millis(10));
+        assert_eq!(c.behind_ms(3, t0 + Duration::from_millis(50)), 40);
+        assert_eq!(c.behind_ms(5, t0 + Duration::from_millis(50)), 0);
+    }
+}

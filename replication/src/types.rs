@@ -125,6 +125,11 @@ pub enum Response {
         version: u64,
         existed: bool,
     },
-    /// CDRs inserted and skipped as duplicates of an existing id.
-    Cdrs { inserted: u32, duplicates: u32 },
+    /// CDRs inserted and skipped as duplicates of an existing id (listed, so that a
+    /// batch merged from several client requests can be split back).
+    Cdrs {
+        inserted: u32,
+        duplicates: u32,
+        duplicate_ids: Vec<uuid::Uuid>,
+    },
 }

@@ -76,10 +76,10 @@ pub fn apply_entries(
                     }
                 }
                 Request::AddCdrs { cdrs } => {
-                    let (mut inserted, mut duplicates) = (0u32, 0u32);
+                    let (mut inserted, mut duplicate_ids) = (0u32, Vec::new());
                     for cdr in cdrs {
                         if new_ids.contains(&cdr.id) || tree.contains_key(keys::cdr_key(&cdr.id))? {
-                            duplicates += 1;
+                            duplicate_ids.push(cdr.id);
                             continue;
                         }
                         insert_cdr(&mut batch, &cdr)?;
@@ -89,7 +89,8 @@ pub fn apply_entries(
                     cdrs_inserted += u64::from(inserted);
                     Response::Cdrs {
                         inserted,
-                        duplicates,
+                        duplicates: duplicate_ids.len() as u32,
+                        duplicate_ids,
                     }
                 }
             },
@@ -183,20 +184,13 @@ mod tests {
                 ),
             ],
         );
-        assert_eq!(
-            r[0],
-            Response::Cdrs {
-                inserted: 1,
-                duplicates: 1
-            }
-        );
-        assert_eq!(
-            r[1],
-            Response::Cdrs {
-                inserted: 0,
-                duplicates: 1
-            }
-        );
+        let dup = |inserted| Response::Cdrs {
+            inserted,
+            duplicates: 1,
+            duplicate_ids: vec![c.id],
+        };
+        assert_eq!(r[0], dup(1));
+        assert_eq!(r[1], dup(0));
         let by_start = t.scan_prefix([keys::BY_START]).count();
         let by_caller = t.scan_prefix([keys::BY_CALLER]).count();
         assert_eq!((by_start, by_caller), (1, 1));

@@ -114,6 +114,14 @@ impl LogStore {
         self.get_meta(KEY_PURGED)
     }
 
+    /// The last committed log id this node knows of (saved by openraft).
+    pub fn committed(&self) -> Option<LogId> {
+        self.get_meta::<Option<LogId>>(KEY_COMMITTED)
+            .ok()
+            .flatten()
+            .flatten()
+    }
+
     /// Number of entries currently in the log (for status and tests).
     pub fn len(&self) -> usize {
         self.log.len()

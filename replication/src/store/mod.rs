@@ -22,6 +22,9 @@ pub mod sm;
 use std::path::Path;
 
 pub use log::LogStore;
+
+/// A handle on the state-machine tree for reads (see [`query`]).
+pub type Tree = sled::Tree;
 pub use sm::{SmShared, StateMachineStore};
 
 /// Open (or create) the store under `dir`: `dir/db` (sled) and `dir/snapshots`.

@@ -1,0 +1,654 @@
+//! The HTTP API (axum): health, cluster, config, CDRs, metrics.
+//!
+//! Reads are served from this node's local state (stale reads) with headers that say
+//! how fresh it is; `consistency=strong` first runs a Raft read-index barrier through
+//! the leader. Writes sent to a standby are forwarded to the master by the replica.
+//! Every bad input gets a 4xx with `{"error": "..."}` naming the problem.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use openraft::ServerState;
+use serde_json::json;
+use tandem_replication::cdr::{Cdr, CSV_COLUMNS};
+use tandem_replication::replica::{Lag, Replica};
+use tandem_replication::store::query::{self, CdrQuery, Cursor};
+use tandem_replication::store::Tree;
+use tandem_replication::types::{MemberKind, Request as RaftRequest, Response as RaftResponse};
+use tandem_replication::Error as ReplError;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// Most rows one JSON page returns.
+pub const MAX_LIMIT: usize = 10_000;
+/// Most CDRs one POST may carry.
+pub const MAX_BATCH: usize = 10_000;
+/// Largest request body.
+pub const MAX_BODY: usize = 16 * 1024 * 1024;
+/// Longest config key.
+pub const MAX_KEY: usize = 200;
+
+pub struct AppState {
+    pub replica: Arc<Replica>,
+    token: String,
+    pub cfg: Config,
+    pub metrics: Metrics,
+}
+
+impl AppState {
+    pub fn new(replica: Arc<Replica>, token: String, cfg: Config) -> AppState {
+        AppState {
+            replica,
+            token,
+            cfg,
+            metrics: Metrics::new(),
+        }
+    }
+}
+
+type St = State<Arc<AppState>>;
+
+/// An error answered as `{"error": message}` with a status.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    pub fn bad(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ReplError> for ApiError {
+    fn from(e: ReplError) -> ApiError {
+        let status = if e.is_retryable() {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            match e {
+                ReplError::Invalid { .. } => StatusCode::BAD_REQUEST,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            }
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<query::QueryError> for ApiError {
+    fn from(e: query::QueryError) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let admin = Router::new()
+        .route("/cluster", get(cluster))
+        .route("/cluster/leave", post(leave))
+        .route("/config", get(config_list))
+        .route(
+            "/config/{key}",
+            get(config_get).put(config_put).delete(config_delete),
+        )
+        .route("/cdrs", post(cdrs_post).get(cdrs_get))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .nest("/api/v1", admin)
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see docs/api.md")
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+async fn observe(State(st): St, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str().to_string();
+    let t0 = Instant::now();
+    let resp = next.run(req).await;
+    st.metrics
+        .observe_request(&route, &method, resp.status().as_u16(), t0.elapsed());
+    resp
+}
+
+async fn require_token(State(st): St, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(t) if constant_time_eq(t.trim().as_bytes(), st.token.as_bytes()) => {
+            next.run(req).await
+        }
+        Some(_) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "bearer token does not match this cluster's admin token",
+        )
+        .into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing `Authorization: Bearer <token>` (the token is in <data_dir>/admin.token)",
+        )
+        .into_response(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Role name as in the design contract.
+pub fn role_name(replica: &Replica) -> &'static str {
+    let m = replica.metrics();
+    if replica.info.kind == MemberKind::Witness {
+        return "witness";
+    }
+    match m.state {
+        ServerState::Leader => "master",
+        ServerState::Candidate => "candidate",
+        ServerState::Follower | ServerState::Learner => "standby",
+        ServerState::Shutdown => "fenced",
+    }
+}
+
+async fn health(State(st): St) -> Json<serde_json::Value> {
+    let r = &st.replica;
+    let m = r.metrics();
+    Json(json!({
+        "node_id": r.id,
+        "role": role_name(r),
+        "leader_id": m.current_leader,
+        "term": m.current_term,
+        "applied_index": m.last_applied.map(|l| l.index).unwrap_or(0),
+        "commit_index": r.commit_index(),
+        "vip_held": false,
+    }))
+}
+
+async fn metrics(State(st): St) -> Response {
+    let text = st.metrics.render(&st.replica);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// The cluster view shown by `tandem status`.
+pub fn cluster_view(r: &Replica) -> serde_json::Value {
+    let m = r.metrics();
+    let members = r.members();
+    let voters = members.iter().filter(|x| x.voter).count();
+    let data_voters = members
+        .iter()
+        .filter(|x| x.voter && x.kind == MemberKind::Data)
+        .count();
+    let mut notes = Vec::new();
+    if voters == 2 {
+        notes.push(
+            "2 voters: a write needs both; if either is down the cluster cannot commit. Add a witness (3rd voter) for automatic failover."
+                .to_string(),
+        );
+    }
+    if voters % 2 == 0 && voters > 2 {
+        notes.push(format!(
+            "{voters} voters: an even count tolerates no more failures than {} voters",
+            voters - 1
+        ));
+    }
+    if m.current_leader.is_none() {
+        notes.push("no leader: election in progress or quorum lost; writes are refused".into());
+    }
+    let lag = r.lag();
+    json!({
+        "node_id": r.id,
+        "role": role_name(r),
+        "leader_id": m.current_leader,
+        "term": m.current_term,
+        "last_log_index": m.last_log_index.unwrap_or(0),
+        "commit_index": r.commit_index(),
+        "applied_index": m.last_applied.map(|l| l.index).unwrap_or(0),
+        "snapshot_index": m.snapshot.map(|l| l.index),
+        "purged_index": m.purged.map(|l| l.index),
+        "lag": lag,
+        "voters": voters,
+        "data_voters": data_voters,
+        "quorum": voters / 2 + 1,
+        "vip_holder": serde_json::Value::Null,
+        "members": members,
+        "notes": notes,
+    })
+}
+
+async fn cluster(State(st): St) -> Json<serde_json::Value> {
+    Json(cluster_view(&st.replica))
+}
+
+async fn leave(State(st): St) -> Result<Json<serde_json::Value>, ApiError> {
+    st.replica.remove_node(st.replica.id).await?;
+    Ok(Json(json!({ "removed": st.replica.id })))
+}
+
+fn freshness_headers(r: &Replica, lag: Lag) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    let m = r.metrics();
+    let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+    h.insert("x-tandem-applied-index", HeaderValue::from(applied));
+    h.insert("x-tandem-lag-entries", HeaderValue::from(lag.entries));
+    h.insert("x-tandem-lag-ms", HeaderValue::from(lag.ms));
+    h.insert("x-tandem-node", HeaderValue::from(r.id));
+    h
+}
+
+fn check_key(key: &str) -> Result<(), ApiError> {
+    if key.is_empty() || key.len() > MAX_KEY {
+        return Err(ApiError::bad(format!(
+            "config key must be 1..={MAX_KEY} bytes"
+        )));
+    }
+    if !key
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
+    {
+        return Err(ApiError::bad(format!(
+            "config key `{key}`: only letters, digits and . _ - / are allowed"
+        )));
+    }
+    Ok(())
+}
+
+/// `consistency=strong` → wait for a read-index barrier; returns the lag to report.
+async fn consistency(r: &Replica, params: &mut HashMap<String, String>) -> Result<Lag, ApiError> {
+    match params.remove("consistency").as_deref() {
+        None | Some("stale") => Ok(r.lag()),
+        Some("strong") => {
+            r.linearizable_barrier(Duration::from_secs(5)).await?;
+            Ok(Lag::default())
+        }
+        Some(other) => Err(ApiError::bad(format!(
+            "consistency: `{other}` is not one of stale, strong"
+        ))),
+    }
+}
+
+fn no_unknown(params: &HashMap<String, String>) -> Result<(), ApiError> {
+    if let Some(k) = params.keys().next() {
+        return Err(ApiError::bad(format!("unknown query parameter `{k}`")));
+    }
+    Ok(())
+}
+
+async fn config_list(
+    State(st): St,
+    Query(mut params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let lag = consistency(&st.replica, &mut params).await?;
+    let prefix = params.remove("prefix").unwrap_or_default();
+    no_unknown(&params)?;
+    let entries = query::config_list(&st.replica.tree(), &prefix)?;
+    let items: Vec<_> = entries
+        .into_iter()
+        .map(|e| json!({"key": e.key, "value": parse_value(&e.value), "version": e.version}))
+        .collect();
+    Ok((
+        freshness_headers(&st.replica, lag),
+        Json(json!({ "config": items })),
+    )
+        .into_response())
+}
+
+fn parse_value(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_string()))
+}
+
+async fn config_get(
+    State(st): St,
+    Path(key): Path<String>,
+    Query(mut params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    check_key(&key)?;
+    let lag = consistency(&st.replica, &mut params).await?;
+    no_unknown(&params)?;
+    match query::config_get(&st.replica.tree(), &key)? {
+        Some(e) => Ok((
+            freshness_headers(&st.replica, lag),
+            Json(json!({"key": e.key, "value": parse_value(&e.value), "version": e.version})),
+        )
+            .into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("config key `{key}` is not set"),
+        )),
+    }
+}
+
+async fn config_put(
+    State(st): St,
+    Path(key): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_key(&key)?;
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad(format!("body must be a JSON value: {e}")))?;
+    let (index, resp) = st
+        .replica
+        .write(RaftRequest::SetConfig {
+            key: key.clone(),
+            value: value.to_string(),
+        })
+        .await?;
+    let created = matches!(resp, RaftResponse::Config { existed: false, .. });
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(json!({"key": key, "value": value, "version": index})),
+    )
+        .into_response())
+}
+
+async fn config_delete(State(st): St, Path(key): Path<String>) -> Result<Response, ApiError> {
+    check_key(&key)?;
+    let (index, resp) = st
+        .replica
+        .write(RaftRequest::DeleteConfig { key: key.clone() })
+        .await?;
+    match resp {
+        RaftResponse::Config { existed: false, .. } => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("config key `{key}` is not set"),
+        )),
+        _ => Ok(Json(json!({"key": key, "deleted": true, "version": index})).into_response()),
+    }
+}
+
+/// Parse a POST body: one CDR object or an array of them.
+pub fn parse_cdrs(body: &[u8]) -> Result<Vec<Cdr>, ApiError> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(ApiError::bad(
+            "empty body: expected a CDR object or an array of CDRs",
+        ));
+    }
+    let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    let cdrs: Vec<Cdr> = match first {
+        Some(b'[') => serde_json::from_slice(body),
+        Some(b'{') => serde_json::from_slice::<Cdr>(body).map(|c| vec![c]),
+        _ => {
+            return Err(ApiError::bad(
+                "malformed JSON: expected a CDR object or an array of CDRs",
+            ))
+        }
+    }
+    .map_err(|e| {
+        let kind = match e.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                "malformed JSON"
+            }
+            _ => "invalid CDR",
+        };
+        ApiError::bad(format!("{kind}: {e}"))
+    })?;
+    if cdrs.is_empty() {
+        return Err(ApiError::bad("empty array: send at least one CDR"));
+    }
+    if cdrs.len() > MAX_BATCH {
+        return Err(ApiError::bad(format!(
+            "batch of {} CDRs is too large (max {MAX_BATCH} per request)",
+            cdrs.len()
+        )));
+    }
+    for (i, c) in cdrs.iter().enumerate() {
+        c.validate()
+            .map_err(|e| ApiError::bad(format!("cdrs[{i}]: {e}")))?;
+    }
+    Ok(cdrs)
+}
+
+async fn cdrs_post(State(st): St, body: Bytes) -> Result<Response, ApiError> {
+    let cdrs = parse_cdrs(&body)?;
+    let n = cdrs.len();
+    let (index, resp) = st.replica.add_cdrs(cdrs).await?;
+    let (inserted, duplicates) = match resp {
+        RaftResponse::Cdrs {
+            inserted,
+            duplicates,
+            ..
+        } => (inserted, duplicates),
+        _ => (n as u32, 0),
+    };
+    st.metrics.cdrs_written(u64::from(inserted));
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"inserted": inserted, "duplicates": duplicates, "index": index})),
+    )
+        .into_response())
+}
+
+fn parse_time(name: &str, v: &str) -> Result<DateTime<Utc>, ApiError> {
+    DateTime::parse_from_rfc3339(v)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| {
+            ApiError::bad(format!(
+                "{name}: `{v}` is not an RFC 3339 time (example: 2026-01-31T23:59:59Z)"
+            ))
+        })
+}
+
+enum Format {
+    Json,
+    Csv,
+}
+
+async fn cdrs_get(
+    State(st): St,
+    Query(mut params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let lag = consistency(&st.replica, &mut params).await?;
+    let from = params
+        .remove("from")
+        .map(|v| parse_time("from", &v))
+        .transpose()?;
+    let to = params
+        .remove("to")
+        .map(|v| parse_time("to", &v))
+        .transpose()?;
+    if let (Some(f), Some(t)) = (from, to) {
+        if f >= t {
+            return Err(ApiError::bad(format!(
+                "bad time range: from ({f}) must be before to ({t})"
+            )));
+        }
+    }
+    let format = match params.remove("format").as_deref() {
+        None | Some("json") => Format::Json,
+        Some("csv") => Format::Csv,
+        Some(other) => {
+            return Err(ApiError::bad(format!(
+                "format: `{other}` is not one of json, csv"
+            )))
+        }
+    };
+    let limit = match params.remove("limit") {
+        None => None,
+        Some(v) => {
+            let n: usize = v
+                .parse()
+                .map_err(|_| ApiError::bad(format!("limit: `{v}` is not a positive integer")))?;
+            if n == 0 {
+                return Err(ApiError::bad("limit: must be at least 1"));
+            }
+            if n > MAX_LIMIT && matches!(format, Format::Json) {
+                return Err(ApiError::bad(format!(
+                    "limit {n} too large (max {MAX_LIMIT} per page; page with `cursor`, or use format=csv to export everything)"
+                )));
+            }
+            Some(n)
+        }
+    };
+    let cursor = params
+        .remove("cursor")
+        .map(|c| {
+            Cursor::from_hex(&c).ok_or_else(|| {
+                ApiError::bad(format!(
+                    "cursor: `{c}` is not a cursor returned by this API"
+                ))
+            })
+        })
+        .transpose()?;
+    let caller = params.remove("caller");
+    let callee = params.remove("callee");
+    no_unknown(&params)?;
+    let q = CdrQuery {
+        from,
+        to,
+        caller,
+        callee,
+        cursor,
+    };
+    let tree = st.replica.tree();
+    let headers = freshness_headers(&st.replica, lag);
+    match format {
+        Format::Json => {
+            let limit = limit.unwrap_or(100);
+            let (rows, next) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+                let mut rows = Vec::with_capacity(limit.min(1024));
+                let mut next = None;
+                for item in query::cdr_scan(&tree, &q) {
+                    let (pos, cdr) = item?;
+                    if rows.len() == limit {
+                        next = Some(last_pos(&rows));
+                        break;
+                    }
+                    rows.push((pos, cdr));
+                }
+                Ok((rows, next))
+            })
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+            let cdrs: Vec<&Cdr> = rows.iter().map(|(_, c)| c).collect();
+            Ok((
+                headers,
+                Json(json!({"cdrs": cdrs, "count": cdrs.len(), "next_cursor": next.map(|c: Cursor| c.to_hex())})),
+            )
+                .into_response())
+        }
+        Format::Csv => {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+            tokio::task::spawn_blocking(move || stream_csv(tree, q, limit, tx));
+            let stream = futures::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|item| (item, rx))
+            });
+            let mut resp = Response::new(Body::from_stream(stream));
+            *resp.headers_mut() = headers;
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/csv; charset=utf-8"),
+            );
+            Ok(resp)
+        }
+    }
+}
+
+fn last_pos(rows: &[(Cursor, Cdr)]) -> Cursor {
+    rows.last().map(|(p, _)| *p).expect("non-empty page")
+}
+
+/// Sends CSV bytes to the response in ~256 KiB chunks (bounded channel: memory stays
+/// flat however many rows are exported).
+struct ChunkSender {
+    buf: Vec<u8>,
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+}
+
+impl ChunkSender {
+    fn send(&mut self) -> std::io::Result<()> {
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK + 4096));
+        self.tx
+            .blocking_send(Ok(Bytes::from(chunk)))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
+    }
+}
+
+const CHUNK: usize = 256 * 1024;
+
+impl std::io::Write for ChunkSender {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            self.send()?;
+        }
+        Ok(())
+    }
+}
+
+fn stream_csv(
+    tree: Tree,
+    q: CdrQuery,
+    limit: Option<usize>,
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+) {
+    let err_tx = tx.clone();
+    let mut w = csv::Writer::from_writer(ChunkSender {
+        buf: Vec::with_capacity(CHUNK + 4096),
+        tx,
+    });
+    let res = (|| -> Result<(), String> {
+        w.write_record(CSV_COLUMNS).map_err(|e| e.to_string())?;
+        for (n, item) in query::cdr_scan(&tree, &q).enumerate() {
+            if limit.is_some_and(|l| n >= l) {
+                break;
+            }
+            let (_, cdr) = item.map_err(|e| e.to_string())?;
+            w.write_record(cdr.csv_record())
+                .map_err(|e| e.to_string())?;
+        }
+        w.flush().map_err(|e| e.to_string())
+    })();
+    if let Err(e) = res {
+        let _ = err_tx.blocking_send(Err(std::io::Error::other(e)));
+    }
+}

@@ -1,0 +1,506 @@
+//! Command-line interface: `tandem <command>`. Every command has `--help` and `--json`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+
+use crate::client::Client;
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tandem",
+    version,
+    about = "tandem: high-availability clustered telephony appliance",
+    long_about = "tandem keeps configuration, call detail records and recordings replicated through Raft \
+                  across 2+ nodes; the master holds the service address, standbys serve reporting.\n\n\
+                  First time? Run `tandem demo`.",
+    after_help = "Docs: docs/getting-started.md, docs/configuration.md, docs/api.md"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by commands that talk to a node.
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Node config file (for the API address, data dir and token). Without it the
+    /// defaults are used: API on 127.0.0.1:8080, data in ./tandem-data.
+    #[arg(long, short = 'c', global = true, env = "TANDEM_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// API base URL, overriding the config (e.g. http://127.0.0.1:8080).
+    #[arg(long, global = true, env = "TANDEM_API")]
+    pub api: Option<String>,
+    /// Admin bearer token, overriding <data_dir>/admin.token.
+    #[arg(
+        long = "admin-token",
+        global = true,
+        env = "TANDEM_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Start a 3-node cluster on 127.0.0.1, write CDRs, kill the master, show the
+    /// failover and read the CDRs back from a standby. No root, no config.
+    Demo {
+        #[command(flatten)]
+        common: Common,
+        /// Number of sample CDRs to write.
+        #[arg(long, default_value_t = 20)]
+        cdrs: usize,
+    },
+    /// Run one node (foreground). Without --config: a single-node cluster on
+    /// 127.0.0.1 with data in ./tandem-data.
+    Run {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Create a new cluster on this node: cluster CA, node certificate, join token.
+    Init {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Enroll this node with an existing cluster; start it afterwards with `tandem run`.
+    Join {
+        #[command(flatten)]
+        common: Common,
+        /// Peer address (host:port, `[cluster] listen`) of the node that ran `tandem init`.
+        addr: String,
+        /// Join token printed by `tandem init` (also in <data_dir>/tls/join.token there).
+        #[arg(long = "token", value_name = "T")]
+        join_token: String,
+    },
+    /// Remove this node from the cluster (it stops replicating; stop the service after).
+    Leave {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Roles, leader, term, indexes and per-node lag.
+    Status {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Read and change replicated configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigCmd,
+    },
+    /// Call detail records: add, query, export CSV.
+    Cdr {
+        #[command(subcommand)]
+        action: CdrCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// Print one key.
+    Get {
+        #[command(flatten)]
+        common: Common,
+        key: String,
+    },
+    /// Set a key to a value (JSON; a bare word is taken as a string).
+    Set {
+        #[command(flatten)]
+        common: Common,
+        key: String,
+        value: String,
+    },
+    /// List keys (optionally under a prefix).
+    List {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CdrFilter {
+    /// Start of the time range (RFC 3339, inclusive), e.g. 2026-01-01T00:00:00Z.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// End of the time range (RFC 3339, exclusive).
+    #[arg(long)]
+    pub to: Option<String>,
+    #[arg(long)]
+    pub caller: Option<String>,
+    #[arg(long)]
+    pub callee: Option<String>,
+    /// Ask the leader for a linearizable read instead of this node's local state.
+    #[arg(long)]
+    pub strong: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CdrCmd {
+    /// Add CDRs from a JSON file (one object or an array), or `-` for stdin.
+    Add {
+        #[command(flatten)]
+        common: Common,
+        file: PathBuf,
+    },
+    /// Query CDRs (one page; use --cursor for the next).
+    Query {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        filter: CdrFilter,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Export CDRs as CSV (streams; all rows unless --limit).
+    Export {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        filter: CdrFilter,
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Output file (default: stdout).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Load the config named by `--config`, or the defaults when none is given.
+pub fn load_config(common: &Common) -> anyhow::Result<Config> {
+    match &common.config {
+        Some(p) => Ok(Config::load(p)?),
+        None => {
+            let default = std::path::Path::new(DEFAULT_CONFIG_PATH);
+            if default.exists() && std::env::var_os("TANDEM_IGNORE_ETC").is_none() {
+                Ok(Config::load(default)?)
+            } else {
+                Ok(Config::default_single_node())
+            }
+        }
+    }
+}
+
+fn print(common: &Common, value: &Value, text: impl FnOnce(&Value) -> String) {
+    if common.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
+    } else {
+        println!("{}", text(value));
+    }
+}
+
+fn filter_query(f: &CdrFilter) -> Vec<(String, String)> {
+    let mut q = Vec::new();
+    for (k, v) in [
+        ("from", &f.from),
+        ("to", &f.to),
+        ("caller", &f.caller),
+        ("callee", &f.callee),
+    ] {
+        if let Some(v) = v {
+            q.push((k.to_string(), v.clone()));
+        }
+    }
+    if f.strong {
+        q.push(("consistency".into(), "strong".into()));
+    }
+    q
+}
+
+fn encode_query(q: &[(String, String)]) -> String {
+    if q.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = q
+        .iter()
+        .map(|(k, v)| format!("{k}={}", urlencode(v)))
+        .collect();
+    format!("?{}", parts.join("&"))
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub fn status_text(v: &Value) -> String {
+    let mut s = format!(
+        "node {} — role {}, leader {}, term {}\nlog {} · commit {} · applied {} · lag {} entries / {} ms\n",
+        v["node_id"].to_string(), v["role"].as_str().unwrap_or("?"),
+        v["leader_id"].as_u64().map(|x| x.to_string()).unwrap_or_else(|| "none".into()),
+        v["term"], v["last_log_index"], v["commit_index"], v["applied_index"],
+        v["lag"]["entries"], v["lag"]["ms"],
+    );
+    s.push_str(&format!(
+        "{:<4} {:<12} {:<8} {:<6} {:<22} {:>10} {:>10}\n",
+        "id", "name", "kind", "voter", "peer addr", "lag(ent)", "lag(ms)"
+    ));
+    for m in v["members"].as_array().into_iter().flatten() {
+        let opt = |x: &Value| {
+            x.as_u64()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "-".into())
+        };
+        s.push_str(&format!(
+            "{:<4} {:<12} {:<8} {:<6} {:<22} {:>10} {:>10}\n",
+            m["id"].to_string(),
+            m["name"].as_str().unwrap_or(""),
+            m["kind"].as_str().unwrap_or(""),
+            if m["voter"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                "no"
+            },
+            m["addr"].as_str().unwrap_or(""),
+            opt(&m["lag_entries"]),
+            opt(&m["lag_ms"]),
+        ));
+    }
+    for n in v["notes"].as_array().into_iter().flatten() {
+        s.push_str(&format!("note: {}\n", n.as_str().unwrap_or("")));
+    }
+    s
+}
+
+pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Demo { common, cdrs } => crate::demo::run(common.json, cdrs).await,
+        Command::Run { common } => crate::daemon::run(load_config(&common)?).await,
+        Command::Init { common } => {
+            let cfg = load_config(&common)?;
+            let token = crate::daemon::init(&cfg)?;
+            let v = json!({"node_id": cfg.node.id, "join_token": token.to_string(), "tls_dir": cfg.tls_dir()});
+            print(&common, &v, |_| {
+                format!(
+                    "cluster `{}` created; this node ({}) will form it on `tandem run`.\n\
+                     join token (give it to the other nodes, keep it secret):\n  {token}\n\
+                     on each other node: tandem join {} --token <token> --config <its config>",
+                    cfg.cluster.name,
+                    cfg.node.id,
+                    cfg.advertise()
+                )
+            });
+            Ok(())
+        }
+        Command::Join {
+            common,
+            addr,
+            join_token,
+        } => {
+            let cfg = load_config(&common)?;
+            let token = join_token
+                .parse()
+                .map_err(|e| anyhow::anyhow!("join token: {e}"))?;
+            std::fs::create_dir_all(&cfg.node.data_dir)
+                .with_context(|| format!("creating {}", cfg.node.data_dir.display()))?;
+            let acc = tandem_replication::replica::join(
+                &addr,
+                &token,
+                cfg.node.id,
+                crate::daemon::node_info(&cfg),
+                &cfg.tls_dir(),
+            )
+            .await?;
+            let v = json!({"node_id": cfg.node.id, "joined_via": addr, "members": acc.members.iter().map(|(i, n)| json!({"id": i, "addr": n.addr})).collect::<Vec<_>>()});
+            print(&common, &v, |_| {
+                format!(
+                    "node {} enrolled via {addr} and added as learner ({} members before it).\n\
+                     start it now: tandem run{}\nit becomes a voter once it has caught up.",
+                    cfg.node.id,
+                    acc.members.len(),
+                    common
+                        .config
+                        .as_ref()
+                        .map(|p| format!(" --config {}", p.display()))
+                        .unwrap_or_default()
+                )
+            });
+            Ok(())
+        }
+        Command::Leave { common } => {
+            let cfg = load_config(&common)?;
+            let c = Client::for_config(&cfg, common.api.clone(), common.token.clone())?;
+            let (_, v) = c
+                .send_json(reqwest::Method::POST, "/api/v1/cluster/leave", &json!({}))
+                .await?;
+            print(&common, &v, |v| {
+                format!(
+                    "node {} removed from the cluster; stop its service now",
+                    v["removed"]
+                )
+            });
+            Ok(())
+        }
+        Command::Status { common } => {
+            let cfg = load_config(&common)?;
+            let c = Client::for_config(&cfg, common.api.clone(), common.token.clone())?;
+            let v = c.get("/api/v1/cluster").await?;
+            print(&common, &v, status_text);
+            Ok(())
+        }
+        Command::Config { action } => match action {
+            ConfigCmd::Get { common, key } => {
+                let cfg = load_config(&common)?;
+                let c = Client::for_config(&cfg, common.api.clone(), common.token.clone())?;
+                let v = c
+                    .get(&format!("/api/v1/config/{}", urlencode(&key)))
+                    .await?;
+                print(&common, &v, |v| {
+                    format!("{} = {} (version {})", key, v["value"], v["version"])
+                });
+                Ok(())
+            }
+            ConfigCmd::Set { common, key, value } => {
+                let cfg = load_config(&common)?;
+                let c = Client::for_config(&cfg, common.api.clone(), common.token.clone())?;
+                let parsed: Value = serde_json::from_str(&value).unwrap_or(Value::String(value));
+                let (_, v) = c
+                    .send_json(
+                        reqwest::Method::PUT,
+                        &format!("/api/v1/config/{}", urlencode(&key)),
+                        &parsed,
+                    )
+                    .await?;
+                print(&common, &v, |v| {
+                    format!(
+                        "{} = {} (version {}, committed)",
+                        key, v["value"], v["version"]
+                    )
+                });
+                Ok(())
+            }
+            ConfigCmd::List { common, prefix } => {
+                let cfg = load_config(&common)?;
+                let c = Client::for_config(&cfg, common.api.clone(), common.token.clone())?;
+                let q = prefix
+                    .map(|p| format!("?prefix={}", urlencode(&p)))
+                    .unwrap_or_default();
+                let v = c.get(&format!("/api/v1/config{q}")).await?;
+                print(&common, &v, |v| {
+                    v["config"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|e| {
+                            format!(
+                                "{} = {} (version {})",
+                                e["key"].as_str().unwrap_or(""),
+                                e["value"],
+                                e["version"]
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                });
+                Ok(())
+            }
+        },
+        Command::Cdr { action } => match action {
+            CdrCmd::Add { common, file } => {
+                let cfg = load_config(&common)?;
+                let c = Client::for_config(&cfg, common.api.clone(), common.token.clone())?;
+                let body = if file.as_os_str() == "-" {
+                    let mut b = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
+                    b
+                } else {
+                    std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?
+                };
+                let (_, v) = c.post_raw("/api/v1/cdrs", body).await?;
+                print(&common, &v, |v| {
+                    format!(
+                        "{} inserted, {} duplicates (log index {})",
+                        v["inserted"], v["duplicates"], v["index"]
+                    )
+                });
+                Ok(())
+            }
+            CdrCmd::Query {
+                common,
+                filter,
+                limit,
+                cursor,
+            } => {
+                let cfg = load_config(&common)?;
+                let c = Client::for_config(&cfg, common.api.clone(), common.token.clone())?;
+                let mut q = filter_query(&filter);
+                q.push(("limit".into(), limit.to_string()));
+                if let Some(cur) = cursor {
+                    q.push(("cursor".into(), cur));
+                }
+                let v = c.get(&format!("/api/v1/cdrs{}", encode_query(&q))).await?;
+                print(&common, &v, |v| {
+                    let mut s = String::new();
+                    for r in v["cdrs"].as_array().into_iter().flatten() {
+                        s.push_str(&format!(
+                            "{}  {} → {}  {}  {}s  {}\n",
+                            r["start"].as_str().unwrap_or(""),
+                            r["caller"].as_str().unwrap_or(""),
+                            r["callee"].as_str().unwrap_or(""),
+                            r["disposition"].as_str().unwrap_or(""),
+                            r["billsec"],
+                            r["id"].as_str().unwrap_or("")
+                        ));
+                    }
+                    s.push_str(&format!("{} rows", v["count"]));
+                    if let Some(n) = v["next_cursor"].as_str() {
+                        s.push_str(&format!("; next page: --cursor {n}"));
+                    }
+                    s
+                });
+                Ok(())
+            }
+            CdrCmd::Export {
+                common,
+                filter,
+                limit,
+                out,
+            } => {
+                let cfg = load_config(&common)?;
+                let c = Client::for_config(&cfg, common.api.clone(), common.token.clone())?;
+                let mut q = filter_query(&filter);
+                q.push(("format".into(), "csv".into()));
+                if let Some(l) = limit {
+                    q.push(("limit".into(), l.to_string()));
+                }
+                let path = format!("/api/v1/cdrs{}", encode_query(&q));
+                let bytes = match &out {
+                    Some(p) => {
+                        let mut f = std::io::BufWriter::new(
+                            std::fs::File::create(p)
+                                .with_context(|| format!("creating {}", p.display()))?,
+                        );
+                        c.download(&path, &mut f).await?
+                    }
+                    None => {
+                        c.download(&path, &mut std::io::BufWriter::new(std::io::stdout()))
+                            .await?
+                    }
+                };
+                if out.is_some() {
+                    let v = json!({"bytes": bytes, "out": out});
+                    print(&common, &v, |_| format!("{bytes} bytes written"));
+                }
+                Ok(())
+            }
+        },
+    }
+}

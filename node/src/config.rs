@@ -1,0 +1,965 @@
+//! Node configuration file (TOML).
+//!
+//! The file lives at [`DEFAULT_CONFIG_PATH`] unless `tandem run --config FILE`
+//! names another one. Every section and every key is optional; an empty file
+//! (or no file at all, see [`Config::default_single_node`]) gives a working
+//! single-node setup. Unknown sections and keys are rejected so that a typo
+//! never silently falls back to a default.
+//!
+//! Loading happens in three steps:
+//!
+//! 1. **parse** — TOML into the section structs below. Fixed defaults come from
+//!    the `Default` impls of the section structs (the only place they are
+//!    written down).
+//! 2. **resolve** — [`Config::resolve`] fills in the defaults that depend on
+//!    other keys (`node.name`, `cluster.advertise`, `cluster.tls_dir`,
+//!    `api.token_file`, `vip.prefix`).
+//! 3. **validate** — [`Config::validate`] checks the rules that span several
+//!    keys (timer ordering, peer list consistency, address syntax, ...).
+//!
+//! Every error names the file, the key (as a dotted path such as
+//! `cluster.peers[2].addr`) and how to fix it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where `tandem run` looks for its configuration when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/tandem/tandem.toml";
+
+/// The pseudo path used in errors about a configuration that did not come
+/// from a file (for example [`Config::default_single_node`]).
+pub const DEFAULTS_PATH: &str = "<defaults>";
+
+/// Lowest port allowed in `sip.rtp_ports` (ports below are privileged).
+const RTP_PORT_MIN: u16 = 1024;
+
+/// Timer defaults, repeated in the fix hints of timer errors.
+const TIMER_DEFAULTS: &str = "defaults: heartbeat_ms = 100, lease_ms = 600, \
+     election_timeout_min_ms = 1000, election_timeout_max_ms = 1500";
+
+/// Everything that can go wrong while loading a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error(
+        "{}: cannot read configuration file: {source} — fix: check the path given \
+         with --config (default {DEFAULT_CONFIG_PATH}) and that the file is readable",
+        .path.display()
+    )]
+    Read {
+        /// The file that was being read.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or a key is unknown or has the wrong type.
+    #[error("{}: {message}\nfix: {}", .path.display(), parse_fix(.message))]
+    Parse {
+        /// The file that was being parsed.
+        path: PathBuf,
+        /// toml's message, which includes line, column, the offending line
+        /// (hence the key) and what was expected.
+        message: String,
+    },
+    /// The file parsed, but a value (or a combination of values) is invalid.
+    #[error("{}: {key}: {problem} — fix: {fix}", .path.display())]
+    Invalid {
+        /// The file the value came from, or [`DEFAULTS_PATH`].
+        path: PathBuf,
+        /// Dotted path of the offending key, like `cluster.peers[2].addr`.
+        key: String,
+        /// What is wrong with it.
+        problem: String,
+        /// What the operator should change.
+        fix: String,
+    },
+}
+
+impl ConfigError {
+    /// The dotted key an [`ConfigError::Invalid`] error is about.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
+    /// The file (or [`DEFAULTS_PATH`]) the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            ConfigError::Read { path, .. }
+            | ConfigError::Parse { path, .. }
+            | ConfigError::Invalid { path, .. } => path,
+        }
+    }
+}
+
+/// A fix hint for a toml parse error, chosen from toml's message.
+fn parse_fix(message: &str) -> &'static str {
+    if message.contains("unknown field") {
+        "remove the key or section, or correct its spelling (the accepted names are \
+         listed above; every key is documented in the example tandem.toml)"
+    } else if message.contains("unknown variant") {
+        "use one of the values listed above"
+    } else if message.contains("invalid type") || message.contains("invalid value") {
+        "give the key a value of the type shown above (numbers without quotes, \
+         strings and paths in double quotes)"
+    } else if message.contains("missing field") {
+        "add the missing key shown above"
+    } else if message.contains("duplicate key") {
+        "keep only one of the duplicated keys or sections"
+    } else {
+        "correct the TOML syntax at the position shown above"
+    }
+}
+
+/// The role of this node in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    /// A full node: votes, stores data, can become master and hold the VIP.
+    #[default]
+    Data,
+    /// A tie-breaker: votes in elections but never becomes master, never
+    /// carries calls and never holds the VIP.
+    Witness,
+}
+
+impl fmt::Display for NodeRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NodeRole::Data => "data",
+            NodeRole::Witness => "witness",
+        })
+    }
+}
+
+/// One cluster member as listed in `[[cluster.peers]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerEntry {
+    /// The member's `node.id`; required, unique, at least 1.
+    pub id: u64,
+    /// The member's peer (raft) address, i.e. its `cluster.advertise`, as
+    /// `ip:port`; required.
+    pub addr: String,
+    /// The member's admin API address as `ip:port`, used to forward requests
+    /// to it; optional, no default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
+}
+
+/// The complete node configuration: one field per TOML section.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[node]`: identity and storage of this node.
+    pub node: NodeSection,
+    /// `[cluster]`: membership, peer transport and consensus timers.
+    pub cluster: ClusterSection,
+    /// `[vip]`: the floating service address held by the master.
+    pub vip: VipSection,
+    /// `[api]`: the admin HTTP API.
+    pub api: ApiSection,
+    /// `[sip]`: the telephony listener and media ports.
+    pub sip: SipSection,
+    /// `[replication]`: data replication between nodes.
+    pub replication: ReplicationSection,
+    /// `[hooks]`: operator scripts run on role changes.
+    pub hooks: HooksSection,
+}
+
+/// `[node]` section.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSection {
+    /// Unique numeric id of this node in the cluster; the raft node id.
+    /// Must be at least 1 and match this node's entry in other nodes'
+    /// `cluster.peers`. Default: 1.
+    pub id: u64,
+    /// Human-readable name shown in logs, the API and alarms.
+    /// Default: `"node-<id>"` (filled in by [`Config::resolve`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `"data"` for a full node, `"witness"` for a vote-only tie-breaker
+    /// (e.g. the third site of a two-node cluster). Default: `"data"`.
+    pub role: NodeRole,
+    /// Directory for the replicated database, raft log, snapshots and
+    /// recordings; relative paths are relative to the working directory.
+    /// Default: `"./tandem-data"`.
+    pub data_dir: PathBuf,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            id: 1,
+            name: None,
+            role: NodeRole::Data,
+            data_dir: PathBuf::from("./tandem-data"),
+        }
+    }
+}
+
+/// `[cluster]` section.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// Cluster name; nodes refuse to talk to a cluster with another name,
+    /// which protects against cabling two clusters together. Default:
+    /// `"tandem"`.
+    pub name: String,
+    /// Address the peer (raft) transport listens on, as `ip:port`.
+    /// Default: `"127.0.0.1:7000"`.
+    pub listen: String,
+    /// Address other nodes use to reach this node's peer transport, as
+    /// `ip:port`; differs from `listen` behind NAT or when listening on
+    /// `0.0.0.0`. Default: the value of `cluster.listen` (filled in by
+    /// [`Config::resolve`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+    /// Interval at which the leader sends heartbeats (and renews its lease).
+    /// Must be less than `lease_ms`. Default: 100.
+    pub heartbeat_ms: u64,
+    /// Lower bound of the randomised election timeout: how long a follower
+    /// waits without heartbeats before starting an election. Must be greater
+    /// than `lease_ms`. Default: 1000.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomised election timeout; the spread avoids
+    /// split votes. Must be at least `election_timeout_min_ms`. Default: 1500.
+    pub election_timeout_max_ms: u64,
+    /// How long the master may act on its leadership without hearing from a
+    /// quorum (leader lease). Must be greater than `heartbeat_ms` and less than
+    /// `election_timeout_min_ms`, so a new master cannot be elected while the
+    /// old one still believes it is master. Default: 600.
+    pub lease_ms: u64,
+    /// Build a state snapshot (and truncate the raft log) every N log entries;
+    /// bounds disk use and the time a lagging node needs to catch up.
+    /// Default: 20000.
+    pub snapshot_logs: u64,
+    /// Page cache size of the embedded database (sled), in MiB; at least 1.
+    /// Default: 64.
+    pub cache_mb: u64,
+    /// Directory with the peer TLS material (CA, node certificate and key).
+    /// Default: `"<data_dir>/tls"` (filled in by [`Config::resolve`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_dir: Option<PathBuf>,
+    /// Cluster members as `[[cluster.peers]]` tables. May or may not include
+    /// this node (if it does, its `addr` must equal `cluster.advertise`).
+    /// Default: empty, i.e. a single-node cluster.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<PeerEntry>,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            name: "tandem".to_string(),
+            listen: "127.0.0.1:7000".to_string(),
+            advertise: None,
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 1000,
+            election_timeout_max_ms: 1500,
+            lease_ms: 600,
+            snapshot_logs: 20_000,
+            cache_mb: 64,
+            tls_dir: None,
+            peers: Vec::new(),
+        }
+    }
+}
+
+/// `[vip]` section.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct VipSection {
+    /// Floating IP address (v4 or v6, without prefix or port) that follows
+    /// the master, so phones and trunks need a single address. Not allowed on
+    /// a witness. Default: none (no VIP is managed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Prefix length the VIP is added with. At most 32 for IPv4, 128 for IPv6.
+    /// Default: 24 for an IPv4 address, 64 for IPv6 (filled in by
+    /// [`Config::resolve`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<u8>,
+    /// Network interface the VIP is added to, like `"eth0"`.
+    /// Default: none (the interface whose subnet contains the VIP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// Number of gratuitous ARP / unsolicited neighbour advertisements sent
+    /// after taking over the VIP, so switches and hosts update their caches;
+    /// at least 1. Default: 3.
+    pub garp_count: u32,
+    /// Pause between those announcements, in milliseconds. Default: 200.
+    pub garp_interval_ms: u64,
+}
+
+impl Default for VipSection {
+    fn default() -> Self {
+        VipSection {
+            address: None,
+            prefix: None,
+            interface: None,
+            garp_count: 3,
+            garp_interval_ms: 200,
+        }
+    }
+}
+
+/// `[api]` section.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSection {
+    /// Address the admin HTTP API listens on, as `ip:port`.
+    /// Default: `"127.0.0.1:8080"` (local access only).
+    pub listen: String,
+    /// PEM certificate (chain) for serving the API over HTTPS; set together
+    /// with `tls_key`. Default: none (plain HTTP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`; set together with it.
+    /// Default: none (plain HTTP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// File holding the admin bearer token (created on first start if
+    /// missing). Default: `"<data_dir>/admin.token"` (filled in by
+    /// [`Config::resolve`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        ApiSection {
+            listen: "127.0.0.1:8080".to_string(),
+            tls_cert: None,
+            tls_key: None,
+            token_file: None,
+        }
+    }
+}
+
+/// `[sip]` section.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipSection {
+    /// Address the SIP listener binds to, as `ip:port`.
+    /// Default: `"0.0.0.0:5060"` (all interfaces, so it also answers on the VIP).
+    pub listen: String,
+    /// UDP port range for RTP media, as `"LOW-HIGH"`: LOW even (RTP uses even
+    /// ports, RTCP the odd one above), LOW < HIGH, both within 1024-65535.
+    /// Default: `"10000-20000"`.
+    pub rtp_ports: String,
+}
+
+impl Default for SipSection {
+    fn default() -> Self {
+        SipSection {
+            listen: "0.0.0.0:5060".to_string(),
+            rtp_ports: "10000-20000".to_string(),
+        }
+    }
+}
+
+/// `[replication]` section.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationSection {
+    /// Bandwidth cap for copying call recordings to other nodes, in kbit/s,
+    /// so bulk copies do not starve live calls on a shared link;
+    /// 0 means unlimited. Default: 0.
+    pub recording_bandwidth_kbps: u64,
+}
+
+/// `[hooks]` section.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HooksSection {
+    /// Executable run when this node becomes master (e.g. to notify
+    /// monitoring or adjust firewall rules). Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_master: Option<PathBuf>,
+    /// Executable run when this node becomes standby. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_standby: Option<PathBuf>,
+    /// Executable run when this node fences itself (lost quorum while
+    /// master). Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_fenced: Option<PathBuf>,
+    /// Time a hook may run before it is killed, in milliseconds, so a hung
+    /// script cannot delay a failover indefinitely. Default: 5000.
+    pub timeout_ms: u64,
+}
+
+impl Default for HooksSection {
+    fn default() -> Self {
+        HooksSection {
+            on_master: None,
+            on_standby: None,
+            on_fenced: None,
+            timeout_ms: 5000,
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses, resolves and validates the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml_str(&text, path)
+    }
+
+    /// Parses, resolves and validates configuration text; `path` is only used
+    /// in error messages.
+    pub fn from_toml_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.resolve();
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// The configuration `tandem run` uses without `--config`: all defaults,
+    /// resolved (a single data node with id 1).
+    pub fn default_single_node() -> Config {
+        let mut config = Config::default();
+        config.resolve();
+        config
+    }
+
+    /// Fills in the defaults that depend on other keys: `node.name`,
+    /// `cluster.advertise`, `cluster.tls_dir`, `api.token_file` and (when
+    /// `vip.address` is a valid IP) `vip.prefix`. Keys already set are kept.
+    pub fn resolve(&mut self) {
+        self.node.name = Some(self.node_name());
+        self.cluster.advertise = Some(self.advertise());
+        self.cluster.tls_dir = Some(self.tls_dir());
+        self.api.token_file = Some(self.token_file());
+        self.vip.prefix = self.vip_prefix().or(self.vip.prefix);
+    }
+
+    /// `node.name`, or its default `"node-<id>"`.
+    pub fn node_name(&self) -> String {
+        self.node
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("node-{}", self.node.id))
+    }
+
+    /// `cluster.advertise`, or its default, `cluster.listen`.
+    pub fn advertise(&self) -> String {
+        self.cluster
+            .advertise
+            .clone()
+            .unwrap_or_else(|| self.cluster.listen.clone())
+    }
+
+    /// `cluster.tls_dir`, or its default `<data_dir>/tls`.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.cluster
+            .tls_dir
+            .clone()
+            .unwrap_or_else(|| self.node.data_dir.join("tls"))
+    }
+
+    /// `api.token_file`, or its default `<data_dir>/admin.token`.
+    pub fn token_file(&self) -> PathBuf {
+        self.api
+            .token_file
+            .clone()
+            .unwrap_or_else(|| self.node.data_dir.join("admin.token"))
+    }
+
+    /// The VIP, if `vip.address` is set and is a valid IP address.
+    pub fn vip_address(&self) -> Option<IpAddr> {
+        self.vip.address.as_deref()?.parse().ok()
+    }
+
+    /// `vip.prefix`, or its default (24 for IPv4, 64 for IPv6) when a valid
+    /// VIP is configured; `None` without a VIP.
+    pub fn vip_prefix(&self) -> Option<u8> {
+        let ip = self.vip_address()?;
+        Some(self.vip.prefix.unwrap_or(match ip {
+            IpAddr::V4(_) => 24,
+            IpAddr::V6(_) => 64,
+        }))
+    }
+
+    /// All voting members: every `cluster.peers` entry plus this node
+    /// (`node.id` at `cluster.advertise`), one entry per id, sorted by id.
+    ///
+    /// This node's entry always uses `cluster.advertise` as its address; its
+    /// `api` is taken from its peer entry if it has one, else from
+    /// `api.listen` unless that is a wildcard address or port 0.
+    pub fn voters(&self) -> Vec<PeerEntry> {
+        let own_peer_api = self
+            .cluster
+            .peers
+            .iter()
+            .find(|p| p.id == self.node.id)
+            .and_then(|p| p.api.clone());
+        let own_api = own_peer_api.or_else(|| {
+            let addr: SocketAddr = self.api.listen.parse().ok()?;
+            (!addr.ip().is_unspecified() && addr.port() != 0).then(|| self.api.listen.clone())
+        });
+        let mut voters = vec![PeerEntry {
+            id: self.node.id,
+            addr: self.advertise(),
+            api: own_api,
+        }];
+        for peer in &self.cluster.peers {
+            if voters.iter().all(|v| v.id != peer.id) {
+                voters.push(peer.clone());
+            }
+        }
+        voters.sort_by_key(|v| v.id);
+        voters
+    }
+
+    /// The RTP port range from `sip.rtp_ports` as `(low, high)`, inclusive.
+    ///
+    /// Meant for validated configurations; an invalid value yields the
+    /// default range `(10000, 20000)`.
+    pub fn rtp_port_range(&self) -> (u16, u16) {
+        parse_rtp_ports(&self.sip.rtp_ports).unwrap_or_else(|_| {
+            parse_rtp_ports(&SipSection::default().rtp_ports).unwrap_or((10_000, 20_000))
+        })
+    }
+
+    /// Checks all rules that a successful parse does not guarantee. Stops at
+    /// the first problem; `path` is only used in the error (pass
+    /// [`DEFAULTS_PATH`] for a configuration built in code). Works on resolved
+    /// and unresolved configurations alike.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let v = Validator { path };
+        v.node(self)?;
+        v.cluster_addresses(self)?;
+        v.peers(self)?;
+        v.timers(&self.cluster)?;
+        v.vip(self)?;
+        v.api(&self.api)?;
+        v.sip(&self.sip)?;
+        Ok(())
+    }
+}
+
+/// Parses `"LOW-HIGH"`; on failure returns `(problem, fix)`.
+fn parse_rtp_ports(text: &str) -> Result<(u16, u16), (String, String)> {
+    let example = "write it as \"LOW-HIGH\", like rtp_ports = \"10000-20000\"";
+    let Some((low, high)) = text.split_once('-') else {
+        return Err((format!("{text:?} is not a port range"), example.to_string()));
+    };
+    let (Ok(low), Ok(high)) = (low.trim().parse::<u32>(), high.trim().parse::<u32>()) else {
+        return Err((
+            format!("{text:?} is not a port range of two numbers"),
+            example.to_string(),
+        ));
+    };
+    let in_range = |p: u32| (u32::from(RTP_PORT_MIN)..=u32::from(u16::MAX)).contains(&p);
+    if !in_range(low) || !in_range(high) {
+        return Err((
+            format!("ports in {text:?} must be within {RTP_PORT_MIN}-65535"),
+            format!(
+                "choose ports between {RTP_PORT_MIN} and 65535, like rtp_ports = \"10000-20000\""
+            ),
+        ));
+    }
+    if low >= high {
+        return Err((
+            format!("LOW ({low}) must be less than HIGH ({high})"),
+            if low > high {
+                format!("swap them: rtp_ports = \"{high}-{low}\"")
+            } else {
+                format!(
+                    "widen the range, like rtp_ports = \"{low}-{}\"",
+                    low + 10_000
+                )
+            },
+        ));
+    }
+    if low % 2 != 0 {
+        let even = if low > u32::from(RTP_PORT_MIN) {
+            low - 1
+        } else {
+            low + 1
+        };
+        return Err((
+            format!(
+                "LOW ({low}) must be even: RTP uses the even port of each pair and RTCP the odd one above it"
+            ),
+            format!("start the range on an even port, like rtp_ports = \"{even}-{high}\""),
+        ));
+    }
+    // Both fit in u16: checked against u16::MAX above.
+    Ok((low as u16, high as u16))
+}
+
+/// Validation helpers bound to the file name used in errors.
+struct Validator<'a> {
+    path: &'a Path,
+}
+
+impl Validator<'_> {
+    fn invalid(&self, key: impl Into<String>, problem: String, fix: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            key: key.into(),
+            problem,
+            fix,
+        }
+    }
+
+    /// `value` must parse as a socket address; `example` is shown in the fix.
+    fn socket_addr(
+        &self,
+        key: &str,
+        value: &str,
+        example: &str,
+    ) -> Result<SocketAddr, ConfigError> {
+        value.parse::<SocketAddr>().map_err(|_| {
+            self.invalid(
+                key,
+                format!("{value:?} is not a valid address"),
+                format!(
+                    "expected host:port like {example} (IPv6 in brackets, like [fd00::2]:7000; \
+                     host names are not supported yet)"
+                ),
+            )
+        })
+    }
+
+    /// An address other nodes connect to must name a real host and port.
+    fn dialable(&self, key: &str, addr: SocketAddr, example: &str) -> Result<(), ConfigError> {
+        if addr.ip().is_unspecified() {
+            return Err(self.invalid(
+                key,
+                format!("{addr} is a wildcard address; other nodes cannot connect to it"),
+                format!("use the node's real IP address, like {example}"),
+            ));
+        }
+        if addr.port() == 0 {
+            return Err(self.invalid(
+                key,
+                format!("{addr} has port 0; other nodes cannot connect to it"),
+                format!("give the port the node listens on, like {example}"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn node(&self, c: &Config) -> Result<(), ConfigError> {
+        if c.node.id == 0 {
+            return Err(self.invalid(
+                "node.id",
+                "must be at least 1 (0 is reserved)".to_string(),
+                "set node.id to this node's unique number in the cluster, like id = 1".to_string(),
+            ));
+        }
+        if c.node.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+            return Err(self.invalid(
+                "node.name",
+                "must not be empty".to_string(),
+                format!(
+                    "give the node a name, like name = \"node-{}\", or remove the key to use that default",
+                    c.node.id
+                ),
+            ));
+        }
+        if c.node.data_dir.as_os_str().is_empty() {
+            return Err(self.invalid(
+                "node.data_dir",
+                "must not be empty".to_string(),
+                "set a directory, like data_dir = \"/var/lib/tandem\", or remove the key to use \
+                 the default \"./tandem-data\""
+                    .to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn cluster_addresses(&self, c: &Config) -> Result<(), ConfigError> {
+        if c.cluster.name.trim().is_empty() {
+            return Err(self.invalid(
+                "cluster.name",
+                "must not be empty".to_string(),
+                "use the same non-empty name on every node, like name = \"tandem\"".to_string(),
+            ));
+        }
+        self.socket_addr("cluster.listen", &c.cluster.listen, "10.0.0.1:7000")?;
+        if let Some(advertise) = &c.cluster.advertise {
+            self.socket_addr("cluster.advertise", advertise, "10.0.0.1:7000")?;
+        }
+        if c.cluster.cache_mb == 0 {
+            return Err(self.invalid(
+                "cluster.cache_mb",
+                "must be at least 1".to_string(),
+                "set cache_mb = 64 (the default) or another size in MiB".to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn peers(&self, c: &Config) -> Result<(), ConfigError> {
+        // Valid: checked by cluster_addresses (explicit advertise) or as
+        // cluster.listen (default advertise).
+        let advertise: SocketAddr =
+            self.socket_addr("cluster.advertise", &c.advertise(), "10.0.0.1:7000")?;
+        let mut ids: HashMap<u64, usize> = HashMap::new();
+        // Address -> description of who uses it, for duplicate detection.
+        let mut addrs: HashMap<SocketAddr, String> = HashMap::new();
+        addrs.insert(
+            advertise,
+            format!("this node (node.id = {}, cluster.advertise)", c.node.id),
+        );
+        for (i, peer) in c.cluster.peers.iter().enumerate() {
+            let key = format!("cluster.peers[{i}]");
+            if peer.id == 0 {
+                return Err(self.invalid(
+                    format!("{key}.id"),
+                    "must be at least 1 (0 is reserved)".to_string(),
+                    "set it to that node's node.id".to_string(),
+                ));
+            }
+            if let Some(first) = ids.insert(peer.id, i) {
+                return Err(self.invalid(
+                    format!("{key}.id"),
+                    format!("id {} is already used by cluster.peers[{first}]", peer.id),
+                    "give every peer a unique id, equal to that node's node.id; list each node once"
+                        .to_string(),
+                ));
+            }
+            let addr = self.socket_addr(&format!("{key}.addr"), &peer.addr, "10.0.0.2:7000")?;
+            self.dialable(&format!("{key}.addr"), addr, "10.0.0.2:7000")?;
+            if let Some(api) = &peer.api {
+                let api_addr = self.socket_addr(&format!("{key}.api"), api, "10.0.0.2:8080")?;
+                self.dialable(&format!("{key}.api"), api_addr, "10.0.0.2:8080")?;
+            }
+            if peer.id == c.node.id {
+                if addr != advertise {
+                    return Err(self.invalid(
+                        format!("{key}.addr"),
+                        format!(
+                            "peer id {} is this node (node.id = {}), but its addr {} differs from \
+                             cluster.advertise {}",
+                            peer.id, c.node.id, peer.addr, advertise
+                        ),
+                        format!(
+                            "make them equal, e.g. set cluster.advertise = \"{}\"; or, if this \
+                             entry is another node, correct node.id or the peer's id",
+                            peer.addr
+                        ),
+                    ));
+                }
+                continue;
+            }
+            if let Some(user) = addrs.insert(addr, format!("cluster.peers[{i}] (id {})", peer.id)) {
+                return Err(self.invalid(
+                    format!("{key}.addr"),
+                    format!("{addr} is also the address of {user}"),
+                    "every node needs its own address; correct this addr, or its id if the entry \
+                     describes the same node"
+                        .to_string(),
+                ));
+            }
+        }
+        let others = c.cluster.peers.iter().any(|p| p.id != c.node.id);
+        if others {
+            let source = if c.cluster.advertise.is_some() {
+                String::new()
+            } else {
+                format!(
+                    " (cluster.advertise defaults to cluster.listen = {:?})",
+                    c.cluster.listen
+                )
+            };
+            self.dialable("cluster.advertise", advertise, "10.0.0.1:7000")
+                .map_err(|e| match e {
+                    ConfigError::Invalid {
+                        path,
+                        key,
+                        problem,
+                        fix,
+                    } => ConfigError::Invalid {
+                        path,
+                        key,
+                        problem: format!("{problem}{source}"),
+                        fix: format!(
+                            "set cluster.advertise to the address other nodes use to reach this \
+                             node: {fix}"
+                        ),
+                    },
+                    other => other,
+                })?;
+        }
+        Ok(())
+    }
+
+    fn timers(&self, c: &ClusterSection) -> Result<(), ConfigError> {
+        let (hb, lease, emin, emax) = (
+            c.heartbeat_ms,
+            c.lease_ms,
+            c.election_timeout_min_ms,
+            c.election_timeout_max_ms,
+        );
+        if hb == 0 {
+            return Err(self.invalid(
+                "cluster.heartbeat_ms",
+                "must be at least 1".to_string(),
+                format!(
+                    "set heartbeat_ms to about a sixth of lease_ms, like heartbeat_ms = {} ({TIMER_DEFAULTS})",
+                    (lease / 6).max(1)
+                ),
+            ));
+        }
+        if hb >= lease {
+            let mut options = Vec::new();
+            if lease / 6 >= 1 {
+                options.push(format!("lower cluster.heartbeat_ms to {}", lease / 6));
+            }
+            options.push(format!(
+                "raise cluster.lease_ms to {} (keeping it below election_timeout_min_ms)",
+                hb * 6
+            ));
+            return Err(self.invalid(
+                "cluster.heartbeat_ms",
+                format!(
+                    "cluster.heartbeat_ms ({hb}) must be less than cluster.lease_ms ({lease}): \
+                     the master renews its lease with every heartbeat"
+                ),
+                format!("{} ({TIMER_DEFAULTS})", options.join(" or ")),
+            ));
+        }
+        if lease >= emin {
+            let mut options = Vec::new();
+            let lower = emin * 3 / 5;
+            if lower > hb {
+                options.push(format!("lower cluster.lease_ms to {lower}"));
+            }
+            let raised_min = (lease * 5 / 3).max(lease + 1);
+            let mut raise = format!("raise cluster.election_timeout_min_ms to {raised_min}");
+            if emax < raised_min {
+                raise.push_str(&format!(
+                    " and cluster.election_timeout_max_ms to {}",
+                    raised_min * 3 / 2
+                ));
+            }
+            options.push(raise);
+            return Err(self.invalid(
+                "cluster.lease_ms",
+                format!(
+                    "cluster.lease_ms ({lease}) must be less than cluster.election_timeout_min_ms \
+                     ({emin}): otherwise a new master can be elected while the old one still \
+                     holds its lease"
+                ),
+                format!("{} ({TIMER_DEFAULTS})", options.join(" or ")),
+            ));
+        }
+        if emin > emax {
+            return Err(self.invalid(
+                "cluster.election_timeout_min_ms",
+                format!(
+                    "cluster.election_timeout_min_ms ({emin}) must not exceed \
+                     cluster.election_timeout_max_ms ({emax})"
+                ),
+                format!(
+                    "raise cluster.election_timeout_max_ms to {} (about 1.5 x the minimum) \
+                     ({TIMER_DEFAULTS})",
+                    emin + emin / 2
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn vip(&self, c: &Config) -> Result<(), ConfigError> {
+        if let Some(address) = &c.vip.address {
+            if c.node.role == NodeRole::Witness {
+                return Err(self.invalid(
+                    "vip.address",
+                    "a witness never becomes master, so it cannot hold the VIP".to_string(),
+                    "remove vip.address from this node's file, or set node.role = \"data\" if \
+                     this node should carry calls"
+                        .to_string(),
+                ));
+            }
+            let ip: IpAddr = address.parse().map_err(|_| {
+                self.invalid(
+                    "vip.address",
+                    format!("{address:?} is not an IP address"),
+                    "write a bare IPv4 or IPv6 address, like address = \"10.0.0.100\" or \
+                     \"fd00::100\" (no port; the prefix length goes in vip.prefix)"
+                        .to_string(),
+                )
+            })?;
+            if ip.is_unspecified() || ip.is_multicast() {
+                return Err(self.invalid(
+                    "vip.address",
+                    format!("{ip} cannot be assigned to an interface"),
+                    "use a free unicast address in the service subnet, like address = \"10.0.0.100\""
+                        .to_string(),
+                ));
+            }
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            if let Some(prefix) = c.vip.prefix.filter(|&p| p > max) {
+                return Err(self.invalid(
+                    "vip.prefix",
+                    format!(
+                        "{prefix} is longer than an {} address ({max} bits)",
+                        if ip.is_ipv4() { "IPv4" } else { "IPv6" }
+                    ),
+                    format!(
+                        "use the subnet's prefix length, at most {max}, like prefix = {} \
+                         (the default)",
+                        if ip.is_ipv4() { 24 } else { 64 }
+                    ),
+                ));
+            }
+        }
+        if c.vip.garp_count == 0 {
+            return Err(self.invalid(
+                "vip.garp_count",
+                "must be at least 1: without announcements the network keeps sending \
+                 traffic to the old master"
+                    .to_string(),
+                "set garp_count = 3 (the default)".to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn api(&self, a: &ApiSection) -> Result<(), ConfigError> {
+        self.socket_addr("api.listen", &a.listen, "10.0.0.1:8080")?;
+        match (&a.tls_cert, &a.tls_key) {
+            (Some(_), None) => Err(self.invalid(
+                "api.tls_key",
+                "api.tls_cert is set but api.tls_key is not".to_string(),
+                "add tls_key = \"/path/to/key.pem\", or remove tls_cert to serve plain HTTP"
+                    .to_string(),
+            )),
+            (None, Some(_)) => Err(self.invalid(
+                "api.tls_cert",
+                "api.tls_key is set but api.tls_cert is not".to_string(),
+                "add tls_cert = \"/path/to/cert.pem\", or remove tls_key to serve plain HTTP"
+                    .to_string(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn sip(&self, s: &SipSection) -> Result<(), ConfigError> {
+        self.socket_addr("sip.listen", &s.listen, "0.0.0.0:5060")?;
+        parse_rtp_ports(&s.rtp_ports)
+            .map_err(|(problem, fix)| self.invalid("sip.rtp_ports", problem, fix))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,180 @@
+//! Prometheus metrics of the node (`GET /metrics`).
+//!
+//! Raft gauges are read from openraft's metrics at scrape time; counters and the
+//! request-latency histogram are updated as things happen.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use tandem_replication::replica::Replica;
+
+pub struct Metrics {
+    registry: Registry,
+    term: IntGauge,
+    leader: IntGauge,
+    is_leader: IntGauge,
+    commit_index: IntGauge,
+    applied_index: IntGauge,
+    last_log_index: IntGauge,
+    lag_entries: IntGaugeVec,
+    lag_ms: IntGaugeVec,
+    writes_committed: IntCounter,
+    writes_seen: AtomicU64,
+    cdrs_written: IntCounter,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("metric");
+    r.register(Box::new(g.clone())).expect("register");
+    g
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let lag_entries = IntGaugeVec::new(
+            Opts::new(
+                "tandem_replication_lag_entries",
+                "Log entries a member is behind the leader (leader's view)",
+            ),
+            &["peer"],
+        )
+        .expect("metric");
+        let lag_ms = IntGaugeVec::new(
+            Opts::new(
+                "tandem_replication_lag_ms",
+                "Age in ms of the oldest entry a member lacks (leader's view)",
+            ),
+            &["peer"],
+        )
+        .expect("metric");
+        let writes_committed = IntCounter::new(
+            "tandem_writes_committed_total",
+            "Raft entries committed through this node while it was leader",
+        )
+        .expect("metric");
+        let cdrs_written = IntCounter::new(
+            "tandem_cdrs_written_total",
+            "CDRs inserted through this node's API",
+        )
+        .expect("metric");
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "tandem_http_requests_total",
+                "HTTP requests by route and status",
+            ),
+            &["route", "method", "status"],
+        )
+        .expect("metric");
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "tandem_http_request_duration_seconds",
+                "HTTP request latency",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["route", "method"],
+        )
+        .expect("metric");
+        for c in [
+            Box::new(lag_entries.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(lag_ms.clone()),
+            Box::new(writes_committed.clone()),
+            Box::new(cdrs_written.clone()),
+            Box::new(requests.clone()),
+            Box::new(latency.clone()),
+        ] {
+            r.register(c).expect("register");
+        }
+        Metrics {
+            term: gauge(&r, "tandem_raft_term", "Current Raft term"),
+            leader: gauge(
+                &r,
+                "tandem_raft_leader_id",
+                "Node id of the current leader (0 = none)",
+            ),
+            is_leader: gauge(
+                &r,
+                "tandem_raft_is_leader",
+                "1 if this node is the Raft leader",
+            ),
+            commit_index: gauge(
+                &r,
+                "tandem_raft_commit_index",
+                "Highest log index known committed",
+            ),
+            applied_index: gauge(
+                &r,
+                "tandem_raft_applied_index",
+                "Highest log index applied to the state machine",
+            ),
+            last_log_index: gauge(
+                &r,
+                "tandem_raft_last_log_index",
+                "Highest log index in the local log",
+            ),
+            registry: r,
+            lag_entries,
+            lag_ms,
+            writes_committed,
+            writes_seen: AtomicU64::new(0),
+            cdrs_written,
+            requests,
+            latency,
+        }
+    }
+
+    pub fn observe_request(&self, route: &str, method: &str, status: u16, took: Duration) {
+        self.requests
+            .with_label_values(&[route, method, &status.to_string()])
+            .inc();
+        self.latency
+            .with_label_values(&[route, method])
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn cdrs_written(&self, n: u64) {
+        self.cdrs_written.inc_by(n);
+    }
+
+    /// Refresh the gauges from the replica and encode everything.
+    pub fn render(&self, r: &Replica) -> String {
+        let m = r.metrics();
+        self.term.set(m.current_term as i64);
+        self.leader.set(m.current_leader.unwrap_or(0) as i64);
+        self.is_leader.set(i64::from(r.is_leader()));
+        self.commit_index.set(r.commit_index() as i64);
+        self.applied_index
+            .set(m.last_applied.map(|l| l.index).unwrap_or(0) as i64);
+        self.last_log_index
+            .set(m.last_log_index.unwrap_or(0) as i64);
+        self.lag_entries.reset();
+        self.lag_ms.reset();
+        for member in r.members() {
+            if let (Some(e), Some(ms)) = (member.lag_entries, member.lag_ms) {
+                let peer = member.id.to_string();
+                self.lag_entries.with_label_values(&[&peer]).set(e as i64);
+                self.lag_ms.with_label_values(&[&peer]).set(ms as i64);
+            }
+        }
+        let total = r.writes_committed.load(Ordering::Relaxed);
+        let seen = self.writes_seen.swap(total, Ordering::Relaxed);
+        self.writes_committed.inc_by(total.saturating_sub(seen));
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
