@@ -182,8 +182,10 @@ impl Replica {
             election_timeout_min: cfg.election_timeout_min_ms,
             election_timeout_max: cfg.election_timeout_max_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_logs),
-            max_in_snapshot_log_to_keep: 1000,
-            purge_batch_size: 256,
+            // Keep some log after a snapshot so a briefly lagging follower catches up
+            // from the log, not a full snapshot.
+            max_in_snapshot_log_to_keep: (cfg.snapshot_logs / 2).min(1000),
+            purge_batch_size: (cfg.snapshot_logs / 4).clamp(1, 256),
             max_payload_entries: 64,
             snapshot_max_chunk_size: 1024 * 1024,
             install_snapshot_timeout: 5_000,

@@ -1,0 +1,135 @@
+//! Every bad input gets a 4xx with a JSON error that says what is wrong.
+
+use serde_json::json;
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_get_4xx_with_a_clear_error() {
+    let mut cluster = LocalCluster::prepare(exe(), 1, &["127.0.0.1"], "").unwrap();
+    cluster.bootstrap().await.unwrap();
+    let c = cluster.nodes[0].client().unwrap();
+    let good = serde_json::to_value(cdr(1)).unwrap();
+
+    let post = |body: Vec<u8>| {
+        let c = cluster.nodes[0].client().unwrap();
+        async move {
+            c.post_raw("/api/v1/cdrs", body)
+                .await
+                .unwrap_err()
+                .to_string()
+        }
+    };
+    let e = post(b"{\"id\": ".to_vec()).await;
+    assert!(
+        e.contains("HTTP 400") && e.contains("malformed JSON"),
+        "{e}"
+    );
+    let mut missing = good.clone();
+    missing.as_object_mut().unwrap().remove("caller");
+    let e = post(serde_json::to_vec(&missing).unwrap()).await;
+    assert!(
+        e.contains("HTTP 400") && e.contains("missing field `caller`"),
+        "{e}"
+    );
+    let mut wrong = good.clone();
+    wrong["duration"] = json!("long");
+    let e = post(serde_json::to_vec(&wrong).unwrap()).await;
+    assert!(e.contains("HTTP 400") && e.contains("invalid type"), "{e}");
+    let mut order = good.clone();
+    order["end"] = json!("2020-01-01T00:00:00Z");
+    let e = post(serde_json::to_vec(&order).unwrap()).await;
+    assert!(e.contains("HTTP 400") && e.contains("`end`"), "{e}");
+    let e = post(b"[]".to_vec()).await;
+    assert!(e.contains("HTTP 400") && e.contains("empty array"), "{e}");
+    let mut unknown = good.clone();
+    unknown["colour"] = json!("red");
+    let e = post(serde_json::to_vec(&unknown).unwrap()).await;
+    assert!(
+        e.contains("HTTP 400") && e.contains("unknown field `colour`"),
+        "{e}"
+    );
+
+    for (query, expect) in [
+        (
+            "from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z",
+            "bad time range",
+        ),
+        ("from=yesterday", "not an RFC 3339 time"),
+        ("limit=1000000", "too large"),
+        ("limit=-3", "not a positive integer"),
+        ("limit=0", "at least 1"),
+        ("cursor=zz", "cursor"),
+        ("format=xml", "format"),
+        ("colour=red", "unknown query parameter `colour`"),
+        ("consistency=maybe", "consistency"),
+    ] {
+        let e = c
+            .get(&format!("/api/v1/cdrs?{query}"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("HTTP 400") && e.contains(expect), "{query}: {e}");
+    }
+    let e = c
+        .get("/api/v1/config/no.such.key")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("HTTP 404"), "{e}");
+    let e = c
+        .send_json(reqwest::Method::PUT, "/api/v1/config/bad%20key", &json!(1))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("HTTP 400") && e.contains("only letters"), "{e}");
+
+    // No token, wrong token → 401.
+    let anon = Client::new(c.base.clone(), None).unwrap();
+    let e = anon.get("/api/v1/cdrs").await.unwrap_err().to_string();
+    assert!(e.contains("HTTP 401") && e.contains("Bearer"), "{e}");
+    let wrong = Client::new(c.base.clone(), Some("nope".into())).unwrap();
+    let e = wrong.get("/api/v1/cluster").await.unwrap_err().to_string();
+    assert!(e.contains("HTTP 401"), "{e}");
+    // /health needs no token.
+    assert_eq!(anon.get("/health").await.unwrap()["role"], "master");
+    // The node is still fine after all that.
+    let (status, _) = c
+        .post_raw("/api/v1/cdrs", serde_json::to_vec(&good).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status, 201);
+    cluster.nodes[0].kill();
+}
+
+#[tokio::test]
+async fn bad_config_file_stops_startup_naming_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[cluster]\nheartbeat_ms = 2000\nelection_timeout_min_ms = 1000\n",
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(exe())
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml") && err.contains("heartbeat_ms"),
+        "{err}"
+    );
+    std::fs::write(&path, "[node]\ncolour = 1\n").unwrap();
+    let out = tokio::process::Command::new(exe())
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("colour"), "{err}");
+}
