@@ -94,6 +94,14 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigCmd,
     },
+    /// Benchmarks: committed CDR writes/s and latency (3 nodes vs 1 node), standby
+    /// lag, and standby queries over a large CDR set. Prints figures; see docs/benchmarks.md.
+    Bench {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: crate::bench::BenchArgs,
+    },
     /// Call detail records: add, query, export CSV.
     Cdr {
         #[command(subcommand)]
@@ -244,7 +252,7 @@ fn urlencode(s: &str) -> String {
 pub fn status_text(v: &Value) -> String {
     let mut s = format!(
         "node {} — role {}, leader {}, term {}\nlog {} · commit {} · applied {} · lag {} entries / {} ms\n",
-        v["node_id"].to_string(), v["role"].as_str().unwrap_or("?"),
+        v["node_id"], v["role"].as_str().unwrap_or("?"),
         v["leader_id"].as_u64().map(|x| x.to_string()).unwrap_or_else(|| "none".into()),
         v["term"], v["last_log_index"], v["commit_index"], v["applied_index"],
         v["lag"]["entries"], v["lag"]["ms"],
@@ -283,6 +291,7 @@ pub fn status_text(v: &Value) -> String {
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Demo { common, cdrs } => crate::demo::run(common.json, cdrs).await,
+        Command::Bench { common, args } => crate::bench::run(args, common.json).await,
         Command::Run { common } => crate::daemon::run(load_config(&common)?).await,
         Command::Init { common } => {
             let cfg = load_config(&common)?;

@@ -15,8 +15,11 @@
 pub mod apply;
 pub mod codec;
 pub mod keys;
+// openraft's storage traits fix the error type (StorageError, ~224 bytes).
+#[allow(clippy::result_large_err)]
 pub mod log;
 pub mod query;
+#[allow(clippy::result_large_err)]
 pub mod sm;
 
 use std::path::Path;

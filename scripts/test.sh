@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The project's test command (CI runs exactly this through .ci/run).
+# Formatting and lints first (cheap to fail), then every test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+# Multi-process tests start real `tandem` nodes; keep them from fighting over 2 cores.
+cargo test --workspace -- --test-threads=2
