@@ -153,3 +153,100 @@ async fn wrong_token_or_foreign_certificate_is_refused() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_voters_form_leave_shrinks_to_four_which_survive_a_failure() {
+    let mut cluster = LocalCluster::prepare(
+        exe(),
+        5,
+        &[
+            "127.0.0.1",
+            "127.0.0.2",
+            "127.0.0.3",
+            "127.0.0.4",
+            "127.0.0.5",
+        ],
+        "",
+    )
+    .unwrap();
+    cluster.bootstrap().await.unwrap();
+    // `tandem leave` on node 5 removes it.
+    let out = tokio::process::Command::new(exe())
+        .args(["leave", "--json", "--config"])
+        .arg(&cluster.nodes[4].config)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cluster
+        .wait_for(Duration::from_secs(10), "4 voters after leave", |v| {
+            v["voters"] == 4
+        })
+        .await
+        .unwrap();
+    cluster.nodes[4].kill();
+    // Back to 5 would need a re-join; with 4 voters, lose one (quorum 3 of 4) and still commit.
+    let m = cluster.master().await.unwrap();
+    let victim = (m + 1) % 4;
+    cluster.nodes[victim].kill();
+    let x = cdr(70_000);
+    let (s, _) = cluster.nodes[m]
+        .client()
+        .unwrap()
+        .post_raw("/api/v1/cdrs", serde_json::to_vec(&x).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(s, 201);
+    let want: HashSet<String> = [x.id.to_string()].into();
+    for (i, n) in cluster.nodes.iter().enumerate().take(4) {
+        if i != victim {
+            assert!(want.is_subset(
+                &wait_for_ids(&n.client().unwrap(), &want, Duration::from_secs(10)).await
+            ));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_voters_commit_only_with_both_and_status_says_so() {
+    let mut cluster = LocalCluster::prepare(exe(), 2, &["127.0.0.1", "127.0.0.2"], "").unwrap();
+    cluster.bootstrap().await.unwrap();
+    let m = cluster.master().await.unwrap();
+    let view = cluster.nodes[m]
+        .client()
+        .unwrap()
+        .get("/api/v1/cluster")
+        .await
+        .unwrap();
+    assert!(
+        view["notes"]
+            .to_string()
+            .contains("2 voters: a write needs both"),
+        "{view}"
+    );
+    let (s, _) = cluster.nodes[m]
+        .client()
+        .unwrap()
+        .post_raw("/api/v1/cdrs", serde_json::to_vec(&cdr(1)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(s, 201);
+    // With the other voter gone, a write is not acknowledged.
+    cluster.nodes[1 - m].kill();
+    let res = tokio::time::timeout(
+        Duration::from_secs(4),
+        cluster.nodes[m]
+            .client()
+            .unwrap()
+            .post_raw("/api/v1/cdrs", serde_json::to_vec(&cdr(2)).unwrap()),
+    )
+    .await;
+    assert!(
+        !matches!(res, Ok(Ok((201, _)))),
+        "a write was acknowledged by 1 of 2 voters: {res:?}"
+    );
+}
