@@ -120,6 +120,13 @@ pub fn admin_token(cfg: &Config) -> anyhow::Result<(String, bool)> {
 
 /// Run the node until SIGTERM or Ctrl-C.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    if cfg.api.tls_cert.is_some() {
+        // Never fall back to plain HTTP silently when the operator asked for HTTPS.
+        bail!(
+            "api.tls_cert: HTTPS for the API is not available in this version; remove \
+             api.tls_cert/api.tls_key and put a TLS proxy in front, or keep the API on 127.0.0.1"
+        );
+    }
     std::fs::create_dir_all(&cfg.node.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.node.data_dir.display()))?;
     if !NodeIdentity::exists(&cfg.tls_dir()) {
