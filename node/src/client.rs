@@ -26,30 +26,56 @@ pub fn connectable(listen: &str) -> String {
 
 impl Client {
     pub fn new(base: String, token: Option<String>) -> anyhow::Result<Client> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()?;
+        Client::with_root(base, token, None)
+    }
+
+    /// A client that also trusts `root_pem` (the API's own certificate or its CA).
+    pub fn with_root(
+        base: String,
+        token: Option<String>,
+        root_pem: Option<&[u8]>,
+    ) -> anyhow::Result<Client> {
+        let mut b = reqwest::Client::builder().timeout(Duration::from_secs(30));
+        if let Some(pem) = root_pem {
+            b = b.add_root_certificate(
+                reqwest::Certificate::from_pem(pem).context("API certificate is not PEM")?,
+            );
+        }
         Ok(Client {
-            http,
+            http: b.build()?,
             base: base.trim_end_matches('/').to_string(),
             token,
         })
     }
 
-    /// Client for the node described by `cfg`, with `api`/`token` overrides.
+    /// Client for the node described by `cfg`, with `api`/`token` overrides. With
+    /// `[api] tls_cert` set it uses HTTPS and trusts that certificate (typically
+    /// self-signed on an appliance).
     pub fn for_config(
         cfg: &Config,
         api: Option<String>,
         token: Option<String>,
     ) -> anyhow::Result<Client> {
-        let base = api.unwrap_or_else(|| format!("http://{}", connectable(&cfg.api.listen)));
+        let scheme = if cfg.api.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let base = api.unwrap_or_else(|| format!("{scheme}://{}", connectable(&cfg.api.listen)));
         let token = match token {
             Some(t) => Some(t),
             None => std::fs::read_to_string(cfg.token_file())
                 .ok()
                 .map(|t| t.trim().to_string()),
         };
-        Client::new(base, token)
+        let root = match &cfg.api.tls_cert {
+            Some(p) => Some(
+                std::fs::read(p)
+                    .with_context(|| format!("api.tls_cert: reading {}", p.display()))?,
+            ),
+            None => None,
+        };
+        Client::with_root(base, token, root.as_deref())
     }
 
     fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {

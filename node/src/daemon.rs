@@ -120,13 +120,11 @@ pub fn admin_token(cfg: &Config) -> anyhow::Result<(String, bool)> {
 
 /// Run the node until SIGTERM or Ctrl-C.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    if cfg.api.tls_cert.is_some() {
-        // Never fall back to plain HTTP silently when the operator asked for HTTPS.
-        bail!(
-            "api.tls_cert: HTTPS for the API is not available in this version; remove \
-             api.tls_cert/api.tls_key and put a TLS proxy in front, or keep the API on 127.0.0.1"
-        );
-    }
+    // Check the API certificate before touching anything else.
+    let api_tls = match (&cfg.api.tls_cert, &cfg.api.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::https::server_config(cert, key)?),
+        _ => None,
+    };
     std::fs::create_dir_all(&cfg.node.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.node.data_dir.display()))?;
     if !NodeIdentity::exists(&cfg.tls_dir()) {
@@ -169,8 +167,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("api.listen: cannot listen on {}", cfg.api.listen))?;
     tracing::info!(node = cfg.node.id, api = %cfg.api.listen, peer = %cfg.cluster.listen, "tandem node running");
     let app = crate::api::router(state);
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
-    server.await.context("HTTP API server")?;
+    match api_tls {
+        Some(tls) => {
+            let listener = crate::https::TlsListener::new(listener, tls)?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+                .context("HTTPS API server")?;
+        }
+        None => axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("HTTP API server")?,
+    }
     tracing::info!("shutting down");
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), replica.raft.shutdown()).await;
     Ok(())

@@ -5,6 +5,7 @@
 
 mod api_errors;
 mod durability;
+mod https;
 mod membership;
 
 use std::collections::HashSet;
