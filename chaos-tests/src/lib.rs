@@ -1,0 +1,1 @@
+//! Fault tests of real `tandem` processes in Linux network namespaces.
