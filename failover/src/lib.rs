@@ -13,5 +13,6 @@
 pub mod announce;
 pub mod controller;
 pub mod error;
+pub mod guard;
 pub mod hooks;
 pub mod vip;

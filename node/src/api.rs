@@ -17,7 +17,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use openraft::ServerState;
 use serde_json::json;
 use tandem_replication::cdr::{Cdr, CSV_COLUMNS};
 use tandem_replication::replica::{Lag, Replica};
@@ -28,6 +27,7 @@ use tandem_replication::Error as ReplError;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::role::RoleState;
 
 /// Most rows one JSON page returns.
 pub const MAX_LIMIT: usize = 10_000;
@@ -40,15 +40,22 @@ pub const MAX_KEY: usize = 200;
 
 pub struct AppState {
     pub replica: Arc<Replica>,
+    pub roles: Arc<RoleState>,
     token: String,
     pub cfg: Config,
     pub metrics: Metrics,
 }
 
 impl AppState {
-    pub fn new(replica: Arc<Replica>, token: String, cfg: Config) -> AppState {
+    pub fn new(
+        replica: Arc<Replica>,
+        roles: Arc<RoleState>,
+        token: String,
+        cfg: Config,
+    ) -> AppState {
         AppState {
             replica,
+            roles,
             token,
             cfg,
             metrics: Metrics::new(),
@@ -115,6 +122,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let admin = Router::new()
         .route("/cluster", get(cluster))
         .route("/cluster/leave", post(leave))
+        .route("/cluster/switchover", post(switchover))
         .route("/config", get(config_list))
         .route(
             "/config/{key}",
@@ -175,41 +183,27 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Role name as in the design contract.
-pub fn role_name(replica: &Replica) -> &'static str {
-    let m = replica.metrics();
-    if replica.info.kind == MemberKind::Witness {
-        return "witness";
-    }
-    match m.state {
-        ServerState::Leader => "master",
-        ServerState::Candidate => "candidate",
-        ServerState::Follower | ServerState::Learner => "standby",
-        ServerState::Shutdown => "fenced",
-    }
-}
-
 async fn health(State(st): St) -> Json<serde_json::Value> {
     let r = &st.replica;
     let m = r.metrics();
     Json(json!({
         "node_id": r.id,
-        "role": role_name(r),
+        "role": st.roles.role().as_str(),
         "leader_id": m.current_leader,
         "term": m.current_term,
         "applied_index": m.last_applied.map(|l| l.index).unwrap_or(0),
         "commit_index": r.commit_index(),
-        "vip_held": false,
+        "vip_held": st.roles.vip_held(),
     }))
 }
 
 async fn metrics(State(st): St) -> Response {
-    let text = st.metrics.render(&st.replica);
+    let text = st.metrics.render(&st.replica, &st.roles);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// The cluster view shown by `tandem status`.
-pub fn cluster_view(r: &Replica) -> serde_json::Value {
+pub fn cluster_view(r: &Replica, roles: &RoleState) -> serde_json::Value {
     let m = r.metrics();
     let members = r.members();
     let voters = members.iter().filter(|x| x.voter).count();
@@ -233,10 +227,28 @@ pub fn cluster_view(r: &Replica) -> serde_json::Value {
     if m.current_leader.is_none() {
         notes.push("no leader: election in progress or quorum lost; writes are refused".into());
     }
+    if voters == 2 && data_voters == 2 {
+        notes.push(
+            "2 data nodes and no witness: the master role is never taken over automatically (no majority after a failure); add a witness"
+                .to_string(),
+        );
+    }
+    if roles.maintenance() {
+        notes.push("this node is in maintenance: it will not become master".into());
+    }
     let lag = r.lag();
+    let vip_holder = if roles.vip_held() {
+        Some(r.id)
+    } else if roles.has_vip {
+        m.current_leader
+    } else {
+        None
+    };
     json!({
         "node_id": r.id,
-        "role": role_name(r),
+        "role": roles.role().as_str(),
+        "vip_held": roles.vip_held(),
+        "maintenance": roles.maintenance(),
         "leader_id": m.current_leader,
         "term": m.current_term,
         "last_log_index": m.last_log_index.unwrap_or(0),
@@ -248,14 +260,35 @@ pub fn cluster_view(r: &Replica) -> serde_json::Value {
         "voters": voters,
         "data_voters": data_voters,
         "quorum": voters / 2 + 1,
-        "vip_holder": serde_json::Value::Null,
+        "vip_holder": vip_holder,
         "members": members,
         "notes": notes,
     })
 }
 
 async fn cluster(State(st): St) -> Json<serde_json::Value> {
-    Json(cluster_view(&st.replica))
+    Json(cluster_view(&st.replica, &st.roles))
+}
+
+async fn switchover(State(st): St, body: Bytes) -> Result<Json<serde_json::Value>, ApiError> {
+    let to = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        None
+    } else {
+        let v: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad(format!("malformed JSON: {e}")))?;
+        match v.get("to") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(x) => Some(
+                x.as_u64()
+                    .ok_or_else(|| ApiError::bad("to: expected a node id (integer)"))?,
+            ),
+        }
+    };
+    let t0 = Instant::now();
+    let leader = st.replica.switchover(to).await?;
+    Ok(Json(
+        json!({ "master": leader, "took_ms": t0.elapsed().as_millis() as u64 }),
+    ))
 }
 
 async fn leave(State(st): St) -> Result<Json<serde_json::Value>, ApiError> {

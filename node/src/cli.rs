@@ -84,6 +84,37 @@ pub enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Move the master role to another data node with no lost write.
+    Switchover {
+        #[command(flatten)]
+        common: Common,
+        /// Node id to hand over to (default: the most up-to-date other data node).
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// Keep a node out of the master role (a master in maintenance hands over first).
+    Maintenance {
+        #[command(flatten)]
+        common: Common,
+        /// `on` or `off`.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        /// Node id (default: the node of --config).
+        #[arg(long)]
+        node: Option<u64>,
+    },
+    /// (internal) Watchdog child that removes the VIP when the node stops refreshing it.
+    #[command(hide = true)]
+    VipGuard {
+        #[arg(long)]
+        interface: String,
+        #[arg(long)]
+        address: std::net::IpAddr,
+        #[arg(long)]
+        prefix: u8,
+        #[arg(long)]
+        timeout_ms: u64,
+    },
     /// Roles, leader, term, indexes and per-node lag.
     Status {
         #[command(flatten)]
@@ -328,6 +359,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 &cfg.tls_dir(),
             )
             .await?;
+            if let Some(admin) = &acc.admin_token {
+                crate::daemon::write_private(&cfg.token_file(), format!("{admin}\n").as_bytes())?;
+            }
             let v = json!({"node_id": cfg.node.id, "joined_via": addr, "members": acc.members.iter().map(|(i, n)| json!({"id": i, "addr": n.addr})).collect::<Vec<_>>()});
             print(&common, &v, |_| {
                 format!(
@@ -356,6 +390,65 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     v["removed"]
                 )
             });
+            Ok(())
+        }
+        Command::Switchover { common, to } => {
+            let cfg = load_config(&common)?;
+            let c = Client::for_config(&cfg, common.api.clone(), common.token.clone())?;
+            let (_, v) = c
+                .send_json(
+                    reqwest::Method::POST,
+                    "/api/v1/cluster/switchover",
+                    &json!({ "to": to }),
+                )
+                .await?;
+            print(&common, &v, |v| {
+                format!(
+                    "master is now node {} (switchover took {} ms)",
+                    v["master"], v["took_ms"]
+                )
+            });
+            Ok(())
+        }
+        Command::Maintenance {
+            common,
+            state,
+            node,
+        } => {
+            let cfg = load_config(&common)?;
+            let c = Client::for_config(&cfg, common.api.clone(), common.token.clone())?;
+            let id = node.unwrap_or(cfg.node.id);
+            let on = state == "on";
+            let (_, v) = c
+                .send_json(
+                    reqwest::Method::PUT,
+                    &format!("/api/v1/config/{}", crate::role::maintenance_key(id)),
+                    &json!(on),
+                )
+                .await?;
+            let v = json!({"node": id, "maintenance": on, "version": v["version"]});
+            print(&common, &v, |_| {
+                if on {
+                    format!("node {id} is in maintenance: it will not become master (a master hands over within a second)")
+                } else {
+                    format!("node {id} left maintenance: it may become master again")
+                }
+            });
+            Ok(())
+        }
+        Command::VipGuard {
+            interface,
+            address,
+            prefix,
+            timeout_ms,
+        } => {
+            let spec = tandem_failover::vip::VipSpec {
+                address,
+                prefix,
+                interface,
+            };
+            tandem_failover::guard::run_guard(spec, std::time::Duration::from_millis(timeout_ms))
+                .await?;
             Ok(())
         }
         Command::Status { common } => {

@@ -43,6 +43,7 @@ pub fn replica_config(cfg: &Config) -> ReplicaConfig {
         snapshot_logs: cfg.cluster.snapshot_logs,
         cache_mb: cfg.cluster.cache_mb,
         tls_dir: cfg.tls_dir(),
+        admin_token_file: cfg.token_file(),
     }
 }
 
@@ -71,6 +72,8 @@ pub fn init(cfg: &Config) -> anyhow::Result<JoinToken> {
     let token = JoinToken::generate(&ca);
     write_private(&dir.join("join.token"), token.to_string().as_bytes())?;
     std::fs::write(bootstrap_marker(cfg), b"initialize on first start\n")?;
+    // The cluster-wide admin token: created here, handed to every node that joins.
+    admin_token(cfg)?;
     Ok(token)
 }
 
@@ -157,8 +160,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         replica.initialize(members).await?;
         std::fs::remove_file(bootstrap_marker(&cfg))?;
     }
+    let roles = crate::role::start(replica.clone(), &cfg).await?;
     let state = Arc::new(crate::api::AppState::new(
         replica.clone(),
+        roles,
         token,
         cfg.clone(),
     ));

@@ -15,3 +15,4 @@ pub mod daemon;
 pub mod demo;
 pub mod https;
 pub mod metrics;
+pub mod role;

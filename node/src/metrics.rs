@@ -12,6 +12,8 @@ use prometheus::{
 };
 use tandem_replication::replica::Replica;
 
+use crate::role::RoleState;
+
 pub struct Metrics {
     registry: Registry,
     term: IntGauge,
@@ -27,6 +29,10 @@ pub struct Metrics {
     cdrs_written: IntCounter,
     requests: IntCounterVec,
     latency: HistogramVec,
+    vip_held: IntGauge,
+    role_changes: IntGauge,
+    vip_acquired: IntGauge,
+    role: IntGaugeVec,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -99,7 +105,29 @@ impl Metrics {
         ] {
             r.register(c).expect("register");
         }
+        let role = IntGaugeVec::new(
+            Opts::new("tandem_role", "1 for this node's current role"),
+            &["role"],
+        )
+        .expect("metric");
+        r.register(Box::new(role.clone())).expect("register");
         Metrics {
+            vip_held: gauge(
+                &r,
+                "tandem_vip_held",
+                "1 while this node holds the service address",
+            ),
+            role_changes: gauge(
+                &r,
+                "tandem_role_changes_total",
+                "Role changes of this node since start",
+            ),
+            vip_acquired: gauge(
+                &r,
+                "tandem_vip_acquired_total",
+                "Times this node took the VIP since start (VIP moves to it)",
+            ),
+            role,
             term: gauge(&r, "tandem_raft_term", "Current Raft term"),
             leader: gauge(
                 &r,
@@ -151,8 +179,18 @@ impl Metrics {
     }
 
     /// Refresh the gauges from the replica and encode everything.
-    pub fn render(&self, r: &Replica) -> String {
+    pub fn render(&self, r: &Replica, roles: &RoleState) -> String {
         let m = r.metrics();
+        self.vip_held.set(i64::from(roles.vip_held()));
+        self.role_changes
+            .set(roles.role_changes.load(Ordering::Relaxed) as i64);
+        self.vip_acquired
+            .set(roles.vip_acquired.load(Ordering::Relaxed) as i64);
+        for role in ["master", "standby", "witness", "candidate", "fenced"] {
+            self.role
+                .with_label_values(&[role])
+                .set(i64::from(roles.role().as_str() == role));
+        }
         self.term.set(m.current_term as i64);
         self.leader.set(m.current_leader.unwrap_or(0) as i64);
         self.is_leader.set(i64::from(r.is_leader()));

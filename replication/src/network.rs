@@ -43,14 +43,25 @@ pub enum LeaderOp {
     Remove { id: NodeId },
     /// Confirm leadership for a linearizable read; returns the index to wait for.
     ReadIndex,
+    /// Hand leadership to `to` (or the best other data voter) without losing writes.
+    Switchover { to: Option<NodeId> },
 }
 
 /// What the leader answers to a [`LeaderOp`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum LeaderReply {
-    Written { index: u64, response: Response },
+    Written {
+        index: u64,
+        response: Response,
+    },
     Done,
-    ReadIndex { index: u64 },
+    ReadIndex {
+        index: u64,
+    },
+    /// Leadership moved to this node.
+    SwitchedTo {
+        leader: NodeId,
+    },
 }
 
 /// Why a forwarded operation failed. `NotLeader` tells the sender where to go.
@@ -68,6 +79,8 @@ pub enum RpcRequest {
     Vote(VoteRequest<NodeId>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     Leader(LeaderOp),
+    /// The leader asks this node to start an election now (switchover).
+    Elect,
     /// A new node asks to be enrolled: token secret + CSR. Allowed without a client cert.
     Join {
         secret: String,
@@ -85,6 +98,7 @@ impl RpcRequest {
             RpcRequest::InstallSnapshot(_) => "install_snapshot",
             RpcRequest::Leader(_) => "leader_op",
             RpcRequest::Join { .. } => "join",
+            RpcRequest::Elect => "elect",
         }
     }
 }
@@ -95,6 +109,8 @@ pub struct JoinAccepted {
     pub cert_pem: String,
     pub ca_pem: String,
     pub members: Vec<(NodeId, NodeInfo)>,
+    /// The cluster's admin API token (one token for every node's API).
+    pub admin_token: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -106,6 +122,7 @@ pub enum RpcResponse {
     ),
     Leader(Result<LeaderReply, ForwardError>),
     Join(Result<JoinAccepted, String>),
+    Elected(Result<(), String>),
     /// The request was refused before being handled (not authenticated, bad version).
     Refused(String),
 }

@@ -48,6 +48,8 @@ pub struct ReplicaConfig {
     /// Directory with ca.pem, node.pem, node.key (and ca.key + join.token on the
     /// node that ran `init`).
     pub tls_dir: PathBuf,
+    /// The cluster's admin API token file (handed to joining nodes).
+    pub admin_token_file: PathBuf,
 }
 
 /// The most CDRs merged into one log entry (keeps entries small: heartbeats share
@@ -161,6 +163,12 @@ pub struct Replica {
     log: LogStore,
     client_tls: Arc<rustls::ClientConfig>,
     tls_dir: PathBuf,
+    admin_token_file: PathBuf,
+    /// Set while this leader hands over leadership: new writes are refused (the
+    /// caller retries on the new leader), so none is lost in the switch.
+    stepping_down: std::sync::atomic::AtomicBool,
+    /// Whether this node may campaign (false for witnesses and in maintenance).
+    elect_allowed: std::sync::atomic::AtomicBool,
     forward_pool: Mutex<HashMap<NodeId, Vec<PeerClient>>>,
     lag: LagTracker,
     clock: IndexClock,
@@ -224,6 +232,9 @@ impl Replica {
             log,
             client_tls,
             tls_dir: cfg.tls_dir.clone(),
+            admin_token_file: cfg.admin_token_file.clone(),
+            stepping_down: Default::default(),
+            elect_allowed: std::sync::atomic::AtomicBool::new(cfg.info.kind == MemberKind::Data),
             forward_pool: Mutex::new(HashMap::new()),
             lag: LagTracker::default(),
             clock: IndexClock::default(),
@@ -413,7 +424,15 @@ impl Replica {
             tracing::debug!(error = %e, "leader op refused");
             ForwardError::NotLeader { leader }
         };
+        if self.is_stepping_down() && !matches!(op, LeaderOp::ReadIndex) {
+            return Err(ForwardError::NotLeader { leader: None });
+        }
         match op {
+            LeaderOp::Switchover { to } => self
+                .run_switchover(to)
+                .await
+                .map(|leader| LeaderReply::SwitchedTo { leader })
+                .map_err(|e| ForwardError::Failed(e.to_string())),
             LeaderOp::Write(req) => match self.raft.client_write(req).await {
                 Ok(resp) => {
                     self.writes_committed
@@ -507,6 +526,170 @@ impl Replica {
             .collect()
     }
 
+    pub fn is_stepping_down(&self) -> bool {
+        self.stepping_down.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Allow or forbid this node to start elections (maintenance mode). Witnesses never
+    /// campaign whatever is asked.
+    pub fn set_elect(&self, allowed: bool) {
+        let allowed = allowed && self.info.kind == MemberKind::Data;
+        self.elect_allowed
+            .store(allowed, std::sync::atomic::Ordering::SeqCst);
+        self.raft.runtime_config().elect(allowed);
+    }
+
+    /// Move leadership to `to` (or the most up-to-date other data voter). Runs on the
+    /// leader (forwarded there otherwise); returns the new leader's id.
+    pub async fn switchover(&self, to: Option<NodeId>) -> Result<NodeId> {
+        match self.leader_op(LeaderOp::Switchover { to }).await? {
+            LeaderReply::SwitchedTo { leader } => Ok(leader),
+            other => Err(Error::Raft {
+                reason: format!("unexpected reply {other:?}"),
+            }),
+        }
+    }
+
+    /// Graceful leadership transfer (openraft 0.9 has no transfer-leader call):
+    /// 1. refuse new writes (callers retry on the new leader) and let the target catch
+    ///    up to our last log index;
+    /// 2. stop heartbeats and our own campaigning, so followers' leader lease runs out;
+    /// 3. ask the target to campaign; its log is the most complete, so it wins;
+    /// 4. resume as a follower.
+    async fn run_switchover(&self, to: Option<NodeId>) -> Result<NodeId> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let m = self.metrics();
+        if m.state != ServerState::Leader {
+            return Err(Error::NoLeader);
+        }
+        let membership = m.membership_config.membership().clone();
+        let candidates: Vec<(NodeId, NodeInfo)> = membership
+            .voter_ids()
+            .filter(|id| *id != self.id)
+            .filter_map(|id| membership.get_node(&id).map(|n| (id, n.clone())))
+            .filter(|(_, n)| n.kind == MemberKind::Data)
+            .collect();
+        let target = match to {
+            Some(t) if t == self.id => {
+                return Err(Error::Invalid {
+                    reason: format!("node {t} is already the master"),
+                })
+            }
+            Some(t) => candidates
+                .iter()
+                .find(|(id, _)| *id == t)
+                .cloned()
+                .ok_or_else(|| Error::Invalid {
+                    reason: format!("node {t} is not a data voter of this cluster"),
+                })?,
+            None => {
+                let matched = |id: &NodeId| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(id).copied().flatten())
+                        .map(|l| l.index)
+                        .unwrap_or(0)
+                };
+                candidates
+                    .iter()
+                    .max_by_key(|(id, _)| matched(id))
+                    .cloned()
+                    .ok_or_else(|| Error::Invalid {
+                        reason: "no other data voter to hand over to".into(),
+                    })?
+            }
+        };
+        let (target_id, target_info) = target;
+        tracing::info!(from = self.id, to = target_id, "switchover: starting");
+        self.stepping_down.store(true, SeqCst);
+        let result = async {
+            // 1. Target catches up with everything we have.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let m = self.metrics();
+                let last = m.last_log_index.unwrap_or(0);
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&target_id).copied().flatten())
+                    .map(|l| l.index)
+                    .unwrap_or(0);
+                if matched >= last {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(Error::Peer {
+                        peer: target_id,
+                        addr: target_info.addr.clone(),
+                        reason: format!("did not catch up ({matched} < {last}) within 5 s"),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // 2. Let the followers' leader lease lapse.
+            self.raft.runtime_config().heartbeat(false);
+            self.raft.runtime_config().elect(false);
+            // 3. Ask the target to campaign until it wins.
+            let mut client =
+                PeerClient::new(target_id, target_info.addr.clone(), self.client_tls.clone());
+            match client
+                .call(&RpcRequest::Elect, Duration::from_secs(10))
+                .await
+            {
+                Ok(RpcResponse::Elected(Ok(()))) => Ok(target_id),
+                Ok(RpcResponse::Elected(Err(e))) => Err(Error::Peer {
+                    peer: target_id,
+                    addr: target_info.addr.clone(),
+                    reason: e,
+                }),
+                Ok(_) => Err(Error::Peer {
+                    peer: target_id,
+                    addr: target_info.addr.clone(),
+                    reason: "unexpected reply to elect".into(),
+                }),
+                Err(e) => Err(Error::Peer {
+                    peer: target_id,
+                    addr: target_info.addr.clone(),
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        .await;
+        // 4. Back to normal, whatever happened.
+        self.raft.runtime_config().heartbeat(true);
+        self.raft
+            .runtime_config()
+            .elect(self.elect_allowed.load(SeqCst));
+        self.stepping_down.store(false, SeqCst);
+        match &result {
+            Ok(t) => tracing::info!(from = self.id, to = *t, "switchover: done"),
+            Err(e) => {
+                tracing::warn!(error = %e, "switchover failed; this node resumes as leader if it still is")
+            }
+        }
+        result
+    }
+
+    /// Campaign until this node is leader (asked by the leader during a switchover).
+    async fn campaign(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.is_leader() {
+                return Ok(());
+            }
+            let m = self.metrics();
+            if m.state != ServerState::Candidate {
+                self.raft.trigger().elect().await.map_err(|e| Error::Raft {
+                    reason: e.to_string(),
+                })?;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(Error::Raft {
+            reason: "not elected within 5 s".into(),
+        })
+    }
+
     /// Handle a join: check the token, sign the CSR, add the node as a learner.
     async fn handle_join(
         &self,
@@ -552,10 +735,15 @@ impl Replica {
         .await
         .map_err(|e| format!("adding node {id} as learner: {e}"))?;
         tracing::info!(joiner = id, addr = %info.addr, "node enrolled and added as learner");
+        let admin_token = std::fs::read_to_string(&self.admin_token_file)
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty());
         Ok(JoinAccepted {
             cert_pem,
             ca_pem: ca.cert_pem.clone(),
             members,
+            admin_token,
         })
     }
 }
@@ -632,6 +820,9 @@ impl RpcHandler for Handler {
                 csr_pem,
                 info,
             } => RpcResponse::Join(r.handle_join(secret, id, csr_pem, info).await),
+            RpcRequest::Elect => {
+                RpcResponse::Elected(r.campaign().await.map_err(|e| e.to_string()))
+            }
         }
     }
 }

@@ -7,20 +7,24 @@ use super::*;
 
 /// Writes batches of CDRs in a loop to whichever node answers; records every id
 /// acknowledged with 201.
-struct Writer {
+pub struct Writer {
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<HashSet<String>>>,
+    /// Longest time between two acknowledged writes (the service gap).
+    gap: Arc<Mutex<Duration>>,
     attempts: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Writer {
-    fn start(clients: Vec<Client>, seed: usize) -> Writer {
+    pub fn start(clients: Vec<Client>, seed: usize) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(HashSet::new()));
         let attempts = Arc::new(AtomicUsize::new(0));
-        let (s, a, n) = (stop.clone(), acked.clone(), attempts.clone());
+        let gap = Arc::new(Mutex::new(Duration::ZERO));
+        let (s, a, n, g) = (stop.clone(), acked.clone(), attempts.clone(), gap.clone());
         let task = tokio::spawn(async move {
+            let mut last_ack: Option<Instant> = None;
             let mut i = seed;
             let mut target = 0;
             // Bounded: at most 100k requests, and the test stops it much earlier.
@@ -39,9 +43,15 @@ impl Writer {
                 .await;
                 match res {
                     Ok(Ok((201, _))) => {
-                        let mut g = a.lock().unwrap();
+                        let now = Instant::now();
+                        if let Some(prev) = last_ack {
+                            let mut longest = g.lock().unwrap();
+                            *longest = (*longest).max(now - prev);
+                        }
+                        last_ack = Some(now);
+                        let mut acked = a.lock().unwrap();
                         for c in &batch {
-                            g.insert(c.id.to_string());
+                            acked.insert(c.id.to_string());
                         }
                     }
                     _ => {
@@ -54,9 +64,17 @@ impl Writer {
         Writer {
             stop,
             acked,
+            gap,
             attempts,
             task,
         }
+    }
+
+    pub async fn finish_with_gap(self) -> (HashSet<String>, Duration) {
+        let gap = self.gap.clone();
+        let (acked, _) = self.finish().await;
+        let longest = *gap.lock().unwrap();
+        (acked, longest)
     }
 
     async fn finish(self) -> (HashSet<String>, usize) {

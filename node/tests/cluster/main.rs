@@ -7,6 +7,7 @@ mod api_errors;
 mod durability;
 mod https;
 mod membership;
+mod roles;
 
 use std::collections::HashSet;
 use std::path::PathBuf;

@@ -1,0 +1,300 @@
+//! The failover driver: feeds the pure [`Controller`] with Raft metrics, clock ticks
+//! and the maintenance flag, and performs its actions (VIP via netlink, announcements,
+//! the VIP guard, role hooks, election switch).
+//!
+//! ```text
+//!  raft.metrics() ─changed─┐
+//!  25 ms tick ─────────────┼─▶ Controller::handle(event, now) ─▶ actions ─▶ Vip / announce / guard / hooks
+//!  config maintenance.<id> ┘
+//! ```
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::ServerState;
+use tandem_failover::announce;
+use tandem_failover::controller::{
+    Action, Controller, ControllerConfig, Event, Kind, RaftState, RaftView, Role,
+};
+use tandem_failover::guard::GuardHandle;
+use tandem_failover::hooks::Hooks;
+use tandem_failover::vip::{Vip, VipSpec};
+use tandem_replication::replica::Replica;
+use tandem_replication::store::query;
+use tandem_replication::types::{MemberKind, RaftMetrics};
+
+use crate::config::{Config, NodeRole};
+
+/// What the rest of the node reads about roles (health, status, metrics).
+pub struct RoleState {
+    role: Mutex<Role>,
+    vip_held: AtomicBool,
+    maintenance: AtomicBool,
+    pub role_changes: AtomicU64,
+    pub vip_acquired: AtomicU64,
+    pub has_vip: bool,
+}
+
+impl RoleState {
+    pub fn role(&self) -> Role {
+        *self.role.lock().expect("role lock")
+    }
+    pub fn vip_held(&self) -> bool {
+        self.vip_held.load(Ordering::SeqCst)
+    }
+    pub fn maintenance(&self) -> bool {
+        self.maintenance.load(Ordering::SeqCst)
+    }
+}
+
+/// Config key that holds a node's maintenance flag (replicated, so the master knows).
+pub fn maintenance_key(id: u64) -> String {
+    format!("maintenance.{id}")
+}
+
+fn raft_view(m: &RaftMetrics) -> RaftView {
+    RaftView {
+        state: match m.state {
+            ServerState::Leader => RaftState::Leader,
+            ServerState::Follower => RaftState::Follower,
+            ServerState::Candidate => RaftState::Candidate,
+            ServerState::Learner => RaftState::Learner,
+            ServerState::Shutdown => RaftState::Shutdown,
+        },
+        term: m.current_term,
+        leader: m.current_leader,
+        quorum_ack_age: m.millis_since_quorum_ack.map(Duration::from_millis),
+        voters: m.membership_config.membership().voter_ids().count(),
+    }
+}
+
+/// The VIP spec of a config, if a VIP is configured on a data node.
+pub fn vip_spec(cfg: &Config) -> Option<VipSpec> {
+    let address = cfg.vip_address()?;
+    if cfg.node.role == NodeRole::Witness {
+        return None;
+    }
+    Some(VipSpec {
+        address,
+        prefix: cfg
+            .vip_prefix()
+            .unwrap_or(if address.is_ipv4() { 24 } else { 64 }),
+        interface: cfg
+            .vip
+            .interface
+            .clone()
+            .unwrap_or_else(|| "eth0".to_string()),
+    })
+}
+
+/// Kernel lifetime of the VIP: a backstop behind the guard, in whole seconds.
+pub const VIP_LIFETIME: Duration = Duration::from_secs(2);
+
+/// Start the driver task; returns the shared role state.
+pub async fn start(replica: Arc<Replica>, cfg: &Config) -> anyhow::Result<Arc<RoleState>> {
+    let spec = vip_spec(cfg);
+    let lease = Duration::from_millis(cfg.cluster.lease_ms);
+    let kind = match replica.info.kind {
+        MemberKind::Data => Kind::Data,
+        MemberKind::Witness => Kind::Witness,
+    };
+    let (controller, initial) = Controller::new(ControllerConfig {
+        kind,
+        lease,
+        refresh_every: (lease / 3).max(Duration::from_millis(20)),
+        has_vip: spec.is_some(),
+    });
+    let state = Arc::new(RoleState {
+        role: Mutex::new(controller.role()),
+        vip_held: AtomicBool::new(false),
+        maintenance: AtomicBool::new(false),
+        role_changes: AtomicU64::new(0),
+        vip_acquired: AtomicU64::new(0),
+        has_vip: spec.is_some(),
+    });
+    let (vip, guard) = match &spec {
+        Some(spec) => {
+            let vip = Vip::open(spec.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("[vip]: {e}"))?;
+            let exe = std::env::current_exe()?;
+            let guard = GuardHandle::spawn(&exe, spec, lease)
+                .map_err(|e| anyhow::anyhow!("starting the VIP guard: {e}"))?;
+            (Some(vip), Some(guard))
+        }
+        None => (None, None),
+    };
+    let hooks = Hooks {
+        on_master: cfg.hooks.on_master.clone(),
+        on_standby: cfg.hooks.on_standby.clone(),
+        on_fenced: cfg.hooks.on_fenced.clone(),
+        timeout: Duration::from_millis(cfg.hooks.timeout_ms),
+    };
+    let mut driver = Driver {
+        replica,
+        controller,
+        vip,
+        guard,
+        hooks,
+        state: state.clone(),
+        garp_count: cfg.vip.garp_count,
+        garp_interval: Duration::from_millis(cfg.vip.garp_interval_ms),
+        switchover_running: Arc::new(AtomicBool::new(false)),
+    };
+    driver.perform(initial).await;
+    tokio::spawn(driver.run());
+    Ok(state)
+}
+
+struct Driver {
+    replica: Arc<Replica>,
+    controller: Controller,
+    vip: Option<Vip>,
+    guard: Option<GuardHandle>,
+    hooks: Hooks,
+    state: Arc<RoleState>,
+    garp_count: u32,
+    garp_interval: Duration,
+    switchover_running: Arc<AtomicBool>,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        let mut metrics = self.replica.raft.metrics();
+        let mut tick = tokio::time::interval(Duration::from_millis(25));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut stepping_down = false;
+        let mut last_maintenance_check = Instant::now() - Duration::from_secs(1);
+        loop {
+            let event = tokio::select! {
+                r = metrics.changed() => match r {
+                    // Only a *new* report refreshes the lease clock (a frozen Raft core
+                    // sends none, so the lease ages out).
+                    Ok(()) => Event::Raft(raft_view(&metrics.borrow_and_update())),
+                    Err(_) => break,
+                },
+                _ = tick.tick() => Event::Tick,
+            };
+            let now = Instant::now();
+            let mut actions = Vec::new();
+            if now.duration_since(last_maintenance_check) >= Duration::from_millis(200) {
+                last_maintenance_check = now;
+                let key = maintenance_key(self.replica.id);
+                let on = query::config_get(&self.replica.tree(), &key)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|e| e.value == "true");
+                if on != self.controller.maintenance() {
+                    tracing::info!(maintenance = on, "maintenance mode changed");
+                    self.state.maintenance.store(on, Ordering::SeqCst);
+                    actions.extend(self.controller.handle(Event::Maintenance(on), now));
+                }
+            }
+            let sd = self.replica.is_stepping_down();
+            if sd != stepping_down {
+                stepping_down = sd;
+                actions.extend(self.controller.handle(Event::SteppingDown(sd), now));
+            }
+            actions.extend(self.controller.handle(event, now));
+            self.perform(actions).await;
+            // A leader in maintenance hands the master role to another node.
+            if self.controller.maintenance()
+                && self.replica.is_leader()
+                && !self.switchover_running.swap(true, Ordering::SeqCst)
+            {
+                let (replica, flag) = (self.replica.clone(), self.switchover_running.clone());
+                tokio::spawn(async move {
+                    match replica.switchover(None).await {
+                        Ok(to) => tracing::info!(to, "maintenance: master role handed over"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "maintenance: could not hand over the master role; retrying")
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    flag.store(false, Ordering::SeqCst);
+                });
+            }
+        }
+        // Raft stopped: let go of the VIP.
+        let actions = self.controller.handle(
+            Event::Raft(RaftView {
+                state: RaftState::Shutdown,
+                term: 0,
+                leader: None,
+                quorum_ack_age: None,
+                voters: 0,
+            }),
+            Instant::now(),
+        );
+        self.perform(actions).await;
+        if let Some(vip) = &self.vip {
+            let _ = vip.remove().await;
+        }
+    }
+
+    async fn perform(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::AcquireVip => {
+                    let Some(vip) = &self.vip else { continue };
+                    match vip.add_or_refresh(VIP_LIFETIME).await {
+                        Ok(()) => {
+                            self.state.vip_held.store(true, Ordering::SeqCst);
+                            self.state.vip_acquired.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(address = %vip.spec().address, interface = %vip.spec().interface, "VIP acquired");
+                            if let Some(g) = &mut self.guard {
+                                let _ = g.hold().await;
+                            }
+                            let (iface, mac, ip) =
+                                (vip.spec().interface.clone(), vip.mac(), vip.spec().address);
+                            let (count, interval) = (self.garp_count, self.garp_interval);
+                            tokio::spawn(async move {
+                                if let Err(e) =
+                                    announce::announce(&iface, mac, ip, count, interval).await
+                                {
+                                    tracing::warn!(error = %e, "VIP announcement failed");
+                                }
+                            });
+                        }
+                        Err(e) => tracing::error!(error = %e, "could not add the VIP"),
+                    }
+                }
+                Action::RefreshVip => {
+                    let Some(vip) = &self.vip else { continue };
+                    if let Err(e) = vip.add_or_refresh(VIP_LIFETIME).await {
+                        tracing::warn!(error = %e, "could not refresh the VIP");
+                    }
+                    if let Some(g) = &mut self.guard {
+                        let _ = g.hold().await;
+                    }
+                }
+                Action::ReleaseVip => {
+                    if let Some(g) = &mut self.guard {
+                        let _ = g.release().await;
+                    }
+                    if let Some(vip) = &self.vip {
+                        match vip.remove().await {
+                            Ok(was) => {
+                                if was {
+                                    tracing::info!(address = %vip.spec().address, "VIP released");
+                                }
+                            }
+                            Err(e) => tracing::error!(error = %e, "could not remove the VIP"),
+                        }
+                    }
+                    self.state.vip_held.store(false, Ordering::SeqCst);
+                }
+                Action::RunHook(role) => {
+                    self.hooks.spawn(role);
+                }
+                Action::SetElect(allowed) => self.replica.set_elect(allowed),
+                Action::RoleChanged { from, to, reason } => {
+                    *self.state.role.lock().expect("role lock") = to;
+                    self.state.role_changes.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%from, %to, ?reason, node = self.replica.id, "role changed");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Switchover and maintenance on a 127.0.0.x cluster (no VIP: roles only).
+
+use super::*;
+
+async fn tandem_cmd(args: &[&str], config: &std::path::Path) -> Value {
+    let out = tokio::process::Command::new(exe())
+        .args(args)
+        .args(["--json", "--config"])
+        .arg(config)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tandem {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_under_load_moves_the_master_and_loses_nothing() {
+    let cluster = three_nodes("").await;
+    let old = cluster.master().await.unwrap();
+    let target = (old + 1) % 3;
+    let writer = super::durability::Writer::start(
+        cluster.nodes.iter().map(|n| n.client().unwrap()).collect(),
+        900_000,
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let v = tandem_cmd(
+        &["switchover", "--to", &cluster.nodes[target].id.to_string()],
+        &cluster.nodes[old].config,
+    )
+    .await;
+    assert_eq!(v["master"], cluster.nodes[target].id, "{v}");
+    eprintln!("switchover took {} ms", v["took_ms"]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (acked, gap) = writer.finish_with_gap().await;
+    eprintln!(
+        "{} CDRs acknowledged; longest gap between acknowledged writes {gap:?}",
+        acked.len()
+    );
+    assert_eq!(cluster.master().await, Some(target));
+    for n in &cluster.nodes {
+        let have = wait_for_ids(&n.client().unwrap(), &acked, Duration::from_secs(10)).await;
+        assert!(
+            acked.is_subset(&have),
+            "node {} lost {} acknowledged CDRs",
+            n.id,
+            acked.difference(&have).count()
+        );
+    }
+    // Switching to a node that is not a member is refused with a clear error.
+    let out = tokio::process::Command::new(exe())
+        .args(["switchover", "--to", "42", "--config"])
+        .arg(&cluster.nodes[target].config)
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("node 42 is not a data voter"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_in_maintenance_hands_over_and_is_not_reelected() {
+    let mut cluster = three_nodes("").await;
+    let old = cluster.master().await.unwrap();
+    let v = tandem_cmd(&["maintenance", "on"], &cluster.nodes[old].config).await;
+    assert_eq!(v["maintenance"], true);
+    let t0 = Instant::now();
+    let new = loop {
+        match cluster.master().await {
+            Some(m) if m != old => break m,
+            _ if t0.elapsed() > Duration::from_secs(10) => {
+                panic!("master in maintenance did not hand over")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let view = cluster.nodes[old]
+        .client()
+        .unwrap()
+        .get("/api/v1/cluster")
+        .await
+        .unwrap();
+    assert_eq!(view["maintenance"], true);
+    // Kill the new master: the node in maintenance must not take over.
+    cluster.nodes[new].kill();
+    let third = (0..3).find(|i| *i != old && *i != new).unwrap();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
+        if cluster.master().await == Some(third) {
+            break;
+        }
+        assert_ne!(
+            cluster.master().await,
+            Some(old),
+            "node in maintenance became master"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(cluster.master().await, Some(third));
+    tandem_cmd(
+        &["maintenance", "off"],
+        &cluster.nodes[third].config.clone(),
+    )
+    .await;
+}
