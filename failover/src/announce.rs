@@ -556,6 +556,34 @@ mod tests {
     }
 
     #[test]
+    fn socket_errors_map_to_crate_errors() {
+        let fail = |reason: String| Error::Announce {
+            address: VIP4.to_string(),
+            interface: "eth0".into(),
+            reason,
+        };
+        let io = |errno| SocketError::Io(io::Error::from_raw_os_error(errno));
+        let err = io(libc::EPERM).into_error("eth0", "announcing", fail);
+        assert!(
+            matches!(
+                &err,
+                Error::Permission {
+                    capability: "CAP_NET_RAW",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let err = io(libc::ENODEV).into_error("eth0", "announcing", fail);
+        assert!(matches!(err, Error::NoInterface { .. }), "{err:?}");
+        let err = SocketError::NoInterface.into_error("eth0", "announcing", fail);
+        assert!(matches!(err, Error::NoInterface { .. }), "{err:?}");
+        let err = io(libc::ENETDOWN).into_error("eth0", "announcing", fail);
+        assert!(matches!(&err, Error::Announce { .. }), "{err:?}");
+        assert!(err.is_retryable());
+    }
+
+    #[test]
     fn mac_text_parsing() {
         assert_eq!(parse_mac("02:00:5e:10:20:30"), Some(MAC));
         assert_eq!(parse_mac("02:00:5e:10:20"), None);

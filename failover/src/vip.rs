@@ -527,6 +527,52 @@ mod tests {
         );
     }
 
+    #[test]
+    fn netlink_errors_map_to_crate_errors() {
+        let spec = VipSpec {
+            address: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 100)),
+            prefix: 32,
+            interface: "eth0".into(),
+        };
+        let nack = |errno: i32| {
+            let mut message = rtnetlink::packet_core::ErrorMessage::default();
+            message.code = std::num::NonZeroI32::new(-errno);
+            rtnetlink::Error::NetlinkError(message)
+        };
+        let err = map_error("add", &spec, nack(libc::EPERM));
+        assert!(
+            matches!(
+                &err,
+                Error::Permission {
+                    capability: "CAP_NET_ADMIN",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(!err.is_retryable());
+        let err = map_error("add", &spec, nack(libc::ENODEV));
+        assert!(matches!(err, Error::NoInterface { .. }), "{err:?}");
+        let err = map_error("add", &spec, nack(libc::EINVAL));
+        match &err {
+            Error::Netlink {
+                op,
+                address,
+                interface,
+                reason,
+            } => {
+                assert_eq!(*op, "add");
+                assert_eq!(address, "198.18.0.100/32");
+                assert_eq!(interface, "eth0");
+                assert!(reason.contains("Invalid argument"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(err.is_retryable());
+        let err = map_error("query", &spec, rtnetlink::Error::RequestFailed);
+        assert!(matches!(err, Error::Netlink { op: "query", .. }), "{err:?}");
+    }
+
     #[tokio::test]
     async fn missing_interface_is_no_interface() {
         for name in ["tdm-nosuch0", "", "much-too-long-interface-name", "a/b"] {
@@ -701,24 +747,25 @@ mod tests {
     }
 
     #[test]
-    fn remove_deletes_address_with_other_prefix_and_open_in_namespace() {
+    fn remove_deletes_every_instance_and_open_in_namespace() {
         let Some(ns) = node_namespace() else { return };
-        // Someone added the VIP by hand with another prefix and no lifetime.
-        super::netns::ip(&[
-            "-n",
-            ns.name(0),
-            "addr",
-            "add",
-            "198.18.0.102/24",
-            "dev",
-            "va",
-        ]);
+        // Someone added the VIP by hand with other prefixes and no lifetime.
+        for cidr in ["198.18.0.102/24", "198.18.0.102/28"] {
+            super::netns::ip(&["-n", ns.name(0), "addr", "add", cidr, "dev", "va"]);
+        }
         run_in(ns.name(0), || async {
             let vip = Vip::open(v4(102)).await.unwrap();
             assert!(vip.is_present().await.unwrap());
             assert_eq!(vip.remaining_lifetime().await.unwrap(), Some(Duration::MAX));
+            // Our own instance (the spec's /32) is the one reported.
+            vip.add_or_refresh(Duration::from_secs(5)).await.unwrap();
+            assert_eq!(vip.find_all().await.unwrap().len(), 3);
+            let left = vip.remaining_lifetime().await.unwrap().unwrap();
+            assert!(left <= Duration::from_secs(5), "{left:?}");
             assert!(vip.remove().await.unwrap());
             assert!(!vip.is_present().await.unwrap());
+            assert!(vip.find_all().await.unwrap().is_empty());
+            assert!(!vip.remove().await.unwrap());
             let err = Vip::open(VipSpec {
                 interface: "nosuch".into(),
                 ..v4(102)
