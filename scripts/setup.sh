@@ -8,7 +8,8 @@ have() { command -v "$1" >/dev/null 2>&1; }
 have cc || need_pkgs+=(build-essential)
 have pkg-config || need_pkgs+=(pkg-config)
 have curl || need_pkgs+=(curl)
-have ip || need_pkgs+=(iproute2)
+have ip || need_pkgs+=(iproute2)        # ip netns, tc (failover + chaos tests)
+have nft || need_pkgs+=(nftables)       # partitions in the chaos tests
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_pkgs[*]}"
