@@ -110,3 +110,64 @@ async fn a_master_in_maintenance_hands_over_and_is_not_reelected() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_data_nodes_and_a_witness_fail_over_and_the_witness_never_leads() {
+    let mut cluster =
+        LocalCluster::prepare(exe(), 3, &["127.0.0.1", "127.0.0.2", "127.0.0.3"], "").unwrap();
+    // Node 3 is a witness.
+    let text = std::fs::read_to_string(&cluster.nodes[2].config).unwrap();
+    std::fs::write(
+        &cluster.nodes[2].config,
+        text.replace("name = \"node-3\"", "name = \"node-3\"\nrole = \"witness\""),
+    )
+    .unwrap();
+    cluster.bootstrap().await.unwrap();
+    assert_eq!(
+        health(&cluster.nodes[2].client().unwrap()).await["role"],
+        "witness"
+    );
+    let view = cluster.nodes[0]
+        .client()
+        .unwrap()
+        .get("/api/v1/cluster")
+        .await
+        .unwrap();
+    assert_eq!(view["data_voters"], 2, "{view}");
+    let first = cluster.master().await.unwrap();
+    assert_ne!(first, 2, "the witness must never be master");
+    // Kill the witness: nothing moves.
+    cluster.nodes[2].kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        cluster.master().await,
+        Some(first),
+        "master changed when the witness died"
+    );
+    let (s, _) = cluster.nodes[first]
+        .client()
+        .unwrap()
+        .post_raw("/api/v1/cdrs", serde_json::to_vec(&cdr(1)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(s, 201, "2 of 3 voters must still commit");
+    // Witness back; kill the master data node: the other data node takes over.
+    cluster.start(2).unwrap();
+    cluster
+        .wait_health(2, Duration::from_secs(20))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.nodes[first].kill();
+    let other = 1 - first;
+    let t0 = Instant::now();
+    while cluster.master().await != Some(other) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "standby data node did not take over"
+        );
+        assert_ne!(cluster.master().await, Some(2), "the witness became master");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("standby took over in {:?}", t0.elapsed());
+}
