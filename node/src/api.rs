@@ -504,6 +504,13 @@ fn parse_time(name: &str, v: &str) -> Result<DateTime<Utc>, ApiError> {
         })
 }
 
+#[derive(serde::Serialize)]
+struct CdrPage<'a> {
+    cdrs: Vec<&'a Cdr>,
+    count: usize,
+    next_cursor: Option<String>,
+}
+
 enum Format {
     Json,
     Csv,
@@ -595,12 +602,13 @@ async fn cdrs_get(
             })
             .await
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-            let cdrs: Vec<&Cdr> = rows.iter().map(|(_, c)| c).collect();
-            Ok((
-                headers,
-                Json(json!({"cdrs": cdrs, "count": cdrs.len(), "next_cursor": next.map(|c: Cursor| c.to_hex())})),
-            )
-                .into_response())
+            // Serialized straight from the records (no intermediate JSON tree).
+            let page = CdrPage {
+                count: rows.len(),
+                cdrs: rows.iter().map(|(_, c)| c).collect(),
+                next_cursor: next.map(|c: Cursor| c.to_hex()),
+            };
+            Ok((headers, Json(page)).into_response())
         }
         Format::Csv => {
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);

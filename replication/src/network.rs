@@ -29,6 +29,8 @@ use crate::types::{NodeId, NodeInfo, Request, Response, TypeConfig};
 
 /// Version of the peer protocol. A peer speaking another version is refused.
 pub const PROTOCOL_VERSION: u8 = 1;
+/// Shortest timeout for an AppendEntries exchange.
+pub const APPEND_TIMEOUT_FLOOR: Duration = Duration::from_secs(1);
 /// Largest frame accepted (a snapshot chunk or a batch of entries is far smaller).
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
 
@@ -288,8 +290,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
+        // openraft's TTL is the heartbeat interval: too short for a full batch of
+        // entries on a loaded machine. Give payloads at least a second.
+        let ttl = option.hard_ttl().max(APPEND_TIMEOUT_FLOOR);
         match self
-            .call(&RpcRequest::AppendEntries(rpc), option.hard_ttl())
+            .call(&RpcRequest::AppendEntries(rpc), ttl)
             .await
             .map_err(to_rpc_err)?
         {

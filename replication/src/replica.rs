@@ -54,7 +54,9 @@ pub struct ReplicaConfig {
 
 /// The most CDRs merged into one log entry (keeps entries small: heartbeats share
 /// the stream).
-pub const MAX_CDRS_PER_ENTRY: usize = 512;
+pub const MAX_CDRS_PER_ENTRY: usize = 256;
+/// CDR entries being committed at once by the batcher.
+pub const WRITES_IN_FLIGHT: usize = 4;
 /// A learner within this many entries of the leader is promoted to voter.
 pub const PROMOTE_WITHIN: u64 = 200;
 
@@ -194,7 +196,8 @@ impl Replica {
             // from the log, not a full snapshot.
             max_in_snapshot_log_to_keep: (cfg.snapshot_logs / 2).min(1000),
             purge_batch_size: (cfg.snapshot_logs / 4).clamp(1, 256),
-            max_payload_entries: 64,
+            // Keep each AppendEntries small (≤ ~1 MiB): heartbeats share the stream.
+            max_payload_entries: 16,
             snapshot_max_chunk_size: 1024 * 1024,
             install_snapshot_timeout: 5_000,
             enable_elect: cfg.info.kind == MemberKind::Data,
@@ -317,12 +320,48 @@ impl Replica {
     /// Insert CDRs; concurrent calls are merged into shared log entries (group
     /// commit). Returns the log index and this call's inserted/duplicate counts.
     pub async fn add_cdrs(&self, cdrs: Vec<Cdr>) -> Result<(u64, Response)> {
-        let (tx, rx) = oneshot::channel();
-        self.cdr_tx
-            .send(CdrBatch { cdrs, done: tx })
-            .await
-            .map_err(|_| Error::Shutdown)?;
-        rx.await.map_err(|_| Error::Shutdown)?
+        // A large request is cut into entries of at most MAX_CDRS_PER_ENTRY.
+        let mut waits = Vec::new();
+        let mut rest = cdrs;
+        while !rest.is_empty() {
+            let tail = rest.split_off(rest.len().min(MAX_CDRS_PER_ENTRY));
+            let (tx, rx) = oneshot::channel();
+            self.cdr_tx
+                .send(CdrBatch {
+                    cdrs: rest,
+                    done: tx,
+                })
+                .await
+                .map_err(|_| Error::Shutdown)?;
+            waits.push(rx);
+            rest = tail;
+        }
+        let (mut index, mut inserted, mut duplicate_ids) = (0, 0, Vec::new());
+        for rx in waits {
+            match rx.await.map_err(|_| Error::Shutdown)?? {
+                (
+                    i,
+                    Response::Cdrs {
+                        inserted: n,
+                        duplicate_ids: d,
+                        ..
+                    },
+                ) => {
+                    index = index.max(i);
+                    inserted += n;
+                    duplicate_ids.extend(d);
+                }
+                (i, _) => index = index.max(i),
+            }
+        }
+        Ok((
+            index,
+            Response::Cdrs {
+                inserted,
+                duplicates: duplicate_ids.len() as u32,
+                duplicate_ids,
+            },
+        ))
     }
 
     /// Index a linearizable read must wait for (Raft §6.4 read index), then wait
@@ -829,21 +868,35 @@ impl RpcHandler for Handler {
 
 /// Merge concurrent CDR writes into shared entries of at most MAX_CDRS_PER_ENTRY.
 async fn cdr_batcher(replica: std::sync::Weak<Replica>, mut rx: mpsc::Receiver<CdrBatch>) {
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(32));
-    while let Some(first) = rx.recv().await {
+    // Few writes in flight: while they commit, new requests pile up in the channel
+    // and the next entry carries many of them (group commit).
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(WRITES_IN_FLIGHT));
+    let mut carried: Option<CdrBatch> = None;
+    loop {
+        let permit = in_flight.clone().acquire_owned().await.expect("semaphore");
+        let first = match carried.take() {
+            Some(b) => b,
+            None => match rx.recv().await {
+                Some(b) => b,
+                None => return,
+            },
+        };
+        let mut count = first.cdrs.len();
         let mut group = vec![first];
-        let mut count = group[0].cdrs.len();
         while count < MAX_CDRS_PER_ENTRY {
             match rx.try_recv() {
-                Ok(b) => {
+                Ok(b) if count + b.cdrs.len() <= MAX_CDRS_PER_ENTRY => {
                     count += b.cdrs.len();
                     group.push(b);
+                }
+                Ok(b) => {
+                    carried = Some(b);
+                    break;
                 }
                 Err(_) => break,
             }
         }
         let Some(r) = replica.upgrade() else { return };
-        let permit = in_flight.clone().acquire_owned().await.expect("semaphore");
         tokio::spawn(async move {
             let cdrs: Vec<Cdr> = group.iter().flat_map(|b| b.cdrs.iter().cloned()).collect();
             let res = r.write(Request::AddCdrs { cdrs }).await;

@@ -108,11 +108,11 @@ pub fn apply_entries(
 }
 
 fn insert_cdr(batch: &mut sled::Batch, cdr: &Cdr) -> Result<(), ApplyError> {
-    batch.insert(&keys::cdr_key(&cdr.id), codec::encode(cdr)?);
     batch.insert(
         keys::index_key(keys::BY_START, None, &cdr.start, &cdr.id),
-        &[][..],
+        codec::encode(cdr)?,
     );
+    batch.insert(&keys::cdr_key(&cdr.id), &keys::time_key(&cdr.start)[..]);
     batch.insert(
         keys::index_key(keys::BY_CALLER, Some(&cdr.caller), &cdr.start, &cdr.id),
         &[][..],

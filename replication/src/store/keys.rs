@@ -5,8 +5,8 @@
 //! |---|---|---|
 //! | `0x00` | `applied`, `membership` | applied log id, membership |
 //! | `c` | config key | (version, JSON text) |
-//! | `d` | CDR id (16 bytes) | CDR |
-//! | `s` | start (8) + id (16) | empty: time index |
+//! | `s` | start (8) + id (16) | the CDR (primary copy, in time order: range scans and exports read sequentially) |
+//! | `d` | CDR id (16 bytes) | start (8): id index, for de-duplication and lookups |
 //! | `r` | caller + `0x00` + start + id | empty: caller index |
 //! | `e` | callee + `0x00` + start + id | empty: callee index |
 
@@ -59,6 +59,14 @@ pub fn index_key(prefix: u8, party: Option<&str>, start: &DateTime<Utc>, id: &Uu
     k
 }
 
+/// Primary key of a CDR at a scan position (`s` + time + id).
+pub fn primary_key(pos: &[u8; 24]) -> [u8; 25] {
+    let mut k = [0u8; 25];
+    k[0] = BY_START;
+    k[1..].copy_from_slice(pos);
+    k
+}
+
 /// The (time, id) suffix of an index key: the position a cursor resumes after.
 pub fn position_of(index_key: &[u8]) -> Option<[u8; 24]> {
     if index_key.len() < 24 {
@@ -67,10 +75,4 @@ pub fn position_of(index_key: &[u8]) -> Option<[u8; 24]> {
     let mut p = [0u8; 24];
     p.copy_from_slice(&index_key[index_key.len() - 24..]);
     Some(p)
-}
-
-pub fn id_of_position(pos: &[u8; 24]) -> Uuid {
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&pos[8..]);
-    Uuid::from_bytes(b)
 }

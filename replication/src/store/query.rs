@@ -85,7 +85,20 @@ pub fn config_list(tree: &sled::Tree, prefix: &str) -> Result<Vec<ConfigEntry>, 
 }
 
 pub fn cdr_get(tree: &sled::Tree, id: &uuid::Uuid) -> Result<Option<Cdr>, QueryError> {
-    match tree.get(keys::cdr_key(id))? {
+    let Some(time) = tree.get(keys::cdr_key(id))? else {
+        return Ok(None);
+    };
+    let mut pos = [0u8; 24];
+    if time.len() != 8 {
+        return Ok(None);
+    }
+    pos[..8].copy_from_slice(&time);
+    pos[8..].copy_from_slice(id.as_bytes());
+    cdr_at(tree, &pos)
+}
+
+fn cdr_at(tree: &sled::Tree, pos: &[u8; 24]) -> Result<Option<Cdr>, QueryError> {
+    match tree.get(keys::primary_key(pos))? {
         None => Ok(None),
         Some(v) => Ok(Some(codec::decode(&v)?)),
     }
@@ -133,14 +146,20 @@ pub fn cdr_scan(
     } else {
         None
     };
+    let primary = prefix_byte == keys::BY_START;
     range.into_iter().flatten().filter_map(move |item| {
-        let (k, _) = match item {
+        let (k, v) = match item {
             Ok(kv) => kv,
             Err(e) => return Some(Err(e.into())),
         };
         let pos = keys::position_of(&k)?;
-        let id = keys::id_of_position(&pos);
-        match cdr_get(&tree, &id) {
+        // The time index holds the CDR itself; the party indexes point to it.
+        let found = if primary {
+            codec::decode::<Cdr>(&v).map(Some).map_err(QueryError::from)
+        } else {
+            cdr_at(&tree, &pos)
+        };
+        match found {
             Ok(Some(cdr)) => {
                 if let Some(want) = &callee_filter {
                     if &cdr.callee != want {
