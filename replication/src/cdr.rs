@@ -52,8 +52,11 @@ impl Disposition {
 #[serde(deny_unknown_fields)]
 pub struct Cdr {
     pub id: Uuid,
+    #[serde(with = "time_repr")]
     pub start: DateTime<Utc>,
+    #[serde(with = "time_repr::option", default)]
     pub answer: Option<DateTime<Utc>>,
+    #[serde(with = "time_repr")]
     pub end: DateTime<Utc>,
     pub caller: String,
     pub callee: String,
@@ -68,6 +71,53 @@ pub struct Cdr {
     /// Name or id of the node that carried the call.
     #[serde(default)]
     pub node: String,
+}
+
+/// Times are RFC 3339 text for people (JSON) and microseconds since the epoch in the
+/// binary encodings (log entries, stored records): parsing and formatting text was a
+/// large part of a CDR's storage and export cost.
+mod time_repr {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            t.serialize(s)
+        } else {
+            s.serialize_i64(t.timestamp_micros())
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        if d.is_human_readable() {
+            DateTime::<Utc>::deserialize(d)
+        } else {
+            let micros = i64::deserialize(d)?;
+            DateTime::from_timestamp_micros(micros)
+                .ok_or_else(|| serde::de::Error::custom(format!("time {micros} µs out of range")))
+        }
+    }
+
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(
+            t: &Option<DateTime<Utc>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            #[derive(Serialize)]
+            struct Wrap<'a>(#[serde(with = "super")] &'a DateTime<Utc>);
+            t.as_ref().map(Wrap).serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<DateTime<Utc>>, D::Error> {
+            #[derive(Deserialize)]
+            struct Wrap(#[serde(with = "super")] DateTime<Utc>);
+            Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
+        }
+    }
 }
 
 /// CSV header, the same columns in the same order as the JSON fields.
@@ -232,6 +282,28 @@ mod tests {
         assert_eq!(cdr.billsec, 60);
         assert_eq!(cdr.duration, 65);
         assert_eq!(cdr.csv_record()[2], "2026-01-01T10:00:05Z");
+    }
+
+    #[test]
+    fn binary_encoding_keeps_times_exact_and_json_stays_rfc3339() {
+        let cdr = Cdr::new_call(
+            "100",
+            "200",
+            t("2026-01-01T10:00:00.123456Z"),
+            Some(t("2026-01-01T10:00:05Z")),
+            t("2026-01-01T10:01:05Z"),
+            "a",
+        );
+        let bin = bincode::serialize(&cdr).unwrap();
+        assert_eq!(bincode::deserialize::<Cdr>(&bin).unwrap(), cdr);
+        let json = serde_json::to_value(&cdr).unwrap();
+        assert_eq!(json["start"], "2026-01-01T10:00:00.123456Z");
+        assert_eq!(json["answer"], "2026-01-01T10:00:05Z");
+        let mut unanswered = cdr.clone();
+        unanswered.answer = None;
+        let bin = bincode::serialize(&unanswered).unwrap();
+        assert_eq!(bincode::deserialize::<Cdr>(&bin).unwrap(), unanswered);
+        assert!(serde_json::to_value(&unanswered).unwrap()["answer"].is_null());
     }
 
     #[test]
