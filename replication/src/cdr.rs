@@ -148,8 +148,41 @@ pub struct CdrInvalid {
     pub problem: String,
 }
 
+/// RFC 3339 in UTC, as chrono's `to_rfc3339_opts(AutoSi, true)` writes it (the JSON
+/// form), but several times faster: CSV export formats three of these per row.
 fn rfc3339(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+    use chrono::{Datelike, Timelike};
+    use std::fmt::Write;
+    let mut out = String::with_capacity(30);
+    let year = t.year();
+    if !(0..=9999).contains(&year) {
+        return t.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+    }
+    let _ = write!(
+        out,
+        "{year:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    );
+    let nanos = t.nanosecond();
+    if nanos >= 1_000_000_000 {
+        // Leap second representation: let chrono handle it.
+        return t.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+    }
+    if nanos != 0 {
+        if nanos % 1_000_000 == 0 {
+            let _ = write!(out, ".{:03}", nanos / 1_000_000);
+        } else if nanos % 1_000 == 0 {
+            let _ = write!(out, ".{:06}", nanos / 1_000);
+        } else {
+            let _ = write!(out, ".{nanos:09}");
+        }
+    }
+    out.push('Z');
+    out
 }
 
 impl Cdr {
@@ -304,6 +337,26 @@ mod tests {
         let bin = bincode::serialize(&unanswered).unwrap();
         assert_eq!(bincode::deserialize::<Cdr>(&bin).unwrap(), unanswered);
         assert!(serde_json::to_value(&unanswered).unwrap()["answer"].is_null());
+    }
+
+    #[test]
+    fn fast_rfc3339_matches_chrono() {
+        for text in [
+            "2026-01-01T10:00:00Z",
+            "1999-12-31T23:59:59.5Z",
+            "2026-03-04T05:06:07.123Z",
+            "2026-03-04T05:06:07.123456Z",
+            "2026-03-04T05:06:07.123456789Z",
+            "2026-03-04T05:06:07.000001Z",
+            "0001-01-01T00:00:00Z",
+        ] {
+            let v = t(text);
+            assert_eq!(
+                rfc3339(&v),
+                v.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+                "{text}"
+            );
+        }
     }
 
     #[test]
