@@ -4,7 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+./chaos-tests/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # Multi-process tests start real `tandem` nodes; keep them from fighting over 2 cores.
+# The chaos scenarios (network namespaces, root) serialize themselves with a lock and
+# need the `tandem` binary built first.
+cargo build -p tandem
 cargo test --workspace -- --test-threads=2

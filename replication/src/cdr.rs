@@ -173,9 +173,9 @@ fn rfc3339(t: &DateTime<Utc>) -> String {
         return t.to_rfc3339_opts(SecondsFormat::AutoSi, true);
     }
     if nanos != 0 {
-        if nanos % 1_000_000 == 0 {
+        if nanos.is_multiple_of(1_000_000) {
             let _ = write!(out, ".{:03}", nanos / 1_000_000);
-        } else if nanos % 1_000 == 0 {
+        } else if nanos.is_multiple_of(1_000) {
             let _ = write!(out, ".{:06}", nanos / 1_000);
         } else {
             let _ = write!(out, ".{nanos:09}");

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Install what the chaos tests need on Debian: iproute2 (ip netns, veth,
+# bridge, tc) and nftables (partitions). Idempotent: installs only what is
+# missing; prints what the kernel cannot do (tc netem). Run as root, e.g. from
+# .ci/run:   ./chaos-tests/setup.sh
+set -euo pipefail
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+pkgs=()
+{ have ip && have tc; } || pkgs+=(iproute2)
+have nft || pkgs+=(nftables)
+
+if [ ${#pkgs[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "chaos setup: need root to install ${pkgs[*]}" >&2
+    exit 1
+  fi
+  echo "chaos setup: installing ${pkgs[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
+fi
+
+# What the kernel offers (information only: scenarios skip or degrade themselves).
+if [ "$(id -u)" -eq 0 ]; then
+  ns="tdmsetup$$"
+  if ip netns add "$ns" 2>/dev/null; then
+    if ip -n "$ns" link add p0 type veth peer name p1 2>/dev/null &&
+       ip netns exec "$ns" tc qdisc add dev p0 root netem delay 1ms 2>/dev/null; then
+      netem=yes
+    else
+      netem="no (kernel without sch_netem: the loss scenario uses nftables loss, without delay)"
+    fi
+    ip netns del "$ns"
+    echo "chaos setup: ok (ip netns: yes, nft: $(have nft && echo yes || echo no), tc netem: $netem)"
+  else
+    echo "chaos setup: ip netns does not work here (container without CAP_SYS_ADMIN?): scenarios will skip" >&2
+  fi
+else
+  echo "chaos setup: not root: scenarios will skip"
+fi

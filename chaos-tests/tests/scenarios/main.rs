@@ -1,0 +1,668 @@
+//! Chaos scenarios: real `tandem` processes in network namespaces, one fault
+//! each, checked against the invariants of `chaos_tests::invariants`
+//! (single ARP answerer for the VIP, no lost acknowledged write, failover time).
+//!
+//! Run as root: `cargo test -p chaos-tests --test scenarios -- --nocapture`.
+//! Scenarios take a process-wide lock, so they run one at a time even with
+//! several test threads (`--test-threads=1` gives the same and keeps the
+//! output in order). Without root, `ip netns`, nftables or netem a scenario
+//! prints `skipped: <why>` and passes. See chaos-tests/README.md.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use chaos_tests::cluster::{describe, ClusterSpec, Timers};
+use chaos_tests::faults::Endpoint;
+use chaos_tests::invariants::single_answerer::{self, answered_by, Probe};
+use chaos_tests::preflight::{Host, Needs};
+use chaos_tests::scenario::{bounded, ms, serial, Scenario};
+use chaos_tests::topology::{self, fmt_mac, Topology};
+use chaos_tests::{netns::NsExecutor, registry};
+use rand::Rng;
+
+/// Run one scenario alone, on its own runtime, within `limit`.
+fn scenario_test<F, Fut>(name: &str, limit: Duration, steps: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let _one_at_a_time = serial();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = rt.block_on(bounded(name, limit, steps())) {
+        panic!("{e:#}");
+    }
+}
+
+/// Fail if the old master answered ARP for the VIP in any probe from `from` on.
+fn old_master_silent_from(s: &mut Scenario, old: u64, from: Instant, what: &str) {
+    let mac = s.cluster.node(old).mac;
+    let n = answered_by(&s.probes(), &mac, from);
+    s.check(
+        n == 0,
+        format!(
+            "old master node {old} ({}) answered ARP for the VIP in {n} probe(s) {what}",
+            fmt_mac(&mac)
+        ),
+    );
+}
+
+/// From the first probe answered by the new VIP holder on, the old master
+/// must stay silent (alternating answers are a split brain too).
+fn old_master_silent_after_move(s: &mut Scenario, old: u64, fault: Instant) {
+    match s.vip_moved(old, fault, None) {
+        Some(d) => old_master_silent_from(
+            s,
+            old,
+            fault + d,
+            "after the VIP appeared on the new master",
+        ),
+        None => s.fail(format!(
+            "the VIP never appeared on a node other than node {old}"
+        )),
+    }
+}
+
+// ---------------------------------------------------------------- harness
+
+/// The harness alone (no tandem): topology up, an ARP probe from the client
+/// thread sees exactly node 1's MAC for 198.18.0.1, and after the drop no
+/// namespace of the run is left.
+#[test]
+fn harness_topology_probe_and_cleanup() {
+    scenario_test("harness", Duration::from_secs(60), || async {
+        println!("=== chaos harness self-test ===");
+        if let Some(why) = Host::get().skip_reason(Needs::default()) {
+            println!("harness: skipped: {why}");
+            return Ok(());
+        }
+        let topo = Topology::create(3)?;
+        let prefix = topo.owner.prefix.clone();
+        let client = NsExecutor::start(&topo.client)?;
+        let (n1, cmac) = (topo.node_macs[0], topo.client_mac);
+        let answers = client
+            .run(move || async move {
+                tandem_failover::announce::arp_probe(
+                    "eth0",
+                    cmac,
+                    topology::CLIENT_IP,
+                    topology::node_ip(1),
+                    Duration::from_millis(100),
+                )
+                .await
+            })
+            .await??;
+        println!(
+            "harness: ARP for 198.18.0.1 answered by {:?}",
+            answers.iter().map(fmt_mac).collect::<Vec<_>>()
+        );
+        anyhow::ensure!(
+            answers == vec![n1],
+            "expected only node 1's MAC {}",
+            fmt_mac(&n1)
+        );
+        let vip = client
+            .run(move || async move {
+                tandem_failover::announce::arp_probe(
+                    "eth0",
+                    cmac,
+                    topology::CLIENT_IP,
+                    topology::VIP,
+                    Duration::from_millis(100),
+                )
+                .await
+            })
+            .await??;
+        anyhow::ensure!(vip.is_empty(), "nobody should hold the VIP without tandem");
+        drop(client);
+        drop(topo);
+        let left: Vec<String> = registry::list_netns()
+            .into_iter()
+            .filter(|n| registry::ns_prefix(n) == Some(prefix.as_str()))
+            .collect();
+        anyhow::ensure!(left.is_empty(), "namespaces left after drop: {left:?}");
+        println!("harness: PASS (namespaces {prefix}* removed)");
+        Ok(())
+    });
+}
+
+/// Leftovers of a run whose owner died are removed by the next run.
+#[test]
+fn harness_removes_leftovers_of_a_dead_run() {
+    scenario_test("leftovers", Duration::from_secs(60), || async {
+        println!("=== chaos leftover removal ===");
+        if let Some(why) = Host::get().skip_reason(Needs::default()) {
+            println!("leftovers: skipped: {why}");
+            return Ok(());
+        }
+        // A process that is gone by now plays the crashed owner.
+        let mut dead = std::process::Command::new("true").spawn()?;
+        let dead_pid = dead.id();
+        dead.wait()?;
+        let prefix = "tdm999999";
+        let run_dir = registry::run_dir_of(prefix);
+        std::fs::create_dir_all(&run_dir)?;
+        std::fs::write(
+            registry::owner_dir().join(format!("{prefix}.owner")),
+            format!("pid={dead_pid}\nstart=1\nrun_dir={}\n", run_dir.display()),
+        )?;
+        let ns = format!("{prefix}n1");
+        chaos_tests::cmd::ip(&["netns", "add", &ns])?;
+        let report = registry::remove_leftovers();
+        println!("leftovers: {}", report.summary());
+        anyhow::ensure!(!registry::list_netns().contains(&ns), "{ns} still there");
+        anyhow::ensure!(!run_dir.exists(), "{} still there", run_dir.display());
+        println!("leftovers: PASS");
+        Ok(())
+    });
+}
+
+// -------------------------------------------------------------- scenarios
+
+/// kill -9 of the master: a standby holds the VIP and takes writes within ~1 s.
+#[test]
+fn kill_master() {
+    scenario_test("kill_master", Duration::from_secs(180), || async {
+        let Some(mut s) =
+            Scenario::setup("kill_master", ClusterSpec::data(3), Needs::default()).await?
+        else {
+            return Ok(());
+        };
+        s.start_load().await?;
+        s.warm_up().await;
+        let m = s.cluster.wait_master(Duration::from_secs(5), &[]).await?;
+        let at = s.cluster.kill9(m)?;
+        s.fault(&format!("kill -9 of master node {m}"), at);
+        s.await_failover(at, Some(m), Duration::from_secs(15)).await;
+        match s.cluster.wait_master(Duration::from_secs(10), &[m]).await {
+            Ok(n) => s.figure("new_master", format!("node {n}")),
+            Err(e) => s.fail(format!("{e:#}")),
+        }
+        let t = Instant::now();
+        s.cluster
+            .restart_as_standby(m, Duration::from_secs(60))
+            .await?;
+        s.figure("rejoin_ms", ms(t.elapsed()));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        s.finish().await
+    });
+}
+
+/// SIGSTOP of the master for longer than the election timeout, then SIGCONT:
+/// a standby takes over, and the old master never answers for the VIP after it
+/// resumes.
+#[test]
+fn pause_master() {
+    scenario_test("pause_master", Duration::from_secs(180), || async {
+        let spec = ClusterSpec::data(3);
+        let emax = spec.timers.election_timeout_max_ms;
+        let Some(mut s) = Scenario::setup("pause_master", spec, Needs::default()).await? else {
+            return Ok(());
+        };
+        s.start_load().await?;
+        s.warm_up().await;
+        let pause = Duration::from_millis(2 * emax + s.rng.gen_range(0..1000));
+        let m = s.cluster.wait_master(Duration::from_secs(5), &[]).await?;
+        let at = s.cluster.pause(m)?;
+        s.fault(
+            &format!("SIGSTOP of master node {m} for {} ms", ms(pause)),
+            at,
+        );
+        s.await_failover(at, Some(m), pause + Duration::from_secs(10))
+            .await;
+        match s.cluster.wait_master(Duration::from_secs(10), &[m]).await {
+            Ok(n) => s.figure("new_master", format!("node {n}")),
+            Err(e) => s.fail(format!("{e:#}")),
+        }
+        let rest = pause.saturating_sub(at.elapsed());
+        tokio::time::sleep(rest).await;
+        let resumed = s.cluster.resume(m)?;
+        s.fault(&format!("SIGCONT of node {m}"), resumed);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        match s.cluster.health(m).await {
+            Some(h) => {
+                s.figure(
+                    "old_master_after_resume",
+                    format!("{} (term {})", h.role, h.term),
+                );
+                s.check(
+                    h.role != "master",
+                    format!("node {m} is master again after resume: {h:?}"),
+                );
+            }
+            None => s.fail(format!("node {m} does not answer /health after resume")),
+        }
+        old_master_silent_from(&mut s, m, resumed, "after it resumed");
+        s.finish().await
+    });
+}
+
+/// The master is cut (IP, both directions) from its peers and from the client:
+/// the majority elects a new master, the old one drops the VIP (its ARP
+/// answers still cross the partition, so a late drop shows as two answerers).
+#[test]
+fn partition_master_from_peers_and_client() {
+    scenario_test("partition_master", Duration::from_secs(180), || async {
+        let spec = ClusterSpec::data(3);
+        let Some(mut s) = Scenario::setup(
+            "partition_master",
+            spec,
+            Needs {
+                nft: true,
+                netem: false,
+            },
+        )
+        .await?
+        else {
+            return Ok(());
+        };
+        s.start_load().await?;
+        s.warm_up().await;
+        let m = s.cluster.wait_master(Duration::from_secs(5), &[]).await?;
+        let mut rest: Vec<Endpoint> = s
+            .cluster
+            .nodes
+            .iter()
+            .filter(|n| n.id != m)
+            .map(|n| Endpoint::Node(n.id))
+            .collect();
+        rest.push(Endpoint::Client);
+        let at = s.cluster.partition(&[Endpoint::Node(m)], &rest)?;
+        s.fault(
+            &format!("partition {{node {m}}} | {{other nodes, client}}"),
+            at,
+        );
+        s.await_failover(at, Some(m), Duration::from_secs(15)).await;
+        match s.cluster.wait_master(Duration::from_secs(10), &[m]).await {
+            Ok(n) => s.figure("new_master", format!("node {n}")),
+            Err(e) => s.fail(format!("{e:#}")),
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        old_master_silent_after_move(&mut s, m, at);
+        let healed = s.cluster.heal_nft()?;
+        s.fault("heal partition", healed);
+        s.cluster
+            .restart_as_standby(m, Duration::from_secs(30))
+            .await?;
+        s.figure("old_master_back_as_standby_ms", ms(healed.elapsed()));
+        s.finish().await
+    });
+}
+
+/// The master's link goes down (cable pulled) for 3 s: a peer takes over;
+/// when the link comes back the old master does not answer for the VIP.
+#[test]
+fn link_down_on_master() {
+    scenario_test("link_down_master", Duration::from_secs(180), || async {
+        let Some(mut s) =
+            Scenario::setup("link_down_master", ClusterSpec::data(3), Needs::default()).await?
+        else {
+            return Ok(());
+        };
+        s.start_load().await?;
+        s.warm_up().await;
+        let m = s.cluster.wait_master(Duration::from_secs(5), &[]).await?;
+        let at = s.cluster.link_down(m)?;
+        s.fault(&format!("ip link set eth0 down on master node {m}"), at);
+        s.await_failover(at, Some(m), Duration::from_secs(15)).await;
+        match s.cluster.wait_master(Duration::from_secs(10), &[m]).await {
+            Ok(n) => s.figure("new_master", format!("node {n}")),
+            Err(e) => s.fail(format!("{e:#}")),
+        }
+        let rest = Duration::from_secs(3).saturating_sub(at.elapsed());
+        tokio::time::sleep(rest).await;
+        let up = s.cluster.link_up(m)?;
+        s.fault(&format!("ip link set eth0 up on node {m}"), up);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        old_master_silent_from(&mut s, m, up, "after its link came back");
+        s.cluster
+            .restart_as_standby(m, Duration::from_secs(30))
+            .await?;
+        s.finish().await
+    });
+}
+
+/// One-way partition: the master can send to its peers but receives nothing
+/// from them (the client still reaches it). It cannot get quorum acks, so it
+/// must give up the lease and a peer must become master.
+#[test]
+fn one_way_partition_master_cannot_receive() {
+    scenario_test("one_way_partition", Duration::from_secs(180), || async {
+        let spec = ClusterSpec::data(3);
+        let Some(mut s) = Scenario::setup(
+            "one_way_partition",
+            spec,
+            Needs {
+                nft: true,
+                netem: false,
+            },
+        )
+        .await?
+        else {
+            return Ok(());
+        };
+        s.start_load().await?;
+        s.warm_up().await;
+        let m = s.cluster.wait_master(Duration::from_secs(5), &[]).await?;
+        let peers: Vec<Endpoint> = s
+            .cluster
+            .nodes
+            .iter()
+            .filter(|n| n.id != m)
+            .map(|n| Endpoint::Node(n.id))
+            .collect();
+        let at = s.cluster.block(&peers, &[Endpoint::Node(m)])?;
+        s.fault(
+            &format!("drop peers → node {m} (node {m} → peers still flows)"),
+            at,
+        );
+        s.await_failover(at, Some(m), Duration::from_secs(20)).await;
+        match s.cluster.wait_master(Duration::from_secs(15), &[m]).await {
+            Ok(n) => s.figure("new_master", format!("node {n}")),
+            Err(e) => s.fail(format!("{e:#}")),
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        old_master_silent_after_move(&mut s, m, at);
+        let healed = s.cluster.heal_nft()?;
+        s.fault("heal", healed);
+        s.cluster
+            .restart_as_standby(m, Duration::from_secs(30))
+            .await?;
+        s.finish().await
+    });
+}
+
+/// 5 % loss and 100 ms ± 50 ms delay on every node for 60 s (CHAOS_LOSS_SECS):
+/// no role change at all. With the appliance's default timers: the fast test
+/// timers (lease 300 ms) are below what a lossy TCP path needs (one lost
+/// segment costs a 200 ms minimum RTO). `CHAOS_LOSS_TIMERS=fast` uses them
+/// anyway. Without netem (kernel without sch_netem) the loss is made with
+/// nftables and there is no delay; the report says so (`degraded`).
+#[test]
+fn loss_and_jitter_cause_no_role_change() {
+    scenario_test("loss_and_jitter", Duration::from_secs(300), || async {
+        let host = Host::get();
+        let netem = host.netem.is_ok();
+        if !netem && host.nft.is_err() {
+            println!("=== chaos scenario loss_and_jitter ===");
+            println!(
+                "loss_and_jitter: skipped: neither tc netem ({}) nor nftables ({}) works here",
+                host.netem.clone().err().unwrap_or_default(),
+                host.nft.clone().err().unwrap_or_default()
+            );
+            return Ok(());
+        }
+        let mut spec = ClusterSpec::data(3);
+        let fast = std::env::var("CHAOS_LOSS_TIMERS").is_ok_and(|v| v == "fast");
+        spec.timers = if fast { Timers::FAST } else { Timers::DEFAULT };
+        let Some(mut s) = Scenario::setup("loss_and_jitter", spec, Needs::default()).await? else {
+            return Ok(());
+        };
+        s.write_timeout = Duration::from_secs(3);
+        s.start_load().await?;
+        s.warm_up().await;
+        let secs: u64 = std::env::var("CHAOS_LOSS_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(60);
+        let m = s.cluster.wait_master(Duration::from_secs(5), &[]).await?;
+        let before = s.cluster.healths().await;
+        let term_before = before[m as usize - 1].as_ref().map(|h| h.term).unwrap_or(0);
+        let ids: Vec<u64> = s.cluster.nodes.iter().map(|n| n.id).collect();
+        let at = Instant::now();
+        let what = if netem {
+            for id in &ids {
+                s.cluster
+                    .netem(*id, &["loss", "5%", "delay", "100ms", "50ms"])?;
+            }
+            "tc netem loss 5% delay 100ms 50ms on every node"
+        } else {
+            for id in &ids {
+                s.cluster.nft_loss(*id, 5)?;
+            }
+            s.figure(
+                "degraded",
+                "tc netem unavailable here: 5% loss only (nftables numgen), NO delay/jitter",
+            );
+            "5% random loss (nftables) on every node, no delay"
+        };
+        s.fault(&format!("{what} for {secs} s"), at);
+        // Sample every node's view; any change of role, leader or term counts.
+        let mut last: Vec<Option<(String, Option<u64>, u64)>> = vec![None; ids.len()];
+        let mut changes = Vec::new();
+        let mut samples = 0;
+        while at.elapsed() < Duration::from_secs(secs) {
+            for (i, h) in s.cluster.healths().await.into_iter().enumerate() {
+                let Some(h) = h else { continue };
+                samples += 1;
+                let now = (h.role.clone(), h.leader_id, h.term);
+                if let Some(prev) = &last[i] {
+                    if *prev != now {
+                        changes.push(format!(
+                            "+{} ms node {}: {}/leader {:?}/term {} → {}/leader {:?}/term {}",
+                            ms(at.elapsed()),
+                            i + 1,
+                            prev.0,
+                            prev.1,
+                            prev.2,
+                            now.0,
+                            now.1,
+                            now.2
+                        ));
+                    }
+                }
+                last[i] = Some(now);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let during = s.probes();
+        let vip_moves = during
+            .windows(2)
+            .filter(|w| {
+                w[0].at >= at
+                    && !w[1].macs.is_empty()
+                    && !w[0].macs.is_empty()
+                    && w[0].macs != w[1].macs
+            })
+            .count();
+        let unanswered = during
+            .iter()
+            .filter(|p| p.at >= at && p.macs.is_empty() && p.error.is_none())
+            .count();
+        if netem {
+            s.cluster.heal_netem()?;
+        } else {
+            s.cluster.heal_nft()?;
+        }
+        s.say("healed");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = s.cluster.healths().await;
+        let m_after = s
+            .cluster
+            .wait_master(Duration::from_secs(10), &[])
+            .await
+            .ok();
+        let term_after = m_after
+            .and_then(|id| after[id as usize - 1].as_ref().map(|h| h.term))
+            .unwrap_or(0);
+        s.figure("timers", s.cluster.spec.timers);
+        s.figure("health_samples", samples);
+        s.figure("role_changes", changes.len());
+        s.figure("master", format!("node {m} before, {m_after:?} after"));
+        s.figure("term", format!("{term_before} before, {term_after} after"));
+        s.figure("vip_moves_seen_by_arp", vip_moves);
+        s.figure("arp_probes_unanswered_under_loss", unanswered);
+        for c in changes.iter().take(10) {
+            s.say(format!("change: {c}"));
+        }
+        s.check(
+            changes.is_empty(),
+            format!("{} role/leader/term change(s) under loss", changes.len()),
+        );
+        s.check(
+            m_after == Some(m),
+            format!("master changed: node {m} before, {m_after:?} after"),
+        );
+        s.check(
+            term_after == term_before,
+            format!(
+                "term moved from {term_before} to {term_after}; after: {}",
+                describe(&after)
+            ),
+        );
+        s.finish().await
+    });
+}
+
+/// Two data nodes and a witness: kill -9 of the master data node → the other
+/// data node takes over (the witness gives it the majority).
+#[test]
+fn witness_cluster_kill_master() {
+    scenario_test("witness_kill_master", Duration::from_secs(180), || async {
+        let Some(mut s) = Scenario::setup(
+            "witness_kill_master",
+            ClusterSpec::two_data_one_witness(),
+            Needs::default(),
+        )
+        .await?
+        else {
+            return Ok(());
+        };
+        s.start_load().await?;
+        s.warm_up().await;
+        let m = s.cluster.wait_master(Duration::from_secs(5), &[]).await?;
+        let other = if m == 1 { 2 } else { 1 };
+        let at = s.cluster.kill9(m)?;
+        s.fault(&format!("kill -9 of master data node {m}"), at);
+        s.await_failover(at, Some(m), Duration::from_secs(15)).await;
+        match s.cluster.wait_master(Duration::from_secs(10), &[m]).await {
+            Ok(n) => {
+                s.figure("new_master", format!("node {n}"));
+                s.check(
+                    n == other,
+                    format!("node {n} became master, expected data node {other}"),
+                );
+            }
+            Err(e) => s.fail(format!("{e:#}")),
+        }
+        s.cluster
+            .restart_as_standby(m, Duration::from_secs(60))
+            .await?;
+        s.finish().await
+    });
+}
+
+/// Two data nodes and a witness: kill -9 of the witness → nothing moves (same
+/// master, same term, every ARP probe answered by the master alone).
+#[test]
+fn witness_cluster_kill_witness() {
+    scenario_test("witness_kill_witness", Duration::from_secs(180), || async {
+        let Some(mut s) = Scenario::setup(
+            "witness_kill_witness",
+            ClusterSpec::two_data_one_witness(),
+            Needs::default(),
+        )
+        .await?
+        else {
+            return Ok(());
+        };
+        s.start_load().await?;
+        s.warm_up().await;
+        let m = s.cluster.wait_master(Duration::from_secs(5), &[]).await?;
+        let term_before = s.cluster.health(m).await.map(|h| h.term);
+        let at = s.cluster.kill9(3)?;
+        s.fault("kill -9 of the witness (node 3)", at);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let still = s
+            .cluster
+            .wait_master(Duration::from_secs(2), &[])
+            .await
+            .ok();
+        let term_after = s.cluster.health(m).await.map(|h| h.term);
+        s.figure("master", format!("node {m} before, {still:?} after"));
+        s.figure(
+            "term",
+            format!("{term_before:?} before, {term_after:?} after"),
+        );
+        s.check(
+            still == Some(m),
+            format!("master moved from node {m} to {still:?}"),
+        );
+        s.check(
+            term_before == term_after,
+            format!("term moved: {term_before:?} → {term_after:?}"),
+        );
+        let mac = s.cluster.node(m).mac;
+        let after: Vec<Probe> = s.probes().into_iter().filter(|p| p.at >= at).collect();
+        let by_master = after.iter().filter(|p| p.macs == vec![mac]).count();
+        s.figure(
+            "probes_after_kill",
+            format!(
+                "{} ({} answered by the master alone)",
+                after.len(),
+                by_master
+            ),
+        );
+        s.check(
+            by_master == after.len(),
+            format!(
+                "the VIP did not stay put: {} of {} probes after the kill not answered by node {m} alone",
+                after.len() - by_master,
+                after.len()
+            ),
+        );
+        let v = single_answerer::check(&after);
+        s.figure("unanswered_after_kill", v.unanswered);
+        s.finish().await
+    });
+}
+
+/// `tandem switchover` on the master under write load: a new master, a
+/// service gap (longest time without an acknowledged write) of at most 0.5 s,
+/// and no lost write.
+#[test]
+fn switchover_under_write_load() {
+    scenario_test("switchover", Duration::from_secs(180), || async {
+        let Some(mut s) =
+            Scenario::setup("switchover", ClusterSpec::data(3), Needs::default()).await?
+        else {
+            return Ok(());
+        };
+        s.start_load().await?;
+        s.warm_up().await;
+        let m = s.cluster.wait_master(Duration::from_secs(5), &[]).await?;
+        let at = Instant::now();
+        s.fault(&format!("tandem switchover on master node {m}"), at);
+        let out = s.cluster.tandem_cli(m, &["switchover", "--json"]).await;
+        let took = at.elapsed();
+        match out {
+            Ok(o) => s.say(format!(
+                "switchover returned after {} ms: {}",
+                ms(took),
+                o.trim()
+            )),
+            Err(e) => s.fail(format!("tandem switchover: {e:#}")),
+        }
+        s.await_failover(at, Some(m), Duration::from_secs(10)).await;
+        match s.cluster.wait_master(Duration::from_secs(10), &[m]).await {
+            Ok(n) => s.figure("new_master", format!("node {n}")),
+            Err(e) => s.fail(format!("{e:#}")),
+        }
+        // Keep writing for a while after the switchover, then measure the gap
+        // over [1 s before, 5 s after].
+        let until = at + Duration::from_secs(5);
+        tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
+        let from = at.checked_sub(Duration::from_secs(1)).unwrap_or(at);
+        let gap = s.service_gap(from, until);
+        s.figure("switchover_cli_ms", ms(took));
+        s.figure("service_gap_ms", ms(gap));
+        s.check(
+            gap <= Duration::from_millis(500),
+            format!("service gap {} ms > 500 ms", ms(gap)),
+        );
+        s.finish().await
+    });
+}
