@@ -42,8 +42,8 @@ impl Timers {
     pub const FAST: Timers = Timers {
         heartbeat_ms: 50,
         lease_ms: 300,
-        election_timeout_min_ms: 500,
-        election_timeout_max_ms: 750,
+        election_timeout_min_ms: 450,
+        election_timeout_max_ms: 600,
     };
     /// The appliance defaults (`appliance/tandem.toml`).
     pub const DEFAULT: Timers = Timers {

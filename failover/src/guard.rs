@@ -43,7 +43,10 @@ impl GuardHandle {
             .stdin(Stdio::piped())
             .kill_on_drop(false)
             .spawn()?;
-        let stdin = child.stdin.take().ok_or_else(|| std::io::Error::other("guard has no stdin"))?;
+        let stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| std::io::Error::other("guard has no stdin"))?;
         Ok(GuardHandle { child, stdin })
     }
 

@@ -141,6 +141,8 @@ pub async fn start(replica: Arc<Replica>, cfg: &Config) -> anyhow::Result<Arc<Ro
         garp_count: cfg.vip.garp_count,
         garp_interval: Duration::from_millis(cfg.vip.garp_interval_ms),
         switchover_running: Arc::new(AtomicBool::new(false)),
+        election_max: Duration::from_millis(cfg.cluster.election_timeout_max_ms),
+        last_fast_elect: None,
     };
     driver.perform(initial).await;
     tokio::spawn(driver.run());
@@ -157,9 +159,70 @@ struct Driver {
     garp_count: u32,
     garp_interval: Duration,
     switchover_running: Arc<AtomicBool>,
+    /// `election_timeout_max_ms`: followers refuse votes for this long after hearing
+    /// the leader (openraft's leader lease), so a takeover cannot start earlier.
+    election_max: Duration,
+    last_fast_elect: Option<Instant>,
 }
 
+/// Stagger between standbys starting a fast takeover (lowest id first), so that two
+/// standbys do not split the vote.
+pub const TAKEOVER_STAGGER: Duration = Duration::from_millis(80);
+
 impl Driver {
+    /// Fast takeover: openraft 0.9 followers wait `election_timeout_max` (their leader
+    /// lease) *plus* a random election timeout before campaigning. A standby that has
+    /// heard nothing from the leader for the lease (plus a per-node stagger) starts the
+    /// election at once instead: votes are granted from then on, and the old master's
+    /// own lease (`lease_ms` < election timeout) has long expired.
+    fn fast_takeover_due(&mut self, now: Instant) -> bool {
+        if self.replica.info.kind != MemberKind::Data
+            || !self.replica.elect_allowed()
+            || self.controller.maintenance()
+        {
+            return false;
+        }
+        let m = self.replica.metrics();
+        if m.state != ServerState::Follower {
+            return false;
+        }
+        let Some(silence) = self.replica.since_leader_contact(now) else {
+            return false;
+        };
+        let membership = m.membership_config.membership();
+        let mut standbys: Vec<u64> = membership
+            .voter_ids()
+            .filter(|id| Some(*id) != m.current_leader)
+            .filter(|id| {
+                membership
+                    .get_node(id)
+                    .is_some_and(|n| n.kind == MemberKind::Data)
+            })
+            .collect();
+        standbys.sort_unstable();
+        let rank = standbys
+            .iter()
+            .position(|id| *id == self.replica.id)
+            .unwrap_or(0) as u32;
+        let wait = self.election_max + Duration::from_millis(15) + TAKEOVER_STAGGER * rank;
+        if silence < wait {
+            return false;
+        }
+        if self
+            .last_fast_elect
+            .is_some_and(|t| now.duration_since(t) < self.election_max)
+        {
+            return false;
+        }
+        self.last_fast_elect = Some(now);
+        tracing::info!(
+            silence_ms = silence.as_millis() as u64,
+            rank,
+            "no word from the leader: starting an election (fast takeover)"
+        );
+        true
+    }
+
     async fn run(mut self) {
         let mut metrics = self.replica.raft.metrics();
         let mut tick = tokio::time::interval(Duration::from_millis(25));
@@ -198,6 +261,14 @@ impl Driver {
             }
             actions.extend(self.controller.handle(event, now));
             self.perform(actions).await;
+            if matches!(event, Event::Tick) && self.fast_takeover_due(now) {
+                let replica = self.replica.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = replica.campaign_now().await {
+                        tracing::warn!(error = %e, "could not start the election");
+                    }
+                });
+            }
             // A leader in maintenance hands the master role to another node.
             if self.controller.maintenance()
                 && self.replica.is_leader()

@@ -174,6 +174,8 @@ pub struct Replica {
     forward_pool: Mutex<HashMap<NodeId, Vec<PeerClient>>>,
     lag: LagTracker,
     clock: IndexClock,
+    /// When this node last received AppendEntries (entries or heartbeat) from a leader.
+    last_leader_contact: Mutex<Option<Instant>>,
     cdr_tx: mpsc::Sender<CdrBatch>,
     /// Writes committed through this node (metrics).
     pub writes_committed: std::sync::atomic::AtomicU64,
@@ -241,6 +243,7 @@ impl Replica {
             forward_pool: Mutex::new(HashMap::new()),
             lag: LagTracker::default(),
             clock: IndexClock::default(),
+            last_leader_contact: Mutex::new(None),
             cdr_tx,
             writes_committed: Default::default(),
         });
@@ -565,6 +568,26 @@ impl Replica {
             .collect()
     }
 
+    /// Time since this node last heard from a leader (None: never since start).
+    pub fn since_leader_contact(&self, now: Instant) -> Option<Duration> {
+        self.last_leader_contact
+            .lock()
+            .expect("contact lock")
+            .map(|t| now.saturating_duration_since(t))
+    }
+
+    /// Whether this node may campaign (data node, not in maintenance).
+    pub fn elect_allowed(&self) -> bool {
+        self.elect_allowed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Start an election now (fast takeover, see the failover driver).
+    pub async fn campaign_now(&self) -> Result<()> {
+        self.raft.trigger().elect().await.map_err(|e| Error::Raft {
+            reason: e.to_string(),
+        })
+    }
+
     pub fn is_stepping_down(&self) -> bool {
         self.stepping_down.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -840,6 +863,7 @@ impl RpcHandler for Handler {
         };
         match req {
             RpcRequest::AppendEntries(rpc) => {
+                *r.last_leader_contact.lock().expect("contact lock") = Some(Instant::now());
                 if let Some(c) = rpc.leader_commit {
                     r.lag.observe(c.index, Instant::now());
                 }
