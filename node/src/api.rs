@@ -129,6 +129,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(config_get).put(config_put).delete(config_delete),
         )
         .route("/cdrs", post(cdrs_post).get(cdrs_get))
+        .route("/alarms/test", post(alarms_test))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/health", get(health))
@@ -233,6 +234,9 @@ pub fn cluster_view(r: &Replica, roles: &RoleState) -> serde_json::Value {
                 .to_string(),
         );
     }
+    for id in roles.unreachable() {
+        notes.push(format!("member {id} does not answer the master"));
+    }
     if roles.maintenance() {
         notes.push("this node is in maintenance: it will not become master".into());
     }
@@ -249,6 +253,7 @@ pub fn cluster_view(r: &Replica, roles: &RoleState) -> serde_json::Value {
         "role": roles.role().as_str(),
         "vip_held": roles.vip_held(),
         "maintenance": roles.maintenance(),
+        "unreachable": roles.unreachable(),
         "leader_id": m.current_leader,
         "term": m.current_term,
         "last_log_index": m.last_log_index.unwrap_or(0),
@@ -691,5 +696,82 @@ fn stream_csv(
     })();
     if let Err(e) = res {
         let _ = err_tx.blocking_send(Err(std::io::Error::other(e)));
+    }
+}
+
+/// `alarm.*` and `smtp.*` entries of the replicated config, as JSON values.
+pub fn alarm_entries(
+    tree: &Tree,
+) -> Result<std::collections::BTreeMap<String, serde_json::Value>, ApiError> {
+    let mut all = Vec::new();
+    for prefix in ["alarm.", "smtp."] {
+        all.extend(
+            query::config_list(tree, prefix)?
+                .into_iter()
+                .map(|e| (e.key, e.value)),
+        );
+    }
+    Ok(crate::alarms::entries_from_text(all))
+}
+
+/// `POST /api/v1/alarms/test` with optional `{"to": "addr"}`: send a test mail with
+/// the configured `smtp.*` settings (to every address of every recipient list when no
+/// `to` is given). 200 with the Message-ID, 400 for bad settings, 502 with the SMTP
+/// error (naming host, port and cause) when the server does not take the mail.
+async fn alarms_test(State(st): St, body: Bytes) -> Result<Response, ApiError> {
+    use crate::alarms::{mail, recipients::Routing, smtp};
+    let to = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        None
+    } else {
+        let v: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad(format!("malformed JSON: {e}")))?;
+        match v.get("to") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(a)) => Some(a.clone()),
+            Some(_) => return Err(ApiError::bad("to: expected a mail address (string)")),
+        }
+    };
+    let entries = alarm_entries(&st.replica.tree())?;
+    let settings =
+        smtp::SmtpSettings::from_entries(&entries).map_err(|e| ApiError::bad(e.to_string()))?;
+    let to: Vec<String> = match to {
+        Some(a) => vec![a],
+        None => Routing::from_entries(&entries)
+            .map_err(|e| ApiError::bad(e.to_string()))?
+            .all_addresses()
+            .into_iter()
+            .collect(),
+    };
+    if to.is_empty() {
+        return Err(ApiError::bad(
+            "no recipient: pass `--to ADDR` ({\"to\": ...}) or set alarm.recipients.<list>",
+        ));
+    }
+    let mailer = smtp::Mailer::new(settings).map_err(|e| ApiError::bad(e.to_string()))?;
+    let node = st.cfg.node_name();
+    let ctx = mail::MailContext {
+        cluster: &st.cfg.cluster.name,
+        node: &node,
+    };
+    let now = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0);
+    let m = mail::test_mail(&ctx, now, &uuid::Uuid::new_v4().to_string());
+    match mailer.send(&m, &to).await {
+        Ok(sent) => {
+            tracing::info!(message_id = %sent.message_id, server = %sent.server, to = ?to, "alarm test mail sent");
+            Ok(Json(json!({
+                "message_id": sent.message_id,
+                "to": to,
+                "server": sent.server,
+                "reply": sent.reply,
+            }))
+            .into_response())
+        }
+        Err(e @ (smtp::SmtpError::Message { .. } | smtp::SmtpError::Config(_))) => {
+            Err(ApiError::bad(e.to_string()))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, message_id = %m.message_id, "alarm test mail failed");
+            Err(ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))
+        }
     }
 }

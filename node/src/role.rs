@@ -34,6 +34,9 @@ pub struct RoleState {
     pub role_changes: AtomicU64,
     pub vip_acquired: AtomicU64,
     pub has_vip: bool,
+    /// Members the master cannot reach (alarm events `cluster.node_down` /
+    /// `cluster.witness_lost` are logged on every change).
+    unreachable: Mutex<std::collections::BTreeSet<u64>>,
 }
 
 impl RoleState {
@@ -45,6 +48,15 @@ impl RoleState {
     }
     pub fn maintenance(&self) -> bool {
         self.maintenance.load(Ordering::SeqCst)
+    }
+    /// Members the master currently cannot reach (empty on standbys).
+    pub fn unreachable(&self) -> Vec<u64> {
+        self.unreachable
+            .lock()
+            .expect("unreachable lock")
+            .iter()
+            .copied()
+            .collect()
     }
 }
 
@@ -112,6 +124,7 @@ pub async fn start(replica: Arc<Replica>, cfg: &Config) -> anyhow::Result<Arc<Ro
         role_changes: AtomicU64::new(0),
         vip_acquired: AtomicU64::new(0),
         has_vip: spec.is_some(),
+        unreachable: Mutex::new(Default::default()),
     });
     let (vip, guard) = match &spec {
         Some(spec) => {
@@ -143,6 +156,7 @@ pub async fn start(replica: Arc<Replica>, cfg: &Config) -> anyhow::Result<Arc<Ro
         switchover_running: Arc::new(AtomicBool::new(false)),
         election_max: Duration::from_millis(cfg.cluster.election_timeout_max_ms),
         last_fast_elect: None,
+        leader_since: None,
     };
     driver.perform(initial).await;
     tokio::spawn(driver.run());
@@ -163,6 +177,8 @@ struct Driver {
     /// the leader (openraft's leader lease), so a takeover cannot start earlier.
     election_max: Duration,
     last_fast_elect: Option<Instant>,
+    /// When this node last became leader (members are judged only after a grace period).
+    leader_since: Option<Instant>,
 }
 
 /// Stagger between standbys starting a fast takeover (lowest id first), so that two
@@ -170,6 +186,71 @@ struct Driver {
 pub const TAKEOVER_STAGGER: Duration = Duration::from_millis(80);
 
 impl Driver {
+    /// On the master: which members stopped answering (no RPC answer for twice the
+    /// election timeout). Each change is a structured alarm event in the log.
+    fn watch_members(&mut self, now: Instant) {
+        let m = self.replica.metrics();
+        let mut down = std::collections::BTreeSet::new();
+        if m.state == ServerState::Leader
+            && self
+                .leader_since
+                .is_some_and(|t| now.duration_since(t) > 2 * self.election_max)
+        {
+            let limit = (2 * self.election_max).as_millis() as u64;
+            for member in self.replica.members() {
+                if member.id != self.replica.id
+                    && member.voter
+                    && member.last_contact_ms.is_none_or(|ms| ms > limit)
+                {
+                    down.insert(member.id);
+                }
+            }
+        }
+        if m.state == ServerState::Leader {
+            self.leader_since.get_or_insert(now);
+        } else {
+            self.leader_since = None;
+        }
+        let mut current = self.state.unreachable.lock().expect("unreachable lock");
+        if *current == down {
+            return;
+        }
+        let kind_of = |id: u64| {
+            m.membership_config
+                .membership()
+                .get_node(&id)
+                .map(|n| n.kind)
+                .unwrap_or(MemberKind::Data)
+        };
+        for id in down.difference(&current) {
+            let alarm = if kind_of(*id) == MemberKind::Witness {
+                "cluster.witness_lost"
+            } else {
+                "cluster.node_down"
+            };
+            tracing::warn!(
+                alarm,
+                node = id,
+                state = "raised",
+                "alarm: member {id} does not answer the master"
+            );
+        }
+        for id in current.difference(&down) {
+            let alarm = if kind_of(*id) == MemberKind::Witness {
+                "cluster.witness_lost"
+            } else {
+                "cluster.node_down"
+            };
+            tracing::info!(
+                alarm,
+                node = id,
+                state = "cleared",
+                "alarm cleared: member {id} answers again"
+            );
+        }
+        *current = down;
+    }
+
     /// Fast takeover: openraft 0.9 followers wait `election_timeout_max` (their leader
     /// lease) *plus* a random election timeout before campaigning. A standby that has
     /// heard nothing from the leader for the lease (plus a per-node stagger) starts the
@@ -261,6 +342,9 @@ impl Driver {
             }
             actions.extend(self.controller.handle(event, now));
             self.perform(actions).await;
+            if matches!(event, Event::Tick) {
+                self.watch_members(now);
+            }
             if matches!(event, Event::Tick) && self.fast_takeover_due(now) {
                 let replica = self.replica.clone();
                 tokio::spawn(async move {

@@ -219,6 +219,25 @@ pub struct PeerClient {
     pub addr: String,
     tls: Arc<rustls::ClientConfig>,
     stream: Option<TlsClientStream>,
+    contacts: Option<Contacts>,
+}
+
+/// When each peer last answered an RPC of ours (the leader's view of reachability:
+/// heartbeats answer every `heartbeat_ms`, even when no entry is replicated).
+#[derive(Clone, Default)]
+pub struct Contacts(Arc<std::sync::Mutex<std::collections::HashMap<NodeId, std::time::Instant>>>);
+
+impl Contacts {
+    pub fn record(&self, peer: NodeId) {
+        self.0
+            .lock()
+            .expect("contacts lock")
+            .insert(peer, std::time::Instant::now());
+    }
+
+    pub fn last(&self, peer: NodeId) -> Option<std::time::Instant> {
+        self.0.lock().expect("contacts lock").get(&peer).copied()
+    }
 }
 
 impl PeerClient {
@@ -228,6 +247,7 @@ impl PeerClient {
             addr,
             tls,
             stream: None,
+            contacts: None,
         }
     }
 
@@ -245,7 +265,12 @@ impl PeerClient {
                     format!("peer {} refused: {why}", self.addr),
                 ))
             }
-            Ok(resp) => Ok(resp),
+            Ok(resp) => {
+                if let Some(c) = &self.contacts {
+                    c.record(self.target);
+                }
+                Ok(resp)
+            }
             Err(e) => {
                 self.stream = None;
                 Err(e)
@@ -258,13 +283,16 @@ impl PeerClient {
 #[derive(Clone)]
 pub struct Network {
     pub tls: Arc<rustls::ClientConfig>,
+    pub contacts: Contacts,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerClient {
-        PeerClient::new(target, node.addr.clone(), self.tls.clone())
+        let mut c = PeerClient::new(target, node.addr.clone(), self.tls.clone());
+        c.contacts = Some(self.contacts.clone());
+        c
     }
 }
 

@@ -149,6 +149,8 @@ pub struct MemberStatus {
     pub matched_index: Option<u64>,
     pub lag_entries: Option<u64>,
     pub lag_ms: Option<u64>,
+    /// Milliseconds since the peer last answered this node (known on the leader).
+    pub last_contact_ms: Option<u64>,
 }
 
 struct CdrBatch {
@@ -176,6 +178,8 @@ pub struct Replica {
     clock: IndexClock,
     /// When this node last received AppendEntries (entries or heartbeat) from a leader.
     last_leader_contact: Mutex<Option<Instant>>,
+    /// When each peer last answered this node's Raft RPCs.
+    contacts: network::Contacts,
     cdr_tx: mpsc::Sender<CdrBatch>,
     /// Writes committed through this node (metrics).
     pub writes_committed: std::sync::atomic::AtomicU64,
@@ -209,11 +213,13 @@ impl Replica {
             reason: format!("timeouts: {e}"),
         })?);
         let shared = sm.shared.clone();
+        let contacts = network::Contacts::default();
         let raft = Raft::new(
             cfg.id,
             raft_config,
             network::Network {
                 tls: client_tls.clone(),
+                contacts: contacts.clone(),
             },
             log.clone(),
             sm,
@@ -244,6 +250,7 @@ impl Replica {
             lag: LagTracker::default(),
             clock: IndexClock::default(),
             last_leader_contact: Mutex::new(None),
+            contacts,
             cdr_tx,
             writes_committed: Default::default(),
         });
@@ -563,6 +570,15 @@ impl Replica {
                     matched_index: matched,
                     lag_entries: matched.map(|x| last.saturating_sub(x)),
                     lag_ms: matched.map(|x| self.clock.behind_ms(x, now)),
+                    last_contact_ms: if *id == self.id {
+                        Some(0)
+                    } else if m.state == ServerState::Leader {
+                        self.contacts
+                            .last(*id)
+                            .map(|t| now.saturating_duration_since(t).as_millis() as u64)
+                    } else {
+                        None
+                    },
                 }
             })
             .collect()
