@@ -10,6 +10,7 @@ have pkg-config || need_pkgs+=(pkg-config)
 have curl || need_pkgs+=(curl)
 have ip || need_pkgs+=(iproute2)        # ip netns, tc (failover + chaos tests)
 have nft || need_pkgs+=(nftables)       # partitions in the chaos tests
+/usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || need_pkgs+=(python3-aiosmtpd)  # SMTP server in the alarm mail tests
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_pkgs[*]}"

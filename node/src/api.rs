@@ -44,12 +44,15 @@ pub struct AppState {
     token: String,
     pub cfg: Config,
     pub metrics: Metrics,
+    /// The alarm mailer of this node (see `alarms::service`).
+    pub alarms: Arc<crate::alarms::service::AlarmService>,
 }
 
 impl AppState {
     pub fn new(
         replica: Arc<Replica>,
         roles: Arc<RoleState>,
+        alarms: Arc<crate::alarms::service::AlarmService>,
         token: String,
         cfg: Config,
     ) -> AppState {
@@ -59,6 +62,7 @@ impl AppState {
             token,
             cfg,
             metrics: Metrics::new(),
+            alarms,
         }
     }
 }
@@ -129,6 +133,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(config_get).put(config_put).delete(config_delete),
         )
         .route("/cdrs", post(cdrs_post).get(cdrs_get))
+        .route("/alarms", get(alarms_status))
+        .route("/alarms/history", get(alarms_history))
         .route("/alarms/test", post(alarms_test))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -199,7 +205,9 @@ async fn health(State(st): St) -> Json<serde_json::Value> {
 }
 
 async fn metrics(State(st): St) -> Response {
-    let text = st.metrics.render(&st.replica, &st.roles);
+    let text = st
+        .metrics
+        .render(&st.replica, &st.roles, st.alarms.counters());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -275,19 +283,27 @@ async fn cluster(State(st): St) -> Json<serde_json::Value> {
     Json(cluster_view(&st.replica, &st.roles))
 }
 
+/// One optional field of an optional JSON object body (empty body = absent; null =
+/// absent).
+fn optional_field(body: &[u8], name: &str) -> Result<Option<serde_json::Value>, ApiError> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(None);
+    }
+    let mut v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("malformed JSON: {e}")))?;
+    match v.get_mut(name).map(serde_json::Value::take) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(x) => Ok(Some(x)),
+    }
+}
+
 async fn switchover(State(st): St, body: Bytes) -> Result<Json<serde_json::Value>, ApiError> {
-    let to = if body.iter().all(|b| b.is_ascii_whitespace()) {
-        None
-    } else {
-        let v: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad(format!("malformed JSON: {e}")))?;
-        match v.get("to") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(x) => Some(
-                x.as_u64()
-                    .ok_or_else(|| ApiError::bad("to: expected a node id (integer)"))?,
-            ),
-        }
+    let to = match optional_field(&body, "to")? {
+        None => None,
+        Some(x) => Some(
+            x.as_u64()
+                .ok_or_else(|| ApiError::bad("to: expected a node id (integer)"))?,
+        ),
     };
     let t0 = Instant::now();
     let leader = st.replica.switchover(to).await?;
@@ -720,16 +736,10 @@ pub fn alarm_entries(
 /// error (naming host, port and cause) when the server does not take the mail.
 async fn alarms_test(State(st): St, body: Bytes) -> Result<Response, ApiError> {
     use crate::alarms::{mail, recipients::Routing, smtp};
-    let to = if body.iter().all(|b| b.is_ascii_whitespace()) {
-        None
-    } else {
-        let v: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad(format!("malformed JSON: {e}")))?;
-        match v.get("to") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(a)) => Some(a.clone()),
-            Some(_) => return Err(ApiError::bad("to: expected a mail address (string)")),
-        }
+    let to = match optional_field(&body, "to")? {
+        None => None,
+        Some(serde_json::Value::String(a)) => Some(a),
+        Some(_) => return Err(ApiError::bad("to: expected a mail address (string)")),
     };
     let entries = alarm_entries(&st.replica.tree())?;
     let settings =
@@ -774,4 +784,14 @@ async fn alarms_test(State(st): St, body: Bytes) -> Result<Response, ApiError> {
             Err(ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))
         }
     }
+}
+
+/// `GET /api/v1/alarms`: this node's active alarms, outbox and mail counters.
+async fn alarms_status(State(st): St) -> Json<serde_json::Value> {
+    Json(st.alarms.status())
+}
+
+/// `GET /api/v1/alarms/history`: the last alarm mails sent or given up by this node.
+async fn alarms_history(State(st): St) -> Json<serde_json::Value> {
+    Json(st.alarms.history())
 }

@@ -138,6 +138,34 @@ pub enum Command {
         #[command(subcommand)]
         action: CdrCmd,
     },
+    /// Alarm mails: active alarms, history, test mail. See docs/alarms.md.
+    Alarm {
+        #[command(subcommand)]
+        action: AlarmCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AlarmCmd {
+    /// Active alarms on the node, its mail outbox and counters.
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Alarm mails this node sent or gave up on since it started.
+    History {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Send a test mail with the configured smtp.* settings; prints the SMTP error
+    /// (host, port, cause) if the server does not take it.
+    Test {
+        #[command(flatten)]
+        common: Common,
+        /// Recipient (default: every address of every alarm.recipients.* list).
+        #[arg(long, value_name = "ADDR")]
+        to: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -319,6 +347,51 @@ pub fn status_text(v: &Value) -> String {
     s
 }
 
+/// Text of `tandem alarm list`.
+pub fn alarm_list_text(v: &Value) -> String {
+    let mut s = String::new();
+    let active = v["active"].as_array().cloned().unwrap_or_default();
+    if active.is_empty() {
+        s.push_str("no active alarm\n");
+    }
+    for a in &active {
+        let mut flags = Vec::new();
+        if a["flapping"] == true {
+            flags.push("flapping");
+        }
+        if a["muted"] == true {
+            flags.push("muted");
+        }
+        s.push_str(&format!(
+            "{:<8} {:<28} {:<12} since {}{}  {}\n",
+            a["severity"].as_str().unwrap_or(""),
+            a["id"].as_str().unwrap_or(""),
+            a["subject"].as_str().unwrap_or(""),
+            a["since"].as_str().unwrap_or(""),
+            if flags.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", flags.join(", "))
+            },
+            a["detail"].as_str().unwrap_or("")
+        ));
+    }
+    if v["maintenance"] == true {
+        s.push_str("alarm maintenance mode is on: no alarm mail is sent\n");
+    }
+    s.push_str(&format!(
+        "mails: {} sent, {} failed, {} queued (node {})",
+        v["mails_sent"],
+        v["mails_failed"],
+        v["mails_queued"],
+        v["node"].as_str().unwrap_or("?")
+    ));
+    if let Some(e) = v["config_error"].as_str() {
+        s.push_str(&format!("\nsettings error: {e}"));
+    }
+    s
+}
+
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Demo { common, cdrs } => crate::demo::run(common.json, cdrs).await,
@@ -327,14 +400,17 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Init { common } => {
             let cfg = load_config(&common)?;
             let token = crate::daemon::init(&cfg)?;
-            let v = json!({"node_id": cfg.node.id, "join_token": token.to_string(), "tls_dir": cfg.tls_dir()});
+            let admin = crate::daemon::admin_token(&cfg)?.0;
+            let v = json!({"node_id": cfg.node.id, "join_token": token.to_string(), "admin_token": admin, "tls_dir": cfg.tls_dir()});
             print(&common, &v, |_| {
                 format!(
                     "cluster `{}` created; this node ({}) will form it on `tandem run`.\n\
                      join token (give it to the other nodes, keep it secret):\n  {token}\n\
+                     admin API token (the same on every node; also in {}):\n  {admin}\n\
                      on each other node: tandem join {} --token <token> --config <its config>",
                     cfg.cluster.name,
                     cfg.node.id,
+                    cfg.token_file().display(),
                     cfg.advertise()
                 )
             });
@@ -511,6 +587,80 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                         })
                         .collect::<Vec<_>>()
                         .join("\n")
+                });
+                Ok(())
+            }
+        },
+        Command::Alarm { action } => match action {
+            AlarmCmd::List { common } => {
+                let cfg = load_config(&common)?;
+                let c = Client::for_config(&cfg, common.api.clone(), common.token.clone())?;
+                let v = c.get("/api/v1/alarms").await?;
+                print(&common, &v, alarm_list_text);
+                Ok(())
+            }
+            AlarmCmd::History { common } => {
+                let cfg = load_config(&common)?;
+                let c = Client::for_config(&cfg, common.api.clone(), common.token.clone())?;
+                let v = c.get("/api/v1/alarms/history").await?;
+                print(&common, &v, |v| {
+                    let rows: Vec<String> = v["history"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|h| {
+                            format!(
+                                "{}  {:<6}  {}  → {}{}",
+                                crate::alarms::mail::format_time(h["at_ms"].as_u64().unwrap_or(0)),
+                                h["outcome"].as_str().unwrap_or(""),
+                                h["subject"].as_str().unwrap_or(""),
+                                h["to"]
+                                    .as_array()
+                                    .into_iter()
+                                    .flatten()
+                                    .filter_map(|a| a.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", "),
+                                h["error"]
+                                    .as_str()
+                                    .map(|e| format!("\n    error: {e}"))
+                                    .unwrap_or_default()
+                            )
+                        })
+                        .collect();
+                    if rows.is_empty() {
+                        "no alarm mail sent by this node since it started".to_string()
+                    } else {
+                        rows.join("\n")
+                    }
+                });
+                Ok(())
+            }
+            AlarmCmd::Test { common, to } => {
+                let cfg = load_config(&common)?;
+                let c = Client::for_config(&cfg, common.api.clone(), common.token.clone())?;
+                let (_, v) = c
+                    .send_json(
+                        reqwest::Method::POST,
+                        "/api/v1/alarms/test",
+                        &json!({ "to": to }),
+                    )
+                    .await
+                    .context("test mail not sent")?;
+                print(&common, &v, |v| {
+                    format!(
+                        "test mail sent to {} via {} ({}); Message-ID {}",
+                        v["to"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|a| a.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        v["server"].as_str().unwrap_or("?"),
+                        v["reply"].as_str().unwrap_or(""),
+                        v["message_id"].as_str().unwrap_or("?")
+                    )
                 });
                 Ok(())
             }

@@ -130,6 +130,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&cfg.node.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.node.data_dir.display()))?;
+    // First start (also when `init` runs implicitly below): the token is printed once.
+    let first_start = !cfg.token_file().exists();
     if !NodeIdentity::exists(&cfg.tls_dir()) {
         if cfg.cluster.peers.iter().any(|p| p.id != cfg.node.id) {
             bail!(
@@ -146,7 +148,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let _ = token;
     }
     let (token, created) = admin_token(&cfg)?;
-    if created {
+    if created || first_start {
         // Printed once, on first start; afterwards it is only in the file (mode 0600).
         println!(
             "admin token (also in {}): {token}",
@@ -161,9 +163,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         std::fs::remove_file(bootstrap_marker(&cfg))?;
     }
     let roles = crate::role::start(replica.clone(), &cfg).await?;
+    let alarms = crate::alarms::service::AlarmService::start(replica.clone(), roles.clone(), &cfg);
     let state = Arc::new(crate::api::AppState::new(
         replica.clone(),
         roles,
+        alarms,
         token,
         cfg.clone(),
     ));

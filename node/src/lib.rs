@@ -6,6 +6,7 @@
 //!                └─▶ demo (spawns 3 `tandem run` processes on 127.0.0.1)
 //! ```
 
+pub mod alarms;
 pub mod api;
 pub mod bench;
 pub mod cli;

@@ -30,6 +30,9 @@ pub struct Metrics {
     requests: IntCounterVec,
     latency: HistogramVec,
     vip_held: IntGauge,
+    mails_sent: IntGauge,
+    mails_failed: IntGauge,
+    mails_queued: IntGauge,
     role_changes: IntGauge,
     vip_acquired: IntGauge,
     role: IntGaugeVec,
@@ -117,6 +120,21 @@ impl Metrics {
                 "tandem_vip_held",
                 "1 while this node holds the service address",
             ),
+            mails_sent: gauge(
+                &r,
+                "tandem_alarm_mails_sent_total",
+                "Alarm mails accepted by the SMTP server since start",
+            ),
+            mails_failed: gauge(
+                &r,
+                "tandem_alarm_mails_failed_total",
+                "Alarm mails given up after retries since start",
+            ),
+            mails_queued: gauge(
+                &r,
+                "tandem_alarm_mails_queued",
+                "Alarm mails waiting in this node's outbox",
+            ),
             role_changes: gauge(
                 &r,
                 "tandem_role_changes_total",
@@ -179,8 +197,12 @@ impl Metrics {
     }
 
     /// Refresh the gauges from the replica and encode everything.
-    pub fn render(&self, r: &Replica, roles: &RoleState) -> String {
+    /// `mails` = (sent, failed, queued) from the alarm mailer.
+    pub fn render(&self, r: &Replica, roles: &RoleState, mails: (u64, u64, usize)) -> String {
         let m = r.metrics();
+        self.mails_sent.set(mails.0 as i64);
+        self.mails_failed.set(mails.1 as i64);
+        self.mails_queued.set(mails.2 as i64);
         self.vip_held.set(i64::from(roles.vip_held()));
         self.role_changes
             .set(roles.role_changes.load(Ordering::Relaxed) as i64);

@@ -133,3 +133,77 @@ async fn bad_config_file_stops_startup_naming_file_and_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("colour"), "{err}");
 }
+
+/// `tandem run` with no config: single node on 127.0.0.1:8080 / :7000, data in
+/// ./tandem-data, admin token created with mode 0600 and printed exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_without_config_prints_the_admin_token_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let start = || {
+        let mut cmd = tokio::process::Command::new(exe());
+        cmd.arg("run")
+            .current_dir(dir.path())
+            .env("TANDEM_IGNORE_ETC", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        cmd.spawn().unwrap()
+    };
+    let anon = Client::new("http://127.0.0.1:8080".into(), None).unwrap();
+    let wait_master = || async {
+        let t0 = Instant::now();
+        loop {
+            if let Ok(v) = anon.get("/health").await {
+                if v["role"] == "master" {
+                    return v;
+                }
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "no master on 127.0.0.1:8080"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let stop = |mut child: tokio::process::Child| async move {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let out = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut s = String::new();
+            if let Some(mut o) = child.stdout.take() {
+                tokio::io::AsyncReadExt::read_to_string(&mut o, &mut s)
+                    .await
+                    .unwrap();
+            }
+            child.wait().await.unwrap();
+            s
+        })
+        .await
+        .expect("node did not stop on SIGTERM");
+        out
+    };
+    let child = start();
+    wait_master().await;
+    let first = stop(child).await;
+    let token_path = dir.path().join("tandem-data/admin.token");
+    let token = std::fs::read_to_string(&token_path).unwrap();
+    assert!(
+        first.contains(token.trim()),
+        "token not printed on first start: {first:?}"
+    );
+    assert_eq!(
+        std::fs::metadata(&token_path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let child = start();
+    wait_master().await;
+    let second = stop(child).await;
+    assert!(
+        !second.contains(token.trim()),
+        "token printed again: {second:?}"
+    );
+}

@@ -3,6 +3,7 @@
 //! Each test builds its own cluster under a temporary directory; the processes are
 //! killed and the directory removed when the test ends (also on failure: drop).
 
+mod alarms;
 mod api_errors;
 mod durability;
 mod https;

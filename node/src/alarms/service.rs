@@ -1,0 +1,437 @@
+//! The alarm driver inside `tandem run`: reads the sources once a second, feeds the
+//! rules engine, queues rendered mails in a local in-memory outbox and delivers them.
+//!
+//! ```text
+//!  every 1 s: config alarm.*/smtp.* ─┐
+//!             raft metrics, members ─┼─▶ Observer ─▶ Engine ─▶ Routing::split ─▶ render ─▶ outbox
+//!             roles.unreachable() ───┘                                                       │
+//!  delivery task, every 1 s: Outbox::next (hourly cap, digest) ─▶ Mailer::send ─ ok ─▶ history
+//!                                        └ retryable ─▶ Outbox::failed (backoff) ◀───────────┘
+//! ```
+//!
+//! Only the master mails; any other node mails only "quorum lost" about itself (it
+//! cannot reach the master). The outbox is local and in memory: mails queued on a node
+//! that dies are lost (the replicated outbox is still to do, see docs/alarms.md).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::ServerState;
+use serde::Serialize;
+use serde_json::{json, Value};
+use tandem_replication::replica::Replica;
+use tandem_replication::store::query;
+use tandem_replication::types::MemberKind;
+
+use super::catalog::AlarmId;
+use super::mail::{self, MailContext};
+use super::outbox::{Failure, Outbox, Outgoing};
+use super::recipients::Routing;
+use super::rules::{Engine, Event, Millis, Notification, RulesConfig, Silence};
+use super::smtp::{Mailer, RetryPolicy, SmtpSettings};
+use super::sources::{Observer, Snapshot};
+use crate::config::Config;
+use crate::role::RoleState;
+
+/// Most entries kept in the history.
+const HISTORY: usize = 200;
+/// No leader (or a leader without quorum acks) for this long raises quorum lost.
+const QUORUM_GRACE_MS: u64 = 5000;
+/// Default of `alarm.max_mails_per_hour`.
+const MAX_PER_HOUR: usize = 30;
+/// Default of `alarm.lag_threshold_s`.
+const LAG_THRESHOLD_S: u64 = 30;
+
+/// One line of `tandem alarm history`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryEntry {
+    pub at_ms: Millis,
+    pub message_id: String,
+    pub subject: String,
+    pub to: Vec<String>,
+    /// "sent" or "failed".
+    pub outcome: &'static str,
+    pub server: Option<String>,
+    pub error: Option<String>,
+}
+
+struct State {
+    engine: Engine,
+    outbox: Outbox,
+    history: VecDeque<HistoryEntry>,
+    sent: u64,
+    failed: u64,
+    /// The last bad `alarm.*`/`smtp.*` setting, shown in the status (logged once).
+    config_error: Option<String>,
+    entries: BTreeMap<String, Value>,
+    routing: Routing,
+    now_ms: Millis,
+}
+
+/// Shared between the driver, the delivery task and the API.
+pub struct AlarmService {
+    cluster: String,
+    node: String,
+    state: Mutex<State>,
+}
+
+fn wall_ms() -> Millis {
+    u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0)
+}
+
+impl AlarmService {
+    /// A service with no driver running (for tests, or outside a runtime).
+    pub fn new(cfg: &Config) -> Arc<AlarmService> {
+        Arc::new(AlarmService {
+            cluster: cfg.cluster.name.clone(),
+            node: cfg.node_name(),
+            state: Mutex::new(State {
+                engine: Engine::new(RulesConfig::default()),
+                outbox: Outbox::new(MAX_PER_HOUR, RetryPolicy::default()),
+                history: VecDeque::new(),
+                sent: 0,
+                failed: 0,
+                config_error: None,
+                entries: BTreeMap::new(),
+                routing: Routing::default(),
+                now_ms: 0,
+            }),
+        })
+    }
+
+    /// Create the service and spawn its driver and delivery tasks (when called inside
+    /// a tokio runtime).
+    pub fn start(replica: Arc<Replica>, roles: Arc<RoleState>, cfg: &Config) -> Arc<AlarmService> {
+        let svc = AlarmService::new(cfg);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(svc.clone().drive(replica.clone(), roles));
+            rt.spawn(svc.clone().deliver(replica));
+        }
+        svc
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `GET /api/v1/alarms`: active alarms, outbox and counters of this node.
+    pub fn status(&self) -> Value {
+        let st = self.lock();
+        let active: Vec<Value> = st
+            .engine
+            .active(st.now_ms)
+            .into_iter()
+            .map(|a| {
+                let d = a.alarm.def();
+                json!({
+                    "id": a.alarm.as_str(),
+                    "family": d.family.as_str(),
+                    "severity": d.severity.label(),
+                    "title": d.title,
+                    "subject": a.subject,
+                    "since": mail::format_time(a.since_ms),
+                    "since_ms": a.since_ms,
+                    "detail": a.detail,
+                    "flapping": a.flapping,
+                    "muted": a.muted,
+                })
+            })
+            .collect();
+        let outbox: Vec<Value> = st
+            .outbox
+            .iter()
+            .map(|o| {
+                json!({
+                    "message_id": o.mail.message_id,
+                    "subject": o.mail.subject,
+                    "to": o.to,
+                    "alarms": o.alarms.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
+                    "queued": mail::format_time(o.queued_ms),
+                    "attempts": o.attempts,
+                    "last_error": o.last_error,
+                })
+            })
+            .collect();
+        json!({
+            "node": self.node,
+            "active": active,
+            "maintenance": st.engine.maintenance(),
+            "outbox": outbox,
+            "mails_sent": st.sent,
+            "mails_failed": st.failed,
+            "mails_queued": st.outbox.len(),
+            "config_error": st.config_error,
+        })
+    }
+
+    /// `GET /api/v1/alarms/history`: the last mails sent or given up, newest first.
+    pub fn history(&self) -> Value {
+        let st = self.lock();
+        json!({ "history": st.history.iter().rev().collect::<Vec<_>>() })
+    }
+
+    /// Counters for metrics: (sent, failed, queued).
+    pub fn counters(&self) -> (u64, u64, usize) {
+        let st = self.lock();
+        (st.sent, st.failed, st.outbox.len())
+    }
+
+    /// Route, render and queue notifications. Not the master: only quorum-lost items
+    /// go out (from the local outbox); everything else is the master's to send.
+    fn enqueue(&self, st: &mut State, notifications: Vec<Notification>, is_master: bool) {
+        for n in notifications {
+            let n = if is_master {
+                n
+            } else {
+                let items: Vec<_> = n
+                    .items
+                    .iter()
+                    .filter(|i| i.alarm == AlarmId::QuorumLost && i.subject == self.node)
+                    .cloned()
+                    .collect();
+                if items.is_empty() {
+                    tracing::debug!(notification = %n.id, "alarm notification left to the master");
+                    continue;
+                }
+                n.with_items(items, "local")
+            };
+            let (deliveries, unrouted) = st.routing.split(&n);
+            for a in unrouted {
+                tracing::warn!(alarm = %a, "alarm has no recipients: set alarm.route.<family> or alarm.route.default (docs/alarms.md)");
+            }
+            let ctx = MailContext {
+                cluster: &self.cluster,
+                node: &self.node,
+            };
+            for d in deliveries {
+                let m = mail::render(&d.notification, &ctx);
+                let alarms: Vec<AlarmId> = d.notification.items.iter().map(|i| i.alarm).collect();
+                tracing::info!(message_id = %m.message_id, alarms = ?alarms.iter().map(|a| a.as_str()).collect::<Vec<_>>(), to = ?d.to, subject = %m.subject, "alarm mail queued");
+                let now = st.now_ms;
+                st.outbox.push(Outgoing {
+                    mail: m,
+                    to: d.to,
+                    alarms,
+                    severity: d.notification.severity(),
+                    queued_ms: now,
+                    attempts: 0,
+                    next_try_ms: now,
+                    last_error: None,
+                });
+            }
+        }
+    }
+
+    fn snapshot(
+        replica: &Replica,
+        roles: &RoleState,
+        entries: &BTreeMap<String, Value>,
+    ) -> Snapshot {
+        let m = replica.metrics();
+        let members = replica.members();
+        let name = |id: u64| {
+            members
+                .iter()
+                .find(|x| x.id == id)
+                .map(|x| x.name.clone())
+                .unwrap_or_else(|| format!("node-{id}"))
+        };
+        let leader = m.state == ServerState::Leader;
+        let threshold_s = entries
+            .get("alarm.lag_threshold_s")
+            .and_then(Value::as_u64)
+            .unwrap_or(LAG_THRESHOLD_S);
+        let mut s = Snapshot {
+            node: replica.info.name.clone(),
+            leader: m.current_leader.map(name),
+            leader_without_quorum: leader
+                && m.millis_since_quorum_ack
+                    .is_some_and(|ms| ms > QUORUM_GRACE_MS),
+            maintenance: entries.get("alarm.maintenance") == Some(&Value::Bool(true)),
+            ..Snapshot::default()
+        };
+        if leader {
+            for id in roles.unreachable() {
+                let witness = members
+                    .iter()
+                    .any(|x| x.id == id && x.kind == MemberKind::Witness);
+                s.unreachable.insert(name(id), witness);
+            }
+            for x in &members {
+                if x.id == replica.id || s.unreachable.contains_key(&x.name) {
+                    continue;
+                }
+                if let Some(ms) = x.lag_ms.filter(|&ms| ms > threshold_s * 1000) {
+                    s.lagging.insert(
+                        x.name.clone(),
+                        format!(
+                            "Behind by {} entries / {} s (threshold {threshold_s} s).",
+                            x.lag_entries.unwrap_or(0),
+                            ms / 1000
+                        ),
+                    );
+                }
+            }
+        }
+        s
+    }
+
+    fn read_entries(replica: &Replica) -> BTreeMap<String, Value> {
+        let tree = replica.tree();
+        let mut all = Vec::new();
+        for prefix in ["alarm.", "smtp."] {
+            match query::config_list(&tree, prefix) {
+                Ok(list) => all.extend(list.into_iter().map(|e| (e.key, e.value))),
+                Err(e) => tracing::warn!(error = %e, prefix, "alarms: cannot read the config"),
+            }
+        }
+        super::entries_from_text(all)
+    }
+
+    async fn drive(self: Arc<Self>, replica: Arc<Replica>, roles: Arc<RoleState>) {
+        let mut observer = Observer::new(QUORUM_GRACE_MS);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            let now = wall_ms();
+            let entries = Self::read_entries(&replica);
+            let snap = Self::snapshot(&replica, &roles, &entries);
+            let is_master = replica.is_leader();
+            let mut st = self.lock();
+            st.now_ms = now;
+            if entries != st.entries {
+                let parsed = RulesConfig::from_entries(&entries).and_then(|r| {
+                    Ok((
+                        r,
+                        Routing::from_entries(&entries)?,
+                        Silence::from_entries(&entries)?,
+                    ))
+                });
+                match parsed {
+                    Ok((rules, routing, silences)) => {
+                        st.engine.set_config(rules);
+                        st.engine.set_silences(silences);
+                        let cap = max_per_hour(&entries).unwrap_or(MAX_PER_HOUR);
+                        st.outbox.set_max_per_hour(cap);
+                        st.routing = routing;
+                        st.config_error = None;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "alarm settings not applied; the previous ones stay in force");
+                        st.config_error = Some(e.to_string());
+                    }
+                }
+                st.entries = entries;
+            }
+            let mut events = observer.observe(&snap, now);
+            events.push(Event::Tick);
+            for ev in events {
+                tracing::debug!(event = ?ev, "alarm event");
+                let out = st.engine.handle(ev, now);
+                self.enqueue(&mut st, out, is_master);
+            }
+        }
+    }
+
+    async fn deliver(self: Arc<Self>, replica: Arc<Replica>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            let now = wall_ms();
+            let (job, entries) = {
+                let mut st = self.lock();
+                let ctx = MailContext {
+                    cluster: &self.cluster,
+                    node: &self.node,
+                };
+                (st.outbox.next(now, &ctx), st.entries.clone())
+            };
+            let Some(job) = job else {
+                continue;
+            };
+            let result = match SmtpSettings::from_entries(&entries) {
+                Ok(settings) => match Mailer::new(settings) {
+                    Ok(m) => m.send(&job.mail, &job.to).await,
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e.into()),
+            };
+            let now = wall_ms();
+            let is_master = replica.is_leader();
+            let mut st = self.lock();
+            let smtp_event = match result {
+                Ok(sent) => {
+                    tracing::info!(message_id = %sent.message_id, server = %sent.server, "alarm mail sent");
+                    st.sent += 1;
+                    st.outbox.sent(now);
+                    push_history(&mut st, &job, now, "sent", Some(sent.server), None);
+                    Event::Clear {
+                        alarm: AlarmId::SmtpFailing,
+                        subject: self.node.clone(),
+                    }
+                }
+                Err(e) => {
+                    let detail = e.to_string();
+                    let job_copy = job.clone();
+                    match st.outbox.failed(job, e.is_retryable(), detail.clone(), now) {
+                        Failure::Retry(delay) => {
+                            tracing::warn!(error = %e, message_id = %job_copy.mail.message_id, attempts = job_copy.attempts + 1, retry_in_s = delay.as_secs(), "alarm mail not delivered; will retry");
+                        }
+                        Failure::GaveUp => {
+                            tracing::error!(error = %e, message_id = %job_copy.mail.message_id, attempts = job_copy.attempts + 1, "alarm mail given up");
+                            st.failed += 1;
+                            push_history(
+                                &mut st,
+                                &job_copy,
+                                now,
+                                "failed",
+                                None,
+                                Some(detail.clone()),
+                            );
+                        }
+                    }
+                    Event::Raise {
+                        alarm: AlarmId::SmtpFailing,
+                        subject: self.node.clone(),
+                        detail,
+                    }
+                }
+            };
+            let out = st.engine.handle(smtp_event, now);
+            self.enqueue(&mut st, out, is_master);
+        }
+    }
+}
+
+/// `alarm.max_mails_per_hour`, if set to a number.
+fn max_per_hour(entries: &BTreeMap<String, Value>) -> Option<usize> {
+    entries
+        .get("alarm.max_mails_per_hour")
+        .and_then(Value::as_u64)
+        .and_then(|n| usize::try_from(n).ok())
+}
+
+fn push_history(
+    st: &mut State,
+    job: &Outgoing,
+    now: Millis,
+    outcome: &'static str,
+    server: Option<String>,
+    error: Option<String>,
+) {
+    if st.history.len() >= HISTORY {
+        st.history.pop_front();
+    }
+    st.history.push_back(HistoryEntry {
+        at_ms: now,
+        message_id: job.mail.message_id.clone(),
+        subject: job.mail.subject.clone(),
+        to: job.to.clone(),
+        outcome,
+        server,
+        error,
+    });
+}

@@ -1,0 +1,253 @@
+//! Alarm sources: turn what the node sees (Raft metrics, the master's view of the
+//! members, config flags) into rule [`Event`]s. Pure: the driver fills a [`Snapshot`]
+//! once a second and [`Observer::observe`] diffs it with the previous one.
+
+use std::collections::BTreeMap;
+
+use super::catalog::AlarmId;
+use super::rules::{Event, Millis};
+
+/// What the node sees at one instant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// This node's name (the subject of node-local alarms such as quorum lost).
+    pub node: String,
+    /// The leader this node knows, by name; `None` during elections or without quorum.
+    pub leader: Option<String>,
+    /// This node is the leader but has not heard from a quorum recently.
+    pub leader_without_quorum: bool,
+    /// On the master: members that do not answer, name → is a witness.
+    pub unreachable: BTreeMap<String, bool>,
+    /// On the master: members behind by more than the threshold, name → detail.
+    pub lagging: BTreeMap<String, String>,
+    /// `alarm.maintenance`: mute alarm mails cluster-wide.
+    pub maintenance: bool,
+}
+
+/// Diffs snapshots into events.
+#[derive(Debug)]
+pub struct Observer {
+    /// No leader (or a leader without quorum) for this long raises quorum lost.
+    quorum_grace_ms: u64,
+    prev: Snapshot,
+    /// Last leader seen (gaps without a leader do not count as a change).
+    last_leader: Option<String>,
+    no_quorum_since: Option<Millis>,
+    quorum_lost: bool,
+    started: bool,
+}
+
+impl Observer {
+    pub fn new(quorum_grace_ms: u64) -> Observer {
+        Observer {
+            quorum_grace_ms,
+            prev: Snapshot::default(),
+            last_leader: None,
+            no_quorum_since: None,
+            quorum_lost: false,
+            started: false,
+        }
+    }
+
+    pub fn observe(&mut self, s: &Snapshot, now: Millis) -> Vec<Event> {
+        let mut out = Vec::new();
+        // At start only "on" is news (the engine starts with maintenance off).
+        let maintenance_changed = if self.started {
+            s.maintenance != self.prev.maintenance
+        } else {
+            s.maintenance
+        };
+        if maintenance_changed {
+            out.push(Event::Maintenance(s.maintenance));
+        }
+        // Master changed: a different leader than the last one known. The first leader
+        // seen after start is not a change.
+        if let Some(l) = &s.leader {
+            match &self.last_leader {
+                Some(prev) if prev != l => {
+                    out.push(Event::Failover);
+                    out.push(Event::Raise {
+                        alarm: AlarmId::MasterChanged,
+                        subject: l.clone(),
+                        detail: format!("The previous master was {prev}."),
+                    });
+                }
+                _ => {}
+            }
+            self.last_leader = Some(l.clone());
+        }
+        // Quorum.
+        let no_quorum = s.leader.is_none() || s.leader_without_quorum;
+        if no_quorum {
+            let since = *self.no_quorum_since.get_or_insert(now);
+            if !self.quorum_lost && now.saturating_sub(since) >= self.quorum_grace_ms {
+                self.quorum_lost = true;
+                out.push(Event::Raise {
+                    alarm: AlarmId::QuorumLost,
+                    subject: s.node.clone(),
+                    detail: format!(
+                        "No master with a quorum for {} s.",
+                        now.saturating_sub(since) / 1000
+                    ),
+                });
+            }
+        } else {
+            self.no_quorum_since = None;
+            if self.quorum_lost {
+                self.quorum_lost = false;
+                out.push(Event::Clear {
+                    alarm: AlarmId::QuorumLost,
+                    subject: s.node.clone(),
+                });
+            }
+        }
+        // Members down (master's view).
+        let alarm_of = |witness: bool| {
+            if witness {
+                AlarmId::WitnessLost
+            } else {
+                AlarmId::NodeDown
+            }
+        };
+        for (name, &witness) in &s.unreachable {
+            if !self.prev.unreachable.contains_key(name) {
+                out.push(Event::Raise {
+                    alarm: alarm_of(witness),
+                    subject: name.clone(),
+                    detail: format!("The master ({}) gets no answer from it.", s.node),
+                });
+            }
+        }
+        for (name, &witness) in &self.prev.unreachable {
+            if !s.unreachable.contains_key(name) {
+                out.push(Event::Clear {
+                    alarm: alarm_of(witness),
+                    subject: name.clone(),
+                });
+            }
+        }
+        // Replication lag (master's view).
+        for (name, detail) in &s.lagging {
+            if self.prev.lagging.get(name) != Some(detail) {
+                out.push(Event::Raise {
+                    alarm: AlarmId::ReplicationLag,
+                    subject: name.clone(),
+                    detail: detail.clone(),
+                });
+            }
+        }
+        for name in self.prev.lagging.keys() {
+            if !s.lagging.contains_key(name) {
+                out.push(Event::Clear {
+                    alarm: AlarmId::ReplicationLag,
+                    subject: name.clone(),
+                });
+            }
+        }
+        self.started = true;
+        self.prev = s.clone();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(leader: Option<&str>) -> Snapshot {
+        Snapshot {
+            node: "node-a".into(),
+            leader: leader.map(String::from),
+            ..Snapshot::default()
+        }
+    }
+
+    #[test]
+    fn first_leader_is_not_a_change_a_new_one_is() {
+        let mut o = Observer::new(5000);
+        assert!(o.observe(&snap(Some("node-a")), 0).is_empty());
+        assert!(o.observe(&snap(None), 1000).is_empty(), "gap");
+        let ev = o.observe(&snap(Some("node-b")), 2000);
+        assert_eq!(ev[0], Event::Failover);
+        assert!(
+            matches!(&ev[1], Event::Raise { alarm: AlarmId::MasterChanged, subject, .. } if subject == "node-b")
+        );
+        assert!(o.observe(&snap(Some("node-b")), 3000).is_empty());
+    }
+
+    #[test]
+    fn quorum_lost_after_the_grace_period_and_regained() {
+        let mut o = Observer::new(5000);
+        o.observe(&snap(Some("node-a")), 0);
+        assert!(o.observe(&snap(None), 1000).is_empty());
+        assert!(o.observe(&snap(None), 5999).is_empty());
+        let ev = o.observe(&snap(None), 6000);
+        assert!(
+            matches!(&ev[..], [Event::Raise { alarm: AlarmId::QuorumLost, subject, .. }] if subject == "node-a")
+        );
+        assert!(o.observe(&snap(None), 9000).is_empty(), "raised once");
+        let ev = o.observe(&snap(Some("node-a")), 10_000);
+        assert_eq!(
+            ev,
+            vec![Event::Clear {
+                alarm: AlarmId::QuorumLost,
+                subject: "node-a".into()
+            }]
+        );
+        // A leader that lost its quorum counts too.
+        let lonely = Snapshot {
+            leader_without_quorum: true,
+            ..snap(Some("node-a"))
+        };
+        o.observe(&lonely, 11_000);
+        assert_eq!(o.observe(&lonely, 16_000).len(), 1);
+    }
+
+    #[test]
+    fn members_down_and_lagging_are_diffed() {
+        let mut o = Observer::new(5000);
+        let mut s = snap(Some("node-a"));
+        o.observe(&s, 0);
+        s.unreachable.insert("node-b".into(), false);
+        s.unreachable.insert("witness".into(), true);
+        s.lagging.insert("node-c".into(), "lag 9000 ms".into());
+        let ev = o.observe(&s, 1000);
+        assert_eq!(ev.len(), 3);
+        assert!(ev.iter().any(|e| matches!(
+            e,
+            Event::Raise {
+                alarm: AlarmId::WitnessLost,
+                ..
+            }
+        )));
+        assert!(o.observe(&s, 2000).is_empty());
+        s.unreachable.remove("node-b");
+        s.lagging.clear();
+        let ev = o.observe(&s, 3000);
+        assert_eq!(
+            ev,
+            vec![
+                Event::Clear {
+                    alarm: AlarmId::NodeDown,
+                    subject: "node-b".into()
+                },
+                Event::Clear {
+                    alarm: AlarmId::ReplicationLag,
+                    subject: "node-c".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn maintenance_flag_changes_become_events() {
+        let mut o = Observer::new(5000);
+        let mut s = snap(Some("node-a"));
+        assert!(o.observe(&s, 0).is_empty(), "off at start: nothing");
+        s.maintenance = true;
+        assert_eq!(o.observe(&s, 1000), vec![Event::Maintenance(true)]);
+        assert!(o.observe(&s, 2000).is_empty());
+        s.maintenance = false;
+        assert_eq!(o.observe(&s, 3000), vec![Event::Maintenance(false)]);
+    }
+}

@@ -1,0 +1,490 @@
+//! Alarm mail against a real SMTP server (aiosmtpd, Debian package python3-aiosmtpd,
+//! installed by scripts/setup.sh): `tandem alarm test` over plain SMTP and STARTTLS,
+//! and the error an operator sees with bad settings.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use serde_json::json;
+use tokio::io::AsyncBufReadExt;
+
+use super::*;
+
+/// Debian's interpreter: python3-aiosmtpd is installed for it, not for a pyenv python.
+const PYTHON: &str = "/usr/bin/python3";
+
+/// aiosmtpd server that stores each mail as `<dir>/NNNN.eml` (with `X-Test-Rcpt` and
+/// `X-Test-Tls` headers in front), optionally requiring STARTTLS.
+const SERVER_PY: &str = r#"
+import asyncio, os, ssl, sys, time
+from aiosmtpd.controller import Controller
+
+port, out = int(sys.argv[1]), sys.argv[2]
+kwargs = {}
+if len(sys.argv) > 4:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(sys.argv[3], sys.argv[4])
+    kwargs = {"tls_context": ctx, "require_starttls": True}
+
+class Store:
+    def __init__(self):
+        self.n = 0
+    async def handle_DATA(self, server, session, envelope):
+        self.n += 1
+        tmp = os.path.join(out, "%04d.tmp" % self.n)
+        with open(tmp, "wb") as f:
+            f.write(("X-Test-Rcpt: %s\r\n" % ",".join(envelope.rcpt_tos)).encode())
+            f.write(("X-Test-Tls: %s\r\n" % (session.ssl is not None)).encode())
+            f.write(envelope.original_content or envelope.content)
+        os.rename(tmp, os.path.join(out, "%04d.eml" % self.n))
+        return "250 OK stored"
+
+c = Controller(Store(), hostname="127.0.0.1", port=port, **kwargs)
+c.start()
+print("READY", flush=True)
+while True:
+    time.sleep(3600)
+"#;
+
+/// A running aiosmtpd; killed on drop.
+struct SmtpServer {
+    port: u16,
+    dir: PathBuf,
+    _child: tokio::process::Child,
+}
+
+impl SmtpServer {
+    /// `None` (with a message) when /usr/bin/python3 or aiosmtpd is missing.
+    async fn start(root: &Path, tls: Option<(&Path, &Path)>) -> Option<SmtpServer> {
+        let probe = std::process::Command::new(PYTHON)
+            .args(["-c", "import aiosmtpd"])
+            .output();
+        match probe {
+            Ok(o) if o.status.success() => {}
+            _ => {
+                eprintln!(
+                    "SKIPPED: {PYTHON} with aiosmtpd not found; install it with \
+                     `apt-get install python3-aiosmtpd` (scripts/setup.sh does)"
+                );
+                return None;
+            }
+        }
+        let dir = root.join(format!("smtp-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("server.py");
+        std::fs::write(&script, SERVER_PY).unwrap();
+        let mail_dir = dir.join("mails");
+        std::fs::create_dir_all(&mail_dir).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = tokio::process::Command::new(PYTHON);
+        cmd.arg(&script).arg(port.to_string()).arg(&mail_dir);
+        if let Some((cert, key)) = tls {
+            cmd.arg(cert).arg(key);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn aiosmtpd");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await;
+        assert!(
+            matches!(&ready, Ok(Ok(Some(l))) if l == "READY"),
+            "aiosmtpd did not start: {ready:?}"
+        );
+        Some(SmtpServer {
+            port,
+            dir: mail_dir,
+            _child: child,
+        })
+    }
+
+    fn mails(&self) -> Vec<String> {
+        let mut names: Vec<_> = std::fs::read_dir(&self.dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect()
+    }
+
+    async fn wait_mails(&self, n: usize) -> Vec<String> {
+        let t0 = Instant::now();
+        while self.mails().len() < n && t0.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Give a duplicate the chance to show up.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        self.mails()
+    }
+}
+
+/// The value of a header (first occurrence, unfolded).
+fn header(mail: &str, name: &str) -> Option<String> {
+    let head = mail.split("\r\n\r\n").next().unwrap_or(mail);
+    let unfolded = head.replace("\r\n ", " ").replace("\r\n\t", " ");
+    unfolded.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+    })
+}
+
+async fn set(c: &Client, key: &str, value: Value) {
+    c.send_json(
+        reqwest::Method::PUT,
+        &format!("/api/v1/config/{key}"),
+        &value,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("setting {key}: {e}"));
+}
+
+async fn alarm_test(cluster: &LocalCluster, extra: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(exe())
+        .args(["alarm", "test", "--json", "--config"])
+        .arg(&cluster.nodes[0].config)
+        .args(extra)
+        .env("TANDEM_LOG", "warn")
+        .output()
+        .await
+        .unwrap()
+}
+
+async fn one_node() -> LocalCluster {
+    let mut c = LocalCluster::prepare(exe(), 1, &["127.0.0.1"], "").expect("prepare");
+    c.bootstrap().await.expect("bootstrap");
+    c
+}
+
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_mail_over_plain_smtp_arrives_once_and_bad_port_names_host_port_cause() {
+    let root = tempfile::tempdir().unwrap();
+    let Some(smtp) = SmtpServer::start(root.path(), None).await else {
+        return;
+    };
+    let cluster = one_node().await;
+    let c = cluster.nodes[0].client().unwrap();
+    set(&c, "smtp.host", json!("127.0.0.1")).await;
+    set(&c, "smtp.port", json!(smtp.port)).await;
+    set(&c, "smtp.security", json!("none")).await;
+    set(&c, "smtp.from", json!("PBX <pbx@example.com>")).await;
+    set(
+        &c,
+        "alarm.recipients.noc",
+        json!(["noc@example.com", "oncall@example.com"]),
+    )
+    .await;
+
+    let out = alarm_test(&cluster, &[]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let message_id = v["message_id"].as_str().unwrap().to_string();
+    assert_eq!(v["server"], format!("127.0.0.1:{}", smtp.port));
+
+    let mails = smtp.wait_mails(1).await;
+    assert_eq!(mails.len(), 1, "exactly one mail: {mails:#?}");
+    let m = &mails[0];
+    assert_eq!(
+        header(m, "Subject").as_deref(),
+        Some("[INFO][tandem][node-1] Test mail")
+    );
+    assert_eq!(header(m, "Message-ID"), Some(message_id));
+    assert_eq!(
+        header(m, "X-Test-Rcpt").as_deref(),
+        Some("noc@example.com,oncall@example.com")
+    );
+    assert!(header(m, "From").unwrap().contains("pbx@example.com"));
+    assert!(m.contains("alarm mail reaches you"), "{m}");
+
+    // --to overrides the lists.
+    let out = alarm_test(&cluster, &["--to", "me@example.com"]).await;
+    assert!(out.status.success());
+    let mails = smtp.wait_mails(2).await;
+    assert_eq!(mails.len(), 2);
+    assert_eq!(
+        header(&mails[1], "X-Test-Rcpt").as_deref(),
+        Some("me@example.com")
+    );
+
+    // Wrong port: the CLI fails with host, port and cause.
+    let bad = closed_port();
+    set(&c, "smtp.port", json!(bad)).await;
+    let out = alarm_test(&cluster, &[]).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("127.0.0.1:{bad}")) && err.contains("connection refused"),
+        "{err}"
+    );
+    // The API answers 502 with the same text.
+    let api_err = c
+        .send_json(reqwest::Method::POST, "/api/v1/alarms/test", &json!({}))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        api_err.contains("HTTP 502") && api_err.contains(&format!("127.0.0.1:{bad}")),
+        "{api_err}"
+    );
+    // A fallback smarthost takes over when the primary is down.
+    set(
+        &c,
+        "smtp.fallback_host",
+        json!(format!("127.0.0.1:{}", smtp.port)),
+    )
+    .await;
+    let out = alarm_test(&cluster, &[]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(smtp.wait_mails(3).await.len(), 3);
+    // Bad settings are a 400 naming the key.
+    set(&c, "smtp.security", json!("ssl")).await;
+    let out = alarm_test(&cluster, &[]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("HTTP 400") && err.contains("smtp.security"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_mail_over_starttls_with_a_private_ca() {
+    let root = tempfile::tempdir().unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    let (cert_path, key_path) = (root.path().join("smtp.pem"), root.path().join("smtp.key"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let Some(smtp) = SmtpServer::start(root.path(), Some((&cert_path, &key_path))).await else {
+        return;
+    };
+    let cluster = one_node().await;
+    let c = cluster.nodes[0].client().unwrap();
+    set(&c, "smtp.host", json!("127.0.0.1")).await;
+    set(&c, "smtp.port", json!(smtp.port)).await;
+    set(&c, "smtp.security", json!("starttls")).await;
+    set(&c, "alarm.recipients.noc", json!(["noc@example.com"])).await;
+
+    // Without the CA the server certificate is not trusted: a TLS error, named.
+    let out = alarm_test(&cluster, &[]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("127.0.0.1:{}", smtp.port)) && err.contains("TLS failure"),
+        "{err}"
+    );
+    assert!(smtp.mails().is_empty());
+
+    eprintln!("untrusted certificate: {err}");
+    // Plain SMTP against a server that requires STARTTLS is refused by the server.
+    set(&c, "smtp.security", json!("none")).await;
+    let out = alarm_test(&cluster, &[]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("plain against required STARTTLS: {err}");
+    assert!(!out.status.success());
+    assert!(
+        err.contains("HTTP 502") && err.contains("530") && err.contains("smtp.security"),
+        "{err}"
+    );
+    assert!(smtp.mails().is_empty());
+
+    set(&c, "smtp.security", json!("starttls")).await;
+    set(&c, "smtp.ca_file", json!(cert_path.display().to_string())).await;
+    let out = alarm_test(&cluster, &[]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mails = smtp.wait_mails(1).await;
+    assert_eq!(mails.len(), 1);
+    assert_eq!(header(&mails[0], "X-Test-Tls").as_deref(), Some("True"));
+    assert_eq!(
+        header(&mails[0], "Message-ID").as_deref(),
+        v["message_id"].as_str()
+    );
+}
+
+async fn alarm_cmd(cluster: &LocalCluster, what: &str) -> Value {
+    let out = tokio::process::Command::new(exe())
+        .args(["alarm", what, "--json", "--config"])
+        .arg(&cluster.nodes[0].config)
+        .env("TANDEM_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The node's own alarm pipeline (sources → rules → routing → outbox → SMTP):
+/// switching alarm maintenance mode on and off mails a note each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_mails_alarm_notes_through_its_outbox() {
+    let root = tempfile::tempdir().unwrap();
+    let Some(smtp) = SmtpServer::start(root.path(), None).await else {
+        return;
+    };
+    let cluster = one_node().await;
+    let c = cluster.nodes[0].client().unwrap();
+    set(&c, "smtp.host", json!("127.0.0.1")).await;
+    set(&c, "smtp.port", json!(smtp.port)).await;
+    set(&c, "smtp.security", json!("none")).await;
+    set(&c, "alarm.group_window_s", json!(0)).await;
+    set(&c, "alarm.recipients.noc", json!(["noc@example.com"])).await;
+    set(&c, "alarm.route.default", json!(["noc"])).await;
+    let v = alarm_cmd(&cluster, "list").await;
+    assert_eq!(v["active"], json!([]), "{v}");
+
+    set(&c, "alarm.maintenance", json!(true)).await;
+    let mails = smtp.wait_mails(1).await;
+    assert_eq!(mails.len(), 1, "{mails:#?}");
+    assert_eq!(
+        header(&mails[0], "Subject").as_deref(),
+        Some("[INFO][tandem][node-1] Maintenance mode")
+    );
+    assert!(mails[0].contains("switched on"), "{}", mails[0]);
+    let v = alarm_cmd(&cluster, "list").await;
+    assert_eq!(v["maintenance"], true, "{v}");
+    assert_eq!(v["mails_sent"], 1, "{v}");
+    let h = alarm_cmd(&cluster, "history").await;
+    assert_eq!(h["history"][0]["outcome"], "sent", "{h}");
+    assert_eq!(
+        h["history"][0]["message_id"].as_str(),
+        header(&mails[0], "Message-ID").as_deref()
+    );
+
+    set(&c, "alarm.maintenance", json!(false)).await;
+    let mails = smtp.wait_mails(2).await;
+    assert_eq!(mails.len(), 2, "{mails:#?}");
+    assert!(mails[1].contains("switched off"), "{}", mails[1]);
+    assert_ne!(
+        header(&mails[0], "Message-ID"),
+        header(&mails[1], "Message-ID")
+    );
+}
+
+/// A standby dies: the master mails "Node down" once (the other nodes mail nothing),
+/// then "Node back" when it returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_mails_node_down_and_node_back() {
+    let root = tempfile::tempdir().unwrap();
+    let Some(smtp) = SmtpServer::start(root.path(), None).await else {
+        return;
+    };
+    let mut cluster = three_nodes("").await;
+    let m = cluster.master().await.expect("master");
+    let c = cluster.nodes[m].client().unwrap();
+    set(&c, "smtp.host", json!("127.0.0.1")).await;
+    set(&c, "smtp.port", json!(smtp.port)).await;
+    set(&c, "smtp.security", json!("none")).await;
+    set(&c, "alarm.group_window_s", json!(0)).await;
+    set(&c, "alarm.recipients.noc", json!(["noc@example.com"])).await;
+    set(&c, "alarm.route.default", json!(["noc"])).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(smtp.mails().is_empty(), "{:#?}", smtp.mails());
+
+    let victim = (m + 1) % 3;
+    let name = format!("node-{}", cluster.nodes[victim].id);
+    cluster.nodes[victim].kill();
+    let t0 = Instant::now();
+    while smtp.mails().is_empty() && t0.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mails = smtp.wait_mails(1).await;
+    assert_eq!(mails.len(), 1, "{mails:#?}");
+    assert_eq!(
+        header(&mails[0], "Subject"),
+        Some(format!("[CRITICAL][tandem][{name}] Node down"))
+    );
+    assert!(mails[0].contains("What to do:"), "{}", mails[0]);
+
+    cluster.start(victim).unwrap();
+    let t0 = Instant::now();
+    while smtp.mails().len() < 2 && t0.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mails = smtp.wait_mails(2).await;
+    assert_eq!(mails.len(), 2, "{mails:#?}");
+    assert_eq!(
+        header(&mails[1], "Subject"),
+        Some(format!("[CLEARED][tandem][{name}] Node back"))
+    );
+}
+
+/// The master dies: the new master groups "Master changed" and "Node down" (the old
+/// master) into one mail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_is_mailed_once_by_the_new_master_grouped() {
+    let root = tempfile::tempdir().unwrap();
+    let Some(smtp) = SmtpServer::start(root.path(), None).await else {
+        return;
+    };
+    let mut cluster = three_nodes("").await;
+    let m = cluster.master().await.expect("master");
+    let c = cluster.nodes[m].client().unwrap();
+    set(&c, "smtp.host", json!("127.0.0.1")).await;
+    set(&c, "smtp.port", json!(smtp.port)).await;
+    set(&c, "smtp.security", json!("none")).await;
+    set(&c, "alarm.group_window_s", json!(5)).await;
+    set(&c, "alarm.recipients.noc", json!(["noc@example.com"])).await;
+    set(&c, "alarm.route.default", json!(["noc"])).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let old = format!("node-{}", cluster.nodes[m].id);
+    cluster.nodes[m].kill();
+    let t0 = Instant::now();
+    while smtp.mails().is_empty() && t0.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mails = smtp.wait_mails(1).await;
+    assert_eq!(mails.len(), 1, "{mails:#?}");
+    let subject = header(&mails[0], "Subject").unwrap();
+    assert!(
+        subject.starts_with("[CRITICAL][tandem][")
+            && subject.contains("2 alarms: Master changed, Node down"),
+        "{subject}"
+    );
+    assert!(mails[0].contains("cluster.master_changed"));
+    assert!(
+        mails[0].contains(&format!("cluster {}, {old}", "tandem")),
+        "{}",
+        mails[0]
+    );
+    let words = mails[0].split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        words.contains(&format!("The previous master was {old}.")),
+        "{}",
+        mails[0]
+    );
+}
