@@ -211,8 +211,8 @@ pub const CATALOG: &[AlarmDef] = &[
         text: "Node {subject} cannot reach a majority of the voting nodes: no \
                configuration or CDR can be committed. {detail}",
         advice: "Bring back enough voters (nodes or the witness) to form a majority; check \
-                 the network between the sites. Do not force a new cluster unless the \
-                 missing nodes are gone for good (docs/operations.md).",
+                 the network between the sites (`tandem status` on each node, \
+                 docs/failover.md).",
         repeat_s: Some(HOUR),
         default_enabled: true,
     },
