@@ -242,6 +242,13 @@ pub enum CdrCmd {
     },
 }
 
+/// The config of `--config` and an API client for that node (with the overrides).
+pub fn connect(common: &Common) -> anyhow::Result<(Config, Client)> {
+    let cfg = load_config(common)?;
+    let client = Client::for_config(&cfg, common.api.clone(), common.token.clone())?;
+    Ok((cfg, client))
+}
+
 /// Load the config named by `--config`, or the defaults when none is given.
 pub fn load_config(common: &Common) -> anyhow::Result<Config> {
     match &common.config {
@@ -455,8 +462,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Leave { common } => {
-            let cfg = load_config(&common)?;
-            let c = Client::for_config(&cfg, common.api.clone(), common.token.clone())?;
+            let (_, c) = connect(&common)?;
             let (_, v) = c
                 .send_json(reqwest::Method::POST, "/api/v1/cluster/leave", &json!({}))
                 .await?;
@@ -469,8 +475,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Switchover { common, to } => {
-            let cfg = load_config(&common)?;
-            let c = Client::for_config(&cfg, common.api.clone(), common.token.clone())?;
+            let (_, c) = connect(&common)?;
             let (_, v) = c
                 .send_json(
                     reqwest::Method::POST,
@@ -491,8 +496,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             state,
             node,
         } => {
-            let cfg = load_config(&common)?;
-            let c = Client::for_config(&cfg, common.api.clone(), common.token.clone())?;
+            let (cfg, c) = connect(&common)?;
             let id = node.unwrap_or(cfg.node.id);
             let on = state == "on";
             let (_, v) = c
@@ -528,16 +532,14 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { common } => {
-            let cfg = load_config(&common)?;
-            let c = Client::for_config(&cfg, common.api.clone(), common.token.clone())?;
+            let (_, c) = connect(&common)?;
             let v = c.get("/api/v1/cluster").await?;
             print(&common, &v, status_text);
             Ok(())
         }
         Command::Config { action } => match action {
             ConfigCmd::Get { common, key } => {
-                let cfg = load_config(&common)?;
-                let c = Client::for_config(&cfg, common.api.clone(), common.token.clone())?;
+                let (_, c) = connect(&common)?;
                 let v = c
                     .get(&format!("/api/v1/config/{}", urlencode(&key)))
                     .await?;
@@ -547,8 +549,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
             ConfigCmd::Set { common, key, value } => {
-                let cfg = load_config(&common)?;
-                let c = Client::for_config(&cfg, common.api.clone(), common.token.clone())?;
+                let (_, c) = connect(&common)?;
                 let parsed: Value = serde_json::from_str(&value).unwrap_or(Value::String(value));
                 let (_, v) = c
                     .send_json(
@@ -566,8 +567,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
             ConfigCmd::List { common, prefix } => {
-                let cfg = load_config(&common)?;
-                let c = Client::for_config(&cfg, common.api.clone(), common.token.clone())?;
+                let (_, c) = connect(&common)?;
                 let q = prefix
                     .map(|p| format!("?prefix={}", urlencode(&p)))
                     .unwrap_or_default();
@@ -593,15 +593,13 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Alarm { action } => match action {
             AlarmCmd::List { common } => {
-                let cfg = load_config(&common)?;
-                let c = Client::for_config(&cfg, common.api.clone(), common.token.clone())?;
+                let (_, c) = connect(&common)?;
                 let v = c.get("/api/v1/alarms").await?;
                 print(&common, &v, alarm_list_text);
                 Ok(())
             }
             AlarmCmd::History { common } => {
-                let cfg = load_config(&common)?;
-                let c = Client::for_config(&cfg, common.api.clone(), common.token.clone())?;
+                let (_, c) = connect(&common)?;
                 let v = c.get("/api/v1/alarms/history").await?;
                 print(&common, &v, |v| {
                     let rows: Vec<String> = v["history"]
@@ -637,8 +635,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
             AlarmCmd::Test { common, to } => {
-                let cfg = load_config(&common)?;
-                let c = Client::for_config(&cfg, common.api.clone(), common.token.clone())?;
+                let (_, c) = connect(&common)?;
                 let (_, v) = c
                     .send_json(
                         reqwest::Method::POST,
@@ -667,8 +664,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Cdr { action } => match action {
             CdrCmd::Add { common, file } => {
-                let cfg = load_config(&common)?;
-                let c = Client::for_config(&cfg, common.api.clone(), common.token.clone())?;
+                let (_, c) = connect(&common)?;
                 let body = if file.as_os_str() == "-" {
                     let mut b = Vec::new();
                     std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
@@ -691,8 +687,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 limit,
                 cursor,
             } => {
-                let cfg = load_config(&common)?;
-                let c = Client::for_config(&cfg, common.api.clone(), common.token.clone())?;
+                let (_, c) = connect(&common)?;
                 let mut q = filter_query(&filter);
                 q.push(("limit".into(), limit.to_string()));
                 if let Some(cur) = cursor {
@@ -726,8 +721,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 limit,
                 out,
             } => {
-                let cfg = load_config(&common)?;
-                let c = Client::for_config(&cfg, common.api.clone(), common.token.clone())?;
+                let (_, c) = connect(&common)?;
                 let mut q = filter_query(&filter);
                 q.push(("format".into(), "csv".into()));
                 if let Some(l) = limit {
