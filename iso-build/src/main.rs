@@ -1,0 +1,3 @@
+//! `tandem-iso`: builds the installable hybrid ISO image.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Telephony service: SIP registrar and B2BUA, RTP relay and call recording.
