@@ -1,1 +1,3 @@
 //! Telephony service: SIP registrar and B2BUA, RTP relay and call recording.
+pub mod error;
+pub mod relay;
