@@ -126,6 +126,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let admin = Router::new()
         .route("/cluster", get(cluster))
         .route("/cluster/leave", post(leave))
+        .route("/cluster/join-token", get(join_token))
         .route("/cluster/switchover", post(switchover))
         .route("/config", get(config_list))
         .route(
@@ -315,6 +316,16 @@ async fn switchover(State(st): St, body: Bytes) -> Result<Json<serde_json::Value
 async fn leave(State(st): St) -> Result<Json<serde_json::Value>, ApiError> {
     st.replica.remove_node(st.replica.id).await?;
     Ok(Json(json!({ "removed": st.replica.id })))
+}
+
+/// The join token of the cluster, served by the node that ran `tandem init` (the only
+/// one holding the CA key, so the only one that can admit a node). Lets an installer or
+/// an operator fetch it remotely with the admin token.
+async fn join_token(State(st): St) -> Result<Json<serde_json::Value>, ApiError> {
+    match crate::daemon::read_join_token(&st.cfg) {
+        Ok(token) => Ok(Json(json!({ "token": token, "node_id": st.replica.id }))),
+        Err(e) => Err(ApiError::new(StatusCode::NOT_FOUND, format!("{e:#}"))),
+    }
 }
 
 fn freshness_headers(r: &Replica, lag: Lag) -> HeaderMap {

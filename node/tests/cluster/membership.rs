@@ -37,7 +37,22 @@ async fn new_node_joins_via_snapshot_after_log_compaction() {
         .unwrap();
     eprintln!("leader purged up to {}", v["purged_index"]);
     cluster.nodes.push(joiner);
-    let token = std::fs::read_to_string(cluster.nodes[0].dir.join("tls/join.token")).unwrap();
+    // The token as an installer fetches it: from node 1's API (only node 1 has it).
+    let on_disk = std::fs::read_to_string(cluster.nodes[0].dir.join("tls/join.token")).unwrap();
+    let served = cluster.nodes[0]
+        .client()
+        .unwrap()
+        .get("/api/v1/cluster/join-token")
+        .await
+        .unwrap();
+    assert_eq!(served["token"].as_str(), Some(on_disk.trim()), "{served}");
+    let other = cluster.nodes[1]
+        .client()
+        .unwrap()
+        .get("/api/v1/cluster/join-token")
+        .await;
+    assert!(other.is_err(), "node 2 has no CA key, yet served a token");
+    let token = served["token"].as_str().unwrap().to_string();
     let out = tokio::process::Command::new(exe())
         .args([
             "join",

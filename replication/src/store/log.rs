@@ -3,7 +3,7 @@
 //! Entries live in tree `log` keyed by big-endian index; the vote, the committed log
 //! id and the last purged log id live in tree `raft_meta`. `append` inserts the
 //! entries and hands openraft's completion callback to the [`Flusher`]; the flusher
-//! runs one `flush_async` (fsync) for every callback that arrived before it started,
+//! runs one flush (fsync) for every callback that arrived before it started,
 //! so many appends share one disk flush. openraft only counts an entry toward the
 //! commit quorum after its callback fires, so nothing is acknowledged before it is on
 //! disk.
@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, RaftLogReader, StorageIOError};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::codec;
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
@@ -34,13 +34,27 @@ pub struct LogStore {
 }
 
 /// Shares one fsync between all appends that arrive while the previous one runs.
+///
+/// Every flush of the log's database goes through this one task, never through
+/// concurrent `flush_async` calls: sled 0.34 can leave concurrent `flush_async`
+/// futures un-woken forever (spacejam/sled#1241), which froze a node's Raft core when
+/// a deposed leader saved its new vote and truncated its log at the same moment. The
+/// task runs sled's blocking `flush` on the blocking pool, one at a time.
 pub struct Flusher {
-    tx: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
+    tx: mpsc::UnboundedSender<FlushWaiter>,
+}
+
+/// Someone waiting for the next fsync.
+enum FlushWaiter {
+    /// openraft's completion callback of an `append`.
+    Append(LogFlushed<TypeConfig>),
+    /// A store operation (vote, truncate, purge) awaiting durability.
+    Wait(oneshot::Sender<io::Result<()>>),
 }
 
 impl Flusher {
     fn start(db: sled::Db) -> Flusher {
-        let (tx, mut rx) = mpsc::unbounded_channel::<LogFlushed<TypeConfig>>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<FlushWaiter>();
         tokio::spawn(async move {
             let mut batch = Vec::new();
             while let Some(first) = rx.recv().await {
@@ -48,17 +62,34 @@ impl Flusher {
                 while let Ok(more) = rx.try_recv() {
                     batch.push(more);
                 }
-                let res = db.flush_async().await;
-                for cb in batch.drain(..) {
-                    let r = match &res {
-                        Ok(_) => Ok(()),
-                        Err(e) => Err(io::Error::other(e.to_string())),
-                    };
-                    cb.log_io_completed(r);
+                let db = db.clone();
+                let res = match tokio::task::spawn_blocking(move || db.flush()).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(format!("flush task failed: {e}")),
+                };
+                for waiter in batch.drain(..) {
+                    let r = res.clone().map_err(io::Error::other);
+                    match waiter {
+                        FlushWaiter::Append(cb) => cb.log_io_completed(r),
+                        FlushWaiter::Wait(done) => {
+                            let _ = done.send(r);
+                        }
+                    }
                 }
             }
         });
         Flusher { tx }
+    }
+
+    /// Wait until everything written so far is on disk.
+    async fn flush(&self) -> io::Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(FlushWaiter::Wait(tx))
+            .map_err(|_| io::Error::other("log flusher stopped"))?;
+        rx.await
+            .map_err(|_| io::Error::other("log flusher stopped"))?
     }
 }
 
@@ -185,7 +216,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .insert(KEY_VOTE, codec::encode(vote).map_err(vote_err)?)
             .map_err(vote_err)?;
         // A vote must be durable before it is answered (Raft §5.2).
-        self.db.flush_async().await.map_err(vote_err)?;
+        self.flusher.flush().await.map_err(vote_err)?;
         Ok(())
     }
 
@@ -221,7 +252,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.insert(&key, codec::encode(&entry).map_err(write_err)?);
         }
         self.log.apply_batch(batch).map_err(write_err)?;
-        if self.flusher.tx.send(callback).is_err() {
+        if self.flusher.tx.send(FlushWaiter::Append(callback)).is_err() {
             return Err(write_err(io::Error::other("log flusher stopped")));
         }
         Ok(())
@@ -234,7 +265,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.remove(k);
         }
         self.log.apply_batch(batch).map_err(write_err)?;
-        self.db.flush_async().await.map_err(write_err)?;
+        self.flusher.flush().await.map_err(write_err)?;
         Ok(())
     }
 
@@ -244,7 +275,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.meta
             .insert(KEY_PURGED, codec::encode(&log_id).map_err(write_err)?)
             .map_err(write_err)?;
-        self.db.flush_async().await.map_err(write_err)?;
+        self.flusher.flush().await.map_err(write_err)?;
         let mut batch = sled::Batch::default();
         for item in self.log.range(..=log_id.index.to_be_bytes()) {
             let (k, _) = item.map_err(read_err)?;
