@@ -67,7 +67,7 @@ impl AppState {
     }
 }
 
-type St = State<Arc<AppState>>;
+pub(crate) type St = State<Arc<AppState>>;
 
 /// An error answered as `{"error": message}` with a status.
 #[derive(Debug)]
@@ -83,7 +83,7 @@ impl ApiError {
             message: message.into(),
         }
     }
-    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             message: message.into(),
@@ -134,6 +134,14 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(config_get).put(config_put).delete(config_delete),
         )
         .route("/cdrs", post(cdrs_post).get(cdrs_get))
+        .route(
+            "/recordings",
+            post(crate::recordings::upload)
+                .get(crate::recordings::list)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route("/recordings/verify", post(crate::recordings::verify))
+        .route("/recordings/{id}", get(crate::recordings::download))
         .route("/alarms", get(alarms_status))
         .route("/alarms/history", get(alarms_history))
         .route("/alarms/test", post(alarms_test))
@@ -277,6 +285,7 @@ pub fn cluster_view(r: &Replica, roles: &RoleState) -> serde_json::Value {
         "vip_holder": vip_holder,
         "members": members,
         "notes": notes,
+        "recording_sync": r.blobs.as_ref().map(|_| r.blob_stats.backlog()),
     })
 }
 
@@ -286,7 +295,10 @@ async fn cluster(State(st): St) -> Json<serde_json::Value> {
 
 /// One optional field of an optional JSON object body (empty body = absent; null =
 /// absent).
-fn optional_field(body: &[u8], name: &str) -> Result<Option<serde_json::Value>, ApiError> {
+pub(crate) fn optional_field(
+    body: &[u8],
+    name: &str,
+) -> Result<Option<serde_json::Value>, ApiError> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(None);
     }

@@ -138,6 +138,11 @@ pub enum Command {
         #[command(subcommand)]
         action: CdrCmd,
     },
+    /// Call recordings: list, download, verify, upload. See docs/recordings.md.
+    Recording {
+        #[command(subcommand)]
+        action: RecordingCmd,
+    },
     /// Alarm mails: active alarms, history, test mail. See docs/alarms.md.
     Alarm {
         #[command(subcommand)]
@@ -239,6 +244,59 @@ pub enum CdrCmd {
         /// Output file (default: stdout).
         #[arg(long, short)]
         out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RecordingCmd {
+    /// List recordings with their state (stored = on two data nodes, pending) and
+    /// the nodes that hold them, and this node's sync backlog.
+    List {
+        #[command(flatten)]
+        common: Common,
+        /// Only recordings not yet on a second data node.
+        #[arg(long)]
+        pending: bool,
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Continue after this id (from the previous page's `next_after`).
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Download a recording (sha256 checked by the node) from the node's API.
+    Get {
+        #[command(flatten)]
+        common: Common,
+        id: String,
+        /// Output file (default: <id> in the current directory).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+    /// Re-read this node's recording files and check their sha256 (one id or all).
+    Verify {
+        #[command(flatten)]
+        common: Common,
+        id: Option<String>,
+    },
+    /// Upload a recording file (as an external PBX would); waits until a second data
+    /// node holds it.
+    Upload {
+        #[command(flatten)]
+        common: Common,
+        file: PathBuf,
+        /// Recording id (default: a new UUID).
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        call_id: Option<String>,
+        /// Codec or MIME type, e.g. PCMU, audio/wav.
+        #[arg(long)]
+        codec: Option<String>,
+        #[arg(long)]
+        duration_ms: Option<u64>,
+        /// Seconds to wait for the second copy before answering "pending".
+        #[arg(long, default_value_t = 120)]
+        wait_s: u64,
     },
 }
 
@@ -347,6 +405,28 @@ pub fn status_text(v: &Value) -> String {
             opt(&m["lag_entries"]),
             opt(&m["lag_ms"]),
         ));
+    }
+    if let Some(sync) = v["recording_sync"].as_object() {
+        let files = sync["files"].as_u64().unwrap_or(0);
+        let cap = sync["cap_bytes_per_s"].as_u64().unwrap_or(0);
+        let cap = if cap == 0 {
+            "unlimited".to_string()
+        } else {
+            format!("{} kB/s", cap / 1000)
+        };
+        if files == 0 {
+            s.push_str(&format!("recording sync: up to date (cap {cap})\n"));
+        } else {
+            s.push_str(&format!(
+                "recording sync backlog: {files} files, {} MB, {} kB/s, ETA {} (cap {cap})\n",
+                sync["bytes"].as_u64().unwrap_or(0) / 1_000_000,
+                sync["rate_bytes_per_s"].as_u64().unwrap_or(0) / 1000,
+                sync["eta_s"]
+                    .as_u64()
+                    .map(|e| format!("{e} s"))
+                    .unwrap_or_else(|| "unknown".into()),
+            ));
+        }
     }
     for n in v["notes"].as_array().into_iter().flatten() {
         s.push_str(&format!("note: {}\n", n.as_str().unwrap_or("")));
@@ -662,6 +742,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
         },
+        Command::Recording { action } => recording_command(action).await,
         Command::Cdr { action } => match action {
             CdrCmd::Add { common, file } => {
                 let (_, c) = connect(&common)?;
@@ -748,5 +829,143 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
         },
+    }
+}
+
+async fn recording_command(action: RecordingCmd) -> anyhow::Result<()> {
+    match action {
+        RecordingCmd::List {
+            common,
+            pending,
+            limit,
+            after,
+        } => {
+            let (_, c) = connect(&common)?;
+            let mut q = vec![("limit".to_string(), limit.to_string())];
+            if pending {
+                q.push(("state".into(), "pending".into()));
+            }
+            if let Some(a) = after {
+                q.push(("after".into(), a));
+            }
+            let v = c
+                .get(&format!("/api/v1/recordings{}", encode_query(&q)))
+                .await?;
+            print(&common, &v, |v| {
+                let mut out = String::new();
+                for r in v["recordings"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "{}  {:>10} B  {:<7}  holders {}  call {}  {}\n",
+                        r["id"].as_str().unwrap_or(""),
+                        r["size"],
+                        r["state"].as_str().unwrap_or(""),
+                        r["holders"],
+                        r["call_id"].as_str().unwrap_or(""),
+                        r["created"].as_str().unwrap_or(""),
+                    ));
+                }
+                if let Some(s) = v["sync"].as_object() {
+                    out.push_str(&format!(
+                        "this node still has to fetch {} recordings ({} bytes)\n",
+                        s["files"], s["bytes"]
+                    ));
+                }
+                if let Some(n) = v["next_after"].as_str() {
+                    out.push_str(&format!("more: --after {n}\n"));
+                }
+                out.trim_end().to_string()
+            });
+            Ok(())
+        }
+        RecordingCmd::Get { common, id, out } => {
+            let (_, c) = connect(&common)?;
+            let out = out.unwrap_or_else(|| PathBuf::from(&id));
+            let tmp = out.with_extension("download");
+            let bytes = {
+                let mut f = std::io::BufWriter::new(
+                    std::fs::File::create(&tmp)
+                        .with_context(|| format!("creating {}", tmp.display()))?,
+                );
+                let r = c
+                    .download(&format!("/api/v1/recordings/{id}"), &mut f)
+                    .await;
+                if r.is_err() {
+                    let _ = std::fs::remove_file(&tmp);
+                }
+                r?
+            };
+            std::fs::rename(&tmp, &out).with_context(|| format!("writing {}", out.display()))?;
+            let v = json!({"id": id, "bytes": bytes, "out": out});
+            print(&common, &v, |_| {
+                format!("{bytes} bytes written to {}", out.display())
+            });
+            Ok(())
+        }
+        RecordingCmd::Verify { common, id } => {
+            let (_, c) = connect(&common)?;
+            let body = match &id {
+                Some(id) => json!({ "id": id }),
+                None => json!({}),
+            };
+            let (_, v) = c
+                .send_json(reqwest::Method::POST, "/api/v1/recordings/verify", &body)
+                .await?;
+            print(&common, &v, |v| {
+                format!(
+                    "node {}: {} checked, {} ok, bad {}, missing {}",
+                    v["node"], v["checked"], v["ok"], v["bad"], v["missing"]
+                )
+            });
+            let bad = v["bad"].as_array().is_some_and(|a| !a.is_empty());
+            if bad {
+                anyhow::bail!("some recordings failed their sha256 check (a good copy is fetched from another node)");
+            }
+            Ok(())
+        }
+        RecordingCmd::Upload {
+            common,
+            file,
+            id,
+            call_id,
+            codec,
+            duration_ms,
+            wait_s,
+        } => {
+            let (_, c) = connect(&common)?;
+            let mut headers = Vec::new();
+            for (k, v) in [
+                ("x-recording-id", id),
+                ("x-call-id", call_id),
+                ("x-codec", codec),
+                ("x-duration-ms", duration_ms.map(|d| d.to_string())),
+            ] {
+                if let Some(v) = v {
+                    headers.push((k, v));
+                }
+            }
+            let (status, v) = c
+                .upload(
+                    &format!("/api/v1/recordings?wait_s={wait_s}"),
+                    &file,
+                    &headers,
+                )
+                .await?;
+            print(&common, &v, |v| {
+                format!(
+                    "recording {} {} ({} bytes, sha256 {}), held by nodes {}{}",
+                    v["id"].as_str().unwrap_or(""),
+                    v["state"].as_str().unwrap_or(""),
+                    v["size"],
+                    v["sha256"].as_str().unwrap_or(""),
+                    v["holders"],
+                    if status == 202 {
+                        "; the copy to a second node goes on (see `tandem status`)"
+                    } else {
+                        ""
+                    }
+                )
+            });
+            Ok(())
+        }
     }
 }

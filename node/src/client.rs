@@ -136,6 +136,30 @@ impl Client {
         self.finish(&format!("POST {path}"), r).await
     }
 
+    /// Stream a file as the body of a POST (recording upload); `headers` are extra
+    /// request headers. Returns the status and the JSON answer.
+    pub async fn upload(
+        &self,
+        path: &str,
+        file: &std::path::Path,
+        headers: &[(&str, String)],
+    ) -> anyhow::Result<(u16, Value)> {
+        let f = tokio::fs::File::open(file)
+            .await
+            .with_context(|| format!("opening {}", file.display()))?;
+        let len = f.metadata().await?.len();
+        let mut r = self
+            .req(reqwest::Method::POST, path)
+            .timeout(Duration::from_secs(3600))
+            .header("content-length", len)
+            .body(reqwest::Body::from(f));
+        for (k, v) in headers {
+            r = r.header(*k, v);
+        }
+        let resp = r.send().await;
+        self.finish(&format!("POST {path}"), resp).await
+    }
+
     /// Stream a GET body to `out` (for CSV export).
     pub async fn download(
         &self,

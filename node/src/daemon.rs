@@ -42,6 +42,7 @@ pub fn replica_config(cfg: &Config) -> ReplicaConfig {
         election_timeout_max_ms: cfg.cluster.election_timeout_max_ms,
         snapshot_logs: cfg.cluster.snapshot_logs,
         cache_mb: cfg.cluster.cache_mb,
+        recording_cap_kbps: cfg.replication.recording_bandwidth_kbps,
         tls_dir: cfg.tls_dir(),
         admin_token_file: cfg.token_file(),
     }
@@ -175,6 +176,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("api.listen: cannot listen on {}", cfg.api.listen))?;
     tracing::info!(node = cfg.node.id, api = %cfg.api.listen, peer = %cfg.cluster.listen, "tandem node running");
+    tokio::spawn(crate::recordings::retention(state.clone()));
     let app = crate::api::router(state);
     match api_tls {
         Some(tls) => {

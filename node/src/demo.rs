@@ -25,6 +25,8 @@ pub struct LocalNode {
     pub peer_addr: String,
     pub api_addr: String,
     pub child: Option<Child>,
+    /// Extra environment for the process (tests: fault injection).
+    pub env: Vec<(String, String)>,
 }
 
 impl LocalNode {
@@ -97,6 +99,7 @@ impl LocalCluster {
                 peer_addr,
                 api_addr,
                 child: None,
+                env: Vec::new(),
             });
         }
         Ok(LocalCluster { root, nodes, exe })
@@ -134,6 +137,7 @@ impl LocalCluster {
                 "TANDEM_LOG",
                 std::env::var("TANDEM_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
             )
+            .envs(n.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true)

@@ -16,4 +16,5 @@ pub mod daemon;
 pub mod demo;
 pub mod https;
 pub mod metrics;
+pub mod recordings;
 pub mod role;

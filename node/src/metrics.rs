@@ -36,6 +36,12 @@ pub struct Metrics {
     role_changes: IntGauge,
     vip_acquired: IntGauge,
     role: IntGaugeVec,
+    /// Recordings accepted by this node's upload endpoint.
+    pub recordings_uploaded: IntCounter,
+    /// Recording downloads served by this node.
+    pub recordings_served: IntCounter,
+    /// Blob channel figures, read from the replica at scrape time.
+    blob: [IntGauge; 8],
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -114,7 +120,65 @@ impl Metrics {
         )
         .expect("metric");
         r.register(Box::new(role.clone())).expect("register");
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("metric");
+            r.register(Box::new(c.clone())).expect("register");
+            c
+        };
+        let recordings_uploaded = counter(
+            "tandem_recordings_uploaded_total",
+            "Recordings received by this node's upload endpoint",
+        );
+        let recordings_served = counter(
+            "tandem_recordings_served_total",
+            "Recording downloads served by this node",
+        );
+        let blob = [
+            gauge(
+                &r,
+                "tandem_recording_bytes_sent_total",
+                "Recording bytes sent to other nodes since start",
+            ),
+            gauge(
+                &r,
+                "tandem_recording_bytes_received_total",
+                "Recording bytes received from other nodes since start",
+            ),
+            gauge(
+                &r,
+                "tandem_recording_backlog_bytes",
+                "Recording bytes this node still has to fetch",
+            ),
+            gauge(
+                &r,
+                "tandem_recording_backlog_files",
+                "Recordings this node still has to fetch",
+            ),
+            gauge(
+                &r,
+                "tandem_recording_transfer_rate_bytes",
+                "Recording receive rate, bytes per second (last seconds)",
+            ),
+            gauge(
+                &r,
+                "tandem_recording_cap_bytes",
+                "Recording bandwidth cap in bytes per second (0 = unlimited)",
+            ),
+            gauge(
+                &r,
+                "tandem_recording_chunks_rejected_total",
+                "Recording chunks that failed their checksum and were fetched again",
+            ),
+            gauge(
+                &r,
+                "tandem_recording_files_fetched_total",
+                "Recordings copied to this node since start",
+            ),
+        ];
         Metrics {
+            recordings_uploaded,
+            recordings_served,
+            blob,
             vip_held: gauge(
                 &r,
                 "tandem_vip_held",
@@ -229,6 +293,20 @@ impl Metrics {
                 self.lag_entries.with_label_values(&[&peer]).set(e as i64);
                 self.lag_ms.with_label_values(&[&peer]).set(ms as i64);
             }
+        }
+        let s = &r.blob_stats;
+        let backlog = s.backlog();
+        for (g, v) in self.blob.iter().zip([
+            s.bytes_sent.load(Ordering::Relaxed),
+            s.bytes_received.load(Ordering::Relaxed),
+            backlog.bytes,
+            backlog.files,
+            backlog.rate_bytes_per_s,
+            backlog.cap_bytes_per_s,
+            s.chunks_rejected.load(Ordering::Relaxed),
+            s.files_fetched.load(Ordering::Relaxed),
+        ]) {
+            g.set(v as i64);
         }
         let total = r.writes_committed.load(Ordering::Relaxed);
         let seen = self.writes_seen.swap(total, Ordering::Relaxed);

@@ -17,7 +17,10 @@
 //! - [`tls`]: cluster CA, node certificates, join tokens.
 //! - [`network`]: peer RPC (Raft, join, forwarded writes).
 //! - [`replica`]: a running member: Raft + server + write path + cluster view.
+//! - [`blobs`]: recording files and the blob channel that copies them between data
+//!   nodes (metadata in Raft, bytes never).
 
+pub mod blobs;
 pub mod cdr;
 pub mod error;
 pub mod network;

@@ -83,6 +83,13 @@ pub enum RpcRequest {
     Leader(LeaderOp),
     /// The leader asks this node to start an election now (switchover).
     Elect,
+    /// Read part of a recording file (the blob channel; sent on a connection of its
+    /// own, never on a Raft replication stream).
+    BlobRead {
+        id: String,
+        offset: u64,
+        len: u32,
+    },
     /// A new node asks to be enrolled: token secret + CSR. Allowed without a client cert.
     Join {
         secret: String,
@@ -101,8 +108,20 @@ impl RpcRequest {
             RpcRequest::Leader(_) => "leader_op",
             RpcRequest::Join { .. } => "join",
             RpcRequest::Elect => "elect",
+            RpcRequest::BlobRead { .. } => "blob_read",
         }
     }
+}
+
+/// Part of a recording file, with the sha256 of `data` computed by the sender so
+/// that a chunk damaged on the way is detected and fetched again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlobChunk {
+    pub offset: u64,
+    /// Size of the whole file.
+    pub total: u64,
+    pub data: Vec<u8>,
+    pub sha256: [u8; 32],
 }
 
 /// The node's certificate and where the cluster is, returned to a joiner.
@@ -125,6 +144,7 @@ pub enum RpcResponse {
     Leader(Result<LeaderReply, ForwardError>),
     Join(Result<JoinAccepted, String>),
     Elected(Result<(), String>),
+    Blob(Result<BlobChunk, String>),
     /// The request was refused before being handled (not authenticated, bad version).
     Refused(String),
 }

@@ -20,6 +20,8 @@ use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::blobs::sync::SyncStats;
+use crate::blobs::BlobStore;
 use crate::cdr::Cdr;
 use crate::network::{
     self, ForwardError, JoinAccepted, LeaderOp, LeaderReply, PeerClient, RpcHandler, RpcRequest,
@@ -50,6 +52,9 @@ pub struct ReplicaConfig {
     pub tls_dir: PathBuf,
     /// The cluster's admin API token file (handed to joining nodes).
     pub admin_token_file: PathBuf,
+    /// Recording transfer cap from the node file, kbit/s (0 = unlimited); the
+    /// replicated key `replication.recording_bandwidth_kbps` overrides it.
+    pub recording_cap_kbps: u64,
 }
 
 /// The most CDRs merged into one log entry (keeps entries small: heartbeats share
@@ -183,6 +188,13 @@ pub struct Replica {
     cdr_tx: mpsc::Sender<CdrBatch>,
     /// Writes committed through this node (metrics).
     pub writes_committed: std::sync::atomic::AtomicU64,
+    /// Recording files of this node (None on a witness: it stores no recordings).
+    pub blobs: Option<Arc<BlobStore>>,
+    /// Blob channel counters and backlog.
+    pub blob_stats: Arc<SyncStats>,
+    /// Fault injection for tests: damage this many outgoing blob chunks
+    /// (`TANDEM_FAULT_CORRUPT_CHUNKS`).
+    corrupt_chunks: std::sync::atomic::AtomicU64,
 }
 
 impl Replica {
@@ -235,6 +247,28 @@ impl Replica {
                 reason: format!("cannot listen for peers on {}: {e}", cfg.listen),
             })?;
         let (cdr_tx, cdr_rx) = mpsc::channel(4096);
+        let blobs = match cfg.info.kind {
+            MemberKind::Data => {
+                let dir = cfg.data_dir.join("recordings");
+                Some(Arc::new(BlobStore::open(&dir).map_err(|e| {
+                    Error::Storage {
+                        path: dir.clone(),
+                        reason: e.to_string(),
+                    }
+                })?))
+            }
+            MemberKind::Witness => None,
+        };
+        let corrupt_chunks = std::env::var("TANDEM_FAULT_CORRUPT_CHUNKS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        if corrupt_chunks > 0 {
+            tracing::warn!(
+                chunks = corrupt_chunks,
+                "fault injection: damaging outgoing recording chunks (TANDEM_FAULT_CORRUPT_CHUNKS)"
+            );
+        }
         let replica = Arc::new(Replica {
             id: cfg.id,
             info: cfg.info.clone(),
@@ -253,7 +287,18 @@ impl Replica {
             contacts,
             cdr_tx,
             writes_committed: Default::default(),
+            blobs: blobs.clone(),
+            blob_stats: Arc::new(SyncStats::default()),
+            corrupt_chunks: std::sync::atomic::AtomicU64::new(corrupt_chunks),
         });
+        if let Some(blobs) = blobs {
+            tokio::spawn(crate::blobs::sync::run(
+                Arc::downgrade(&replica),
+                blobs,
+                replica.blob_stats.clone(),
+                cfg.recording_cap_kbps,
+            ));
+        }
         tokio::spawn(network::serve(
             listener,
             server_tls,
@@ -284,6 +329,11 @@ impl Replica {
 
     pub fn metrics(&self) -> RaftMetrics {
         self.raft.metrics().borrow().clone()
+    }
+
+    /// TLS settings for connections to peers.
+    pub fn client_tls(&self) -> Arc<rustls::ClientConfig> {
+        self.client_tls.clone()
     }
 
     /// The state-machine tree, for local (stale) reads.
@@ -901,6 +951,29 @@ impl RpcHandler for Handler {
             } => RpcResponse::Join(r.handle_join(secret, id, csr_pem, info).await),
             RpcRequest::Elect => {
                 RpcResponse::Elected(r.campaign().await.map_err(|e| e.to_string()))
+            }
+            RpcRequest::BlobRead { id, offset, len } => {
+                let Some(blobs) = r.blobs.clone() else {
+                    return RpcResponse::Blob(Err(format!(
+                        "node {} is a witness and stores no recordings",
+                        r.id
+                    )));
+                };
+                let corrupt = r
+                    .corrupt_chunks
+                    .fetch_update(
+                        std::sync::atomic::Ordering::SeqCst,
+                        std::sync::atomic::Ordering::SeqCst,
+                        |n| n.checked_sub(1),
+                    )
+                    .is_ok();
+                let stats = r.blob_stats.clone();
+                let res = tokio::task::spawn_blocking(move || {
+                    crate::blobs::sync::serve_chunk(&blobs, &stats, &id, offset, len, corrupt)
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("blob read task failed: {e}")));
+                RpcResponse::Blob(res)
             }
         }
     }

@@ -90,6 +90,45 @@ pub enum Request {
     DeleteConfig { key: String },
     /// Insert call detail records; records whose id already exists are skipped.
     AddCdrs { cdrs: Vec<Cdr> },
+    /// Register a recording's metadata (its bytes are already fsynced on the nodes in
+    /// `meta.holders`). Idempotent on the id: a retry merges the holders.
+    AddRecording { meta: RecordingMeta },
+    /// `node` now holds (fsynced, sha256 verified) or no longer holds the bytes of `id`.
+    RecordingHeld {
+        id: String,
+        node: NodeId,
+        held: bool,
+    },
+    /// Retention: delete up to `limit` CDRs that started before `cdrs_before` and up to
+    /// `limit` recordings created before `recordings_before` (microseconds since the
+    /// epoch, chosen by the proposer: apply reads no clock).
+    Expire {
+        cdrs_before: Option<i64>,
+        recordings_before: Option<i64>,
+        limit: u32,
+    },
+}
+
+/// What the cluster knows of one call recording. The bytes live in files on the
+/// data nodes listed in `holders`, never in Raft.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordingMeta {
+    /// Recording id (file name): letters, digits, `.`, `_`, `-`.
+    pub id: String,
+    /// SIP Call-ID (or the PBX's call reference) the recording belongs to.
+    pub call_id: String,
+    /// Hex sha256 of the bytes, checked on every write and read.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Length of the audio in milliseconds (0 if unknown).
+    pub duration_ms: u64,
+    /// Codec / format, e.g. "PCMU", "PCMA", "audio/wav".
+    pub codec: String,
+    /// When it was stored, microseconds since the epoch (retention uses it).
+    pub created: i64,
+    /// Data nodes that hold the fsynced bytes.
+    pub holders: std::collections::BTreeSet<NodeId>,
 }
 
 impl Request {
@@ -99,6 +138,9 @@ impl Request {
             Request::SetConfig { .. } => "set_config",
             Request::DeleteConfig { .. } => "delete_config",
             Request::AddCdrs { .. } => "add_cdrs",
+            Request::AddRecording { .. } => "add_recording",
+            Request::RecordingHeld { .. } => "recording_held",
+            Request::Expire { .. } => "expire",
         }
     }
 }
@@ -109,6 +151,11 @@ impl fmt::Display for Request {
             Request::SetConfig { key, .. } => write!(f, "set_config({key})"),
             Request::DeleteConfig { key } => write!(f, "delete_config({key})"),
             Request::AddCdrs { cdrs } => write!(f, "add_cdrs({})", cdrs.len()),
+            Request::AddRecording { meta } => write!(f, "add_recording({})", meta.id),
+            Request::RecordingHeld { id, node, held } => {
+                write!(f, "recording_held({id}, node {node}, {held})")
+            }
+            Request::Expire { limit, .. } => write!(f, "expire(limit {limit})"),
         }
     }
 }
@@ -132,4 +179,13 @@ pub enum Response {
         duplicates: u32,
         duplicate_ids: Vec<uuid::Uuid>,
     },
+    /// A recording's holders after the write (`known` false: no such recording, e.g.
+    /// a holder report for a recording that retention already removed).
+    Recording {
+        id: String,
+        known: bool,
+        holders: Vec<NodeId>,
+    },
+    /// How many records retention removed.
+    Expired { cdrs: u32, recordings: u32 },
 }

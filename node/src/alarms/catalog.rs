@@ -278,9 +278,11 @@ pub const CATALOG: &[AlarmDef] = &[
         kind: Kind::State,
         title: "Recording sync behind",
         cleared_title: "Recording sync caught up",
-        text: "Node {subject} has call recordings not yet copied to the other nodes. {detail}",
-        advice: "Check the bandwidth between the nodes and the free space on the \
-                 receiving node; recordings not yet copied are lost if this node fails.",
+        text: "Node {subject} is behind in copying call recordings from the other nodes. {detail}",
+        advice: "Check the link between the nodes, the bandwidth cap \
+                 (`replication.recording_bandwidth_kbps`) and the free space on this node \
+                 (`tandem status` shows the backlog); a recording held by one node only is \
+                 lost if that node fails.",
         repeat_s: Some(12 * HOUR),
         default_enabled: true,
     },

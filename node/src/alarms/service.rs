@@ -40,6 +40,27 @@ const HISTORY: usize = 200;
 const QUORUM_GRACE_MS: u64 = 5000;
 /// Default of `alarm.max_mails_per_hour`.
 const MAX_PER_HOUR: usize = 30;
+/// Default of `alarm.disk_threshold_percent`.
+const DISK_THRESHOLD_PERCENT: u64 = 85;
+/// Default of `alarm.recording_sync_threshold_s`: raise when the backlog needs longer.
+const SYNC_BEHIND_S: u64 = 300;
+
+/// (percent used, bytes free for unprivileged users) of the filesystem holding `dir`.
+fn disk_usage(dir: &std::path::Path) -> Option<(u64, u64)> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    let frag = st.fragment_size() as u64;
+    let total = st.blocks() as u64 * frag;
+    let avail = st.blocks_available() as u64 * frag;
+    let free = st.blocks_free() as u64 * frag;
+    if total == 0 {
+        return None;
+    }
+    let used = total - free;
+    // Like df: used / (used + available to users).
+    let pct = (used * 100).div_ceil(used + avail).min(100);
+    Some((pct, avail))
+}
+
 /// Default of `alarm.lag_threshold_s`.
 const LAG_THRESHOLD_S: u64 = 30;
 
@@ -272,6 +293,44 @@ impl AlarmService {
                         ),
                     );
                 }
+            }
+        }
+        // This node's recordings volume and blob sync.
+        if let Some(blobs) = &replica.blobs {
+            let threshold = entries
+                .get("alarm.disk_threshold_percent")
+                .and_then(Value::as_u64)
+                .unwrap_or(DISK_THRESHOLD_PERCENT);
+            if let Some((used_pct, free)) = disk_usage(blobs.dir()) {
+                if used_pct >= threshold {
+                    s.local.insert(
+                        AlarmId::DiskSpaceLow,
+                        format!(
+                            "The volume of {} is {used_pct} % full (threshold {threshold} %), {} MB free.",
+                            blobs.dir().display(),
+                            free / 1_000_000
+                        ),
+                    );
+                }
+            }
+            let backlog = replica.blob_stats.backlog();
+            let behind_s = entries
+                .get("alarm.recording_sync_threshold_s")
+                .and_then(Value::as_u64)
+                .unwrap_or(SYNC_BEHIND_S);
+            if backlog.files > 0 && backlog.eta_s.is_none_or(|eta| eta > behind_s) {
+                s.local.insert(
+                    AlarmId::RecordingSyncBehind,
+                    format!(
+                        "{} recordings ({} MB) still to copy to this node{}.",
+                        backlog.files,
+                        backlog.bytes / 1_000_000,
+                        match backlog.eta_s {
+                            Some(eta) => format!(", about {eta} s at the current rate"),
+                            None => ", and no transfer is progressing".to_string(),
+                        }
+                    ),
+                );
             }
         }
         s

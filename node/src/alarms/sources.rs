@@ -22,6 +22,9 @@ pub struct Snapshot {
     pub lagging: BTreeMap<String, String>,
     /// `alarm.maintenance`: mute alarm mails cluster-wide.
     pub maintenance: bool,
+    /// Conditions of this node itself (disk space low, recording sync behind):
+    /// alarm → detail, raised with this node as the subject while present.
+    pub local: BTreeMap<AlarmId, String>,
 }
 
 /// Diffs snapshots into events.
@@ -141,6 +144,24 @@ impl Observer {
                 out.push(Event::Clear {
                     alarm: AlarmId::ReplicationLag,
                     subject: name.clone(),
+                });
+            }
+        }
+        // Conditions of this node.
+        for (alarm, detail) in &s.local {
+            if self.prev.local.get(alarm) != Some(detail) {
+                out.push(Event::Raise {
+                    alarm: *alarm,
+                    subject: s.node.clone(),
+                    detail: detail.clone(),
+                });
+            }
+        }
+        for alarm in self.prev.local.keys() {
+            if !s.local.contains_key(alarm) {
+                out.push(Event::Clear {
+                    alarm: *alarm,
+                    subject: s.node.clone(),
                 });
             }
         }

@@ -8,6 +8,7 @@ mod api_errors;
 mod durability;
 mod https;
 mod membership;
+mod recordings;
 mod roles;
 
 use std::collections::HashSet;

@@ -12,7 +12,7 @@ use openraft::{EntryPayload, RaftLogId};
 use super::codec;
 use super::keys;
 use crate::cdr::Cdr;
-use crate::types::{Entry, Request, Response, StoredMembership};
+use crate::types::{Entry, RecordingMeta, Request, Response, StoredMembership};
 
 /// Everything one call to [`apply_entries`] produced.
 pub struct Applied {
@@ -24,6 +24,10 @@ pub struct Applied {
 
 /// Compute the effect of `entries` on `tree`. Entries are applied in order; later
 /// entries see the effect of earlier ones in the same call.
+///
+/// An `Expire` entry must be applied in a call of its own (the state machine does
+/// so): it scans the tree, which does not yet hold what earlier entries of the same
+/// call wrote, and the result must not depend on how entries were grouped.
 pub fn apply_entries(
     tree: &sled::Tree,
     entries: impl IntoIterator<Item = Entry>,
@@ -34,6 +38,9 @@ pub fn apply_entries(
     // CDR ids and config keys written earlier in this call (not yet in the tree).
     let mut new_ids: HashSet<uuid::Uuid> = HashSet::new();
     let mut config_written: std::collections::HashMap<String, bool> = Default::default();
+    // Recordings written earlier in this call (None: deleted).
+    let mut recordings: std::collections::HashMap<String, Option<RecordingMeta>> =
+        Default::default();
     let mut last = None;
     for entry in entries {
         let log_id = *entry.get_log_id();
@@ -93,6 +100,71 @@ pub fn apply_entries(
                         duplicate_ids,
                     }
                 }
+                Request::AddRecording { meta } => {
+                    let current = recording(tree, &recordings, &meta.id)?;
+                    let merged = match current {
+                        // A retry (or a second upload of the same id): keep the first
+                        // metadata, add the new holders.
+                        Some(mut have) => {
+                            have.holders.extend(meta.holders.iter().copied());
+                            have
+                        }
+                        None => {
+                            batch.insert(keys::recording_age_key(meta.created, &meta.id), &[][..]);
+                            meta
+                        }
+                    };
+                    batch.insert(keys::recording_key(&merged.id), codec::encode(&merged)?);
+                    let resp = Response::Recording {
+                        id: merged.id.clone(),
+                        known: true,
+                        holders: merged.holders.iter().copied().collect(),
+                    };
+                    recordings.insert(merged.id.clone(), Some(merged));
+                    resp
+                }
+                Request::RecordingHeld { id, node, held } => {
+                    match recording(tree, &recordings, &id)? {
+                        Some(mut have) => {
+                            if held {
+                                have.holders.insert(node);
+                            } else {
+                                have.holders.remove(&node);
+                            }
+                            batch.insert(keys::recording_key(&id), codec::encode(&have)?);
+                            let resp = Response::Recording {
+                                id: id.clone(),
+                                known: true,
+                                holders: have.holders.iter().copied().collect(),
+                            };
+                            recordings.insert(id, Some(have));
+                            resp
+                        }
+                        None => Response::Recording {
+                            id,
+                            known: false,
+                            holders: Vec::new(),
+                        },
+                    }
+                }
+                Request::Expire {
+                    cdrs_before,
+                    recordings_before,
+                    limit,
+                } => {
+                    let cdrs = match cdrs_before {
+                        Some(before) => expire_cdrs(tree, &mut batch, before, limit)?,
+                        None => 0,
+                    };
+                    let recs = match recordings_before {
+                        Some(before) => expire_recordings(tree, &mut batch, before, limit)?,
+                        None => 0,
+                    };
+                    Response::Expired {
+                        cdrs,
+                        recordings: recs,
+                    }
+                }
             },
         };
         responses.push(resp);
@@ -122,6 +194,82 @@ fn insert_cdr(batch: &mut sled::Batch, cdr: &Cdr) -> Result<(), ApplyError> {
         &[][..],
     );
     Ok(())
+}
+
+/// A recording as this call sees it: written earlier in the call, else in the tree.
+fn recording(
+    tree: &sled::Tree,
+    overlay: &std::collections::HashMap<String, Option<RecordingMeta>>,
+    id: &str,
+) -> Result<Option<RecordingMeta>, ApplyError> {
+    if let Some(m) = overlay.get(id) {
+        return Ok(m.clone());
+    }
+    match tree.get(keys::recording_key(id))? {
+        Some(v) => Ok(Some(codec::decode(&v)?)),
+        None => Ok(None),
+    }
+}
+
+/// Delete up to `limit` CDRs with `start < before` (oldest first) and their indexes.
+fn expire_cdrs(
+    tree: &sled::Tree,
+    batch: &mut sled::Batch,
+    before: i64,
+    limit: u32,
+) -> Result<u32, ApplyError> {
+    let mut end = vec![keys::BY_START];
+    end.extend_from_slice(&keys::micros_key(before));
+    let mut n = 0;
+    for item in tree.range(vec![keys::BY_START]..end) {
+        if n >= limit {
+            break;
+        }
+        let (k, v) = item?;
+        let cdr: Cdr = codec::decode(&v)?;
+        batch.remove(k);
+        batch.remove(&keys::cdr_key(&cdr.id)[..]);
+        batch.remove(keys::index_key(
+            keys::BY_CALLER,
+            Some(&cdr.caller),
+            &cdr.start,
+            &cdr.id,
+        ));
+        batch.remove(keys::index_key(
+            keys::BY_CALLEE,
+            Some(&cdr.callee),
+            &cdr.start,
+            &cdr.id,
+        ));
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Delete the metadata of up to `limit` recordings created before `before` (each
+/// node's blob sync then removes the files that no metadata names).
+fn expire_recordings(
+    tree: &sled::Tree,
+    batch: &mut sled::Batch,
+    before: i64,
+    limit: u32,
+) -> Result<u32, ApplyError> {
+    let mut end = vec![keys::RECORDING_BY_AGE];
+    end.extend_from_slice(&keys::micros_key(before));
+    let mut n = 0;
+    for item in tree.range(vec![keys::RECORDING_BY_AGE]..end) {
+        if n >= limit {
+            break;
+        }
+        let (k, _) = item?;
+        let id = &k[9..];
+        let mut rk = vec![keys::RECORDING];
+        rk.extend_from_slice(id);
+        batch.remove(k);
+        batch.remove(rk);
+        n += 1;
+    }
+    Ok(n)
 }
 
 #[derive(Debug, thiserror::Error)]

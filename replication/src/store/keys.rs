@@ -9,6 +9,8 @@
 //! | `d` | CDR id (16 bytes) | start (8): id index, for de-duplication and lookups |
 //! | `r` | caller + `0x00` + start + id | empty: caller index |
 //! | `e` | callee + `0x00` + start + id | empty: callee index |
+//! | `g` | recording id | recording metadata |
+//! | `G` | created + recording id | empty: recordings by age (retention) |
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -21,10 +23,32 @@ pub const CDR: u8 = b'd';
 pub const BY_START: u8 = b's';
 pub const BY_CALLER: u8 = b'r';
 pub const BY_CALLEE: u8 = b'e';
+pub const RECORDING: u8 = b'g';
+pub const RECORDING_BY_AGE: u8 = b'G';
+
+/// Order-preserving encoding of microseconds since the epoch.
+pub fn micros_key(micros: i64) -> [u8; 8] {
+    ((micros as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+pub fn recording_key(id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + id.len());
+    k.push(RECORDING);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+pub fn recording_age_key(created: i64, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + id.len());
+    k.push(RECORDING_BY_AGE);
+    k.extend_from_slice(&micros_key(created));
+    k.extend_from_slice(id.as_bytes());
+    k
+}
 
 /// Order-preserving encoding of a timestamp (microseconds, sign bit flipped).
 pub fn time_key(t: &DateTime<Utc>) -> [u8; 8] {
-    ((t.timestamp_micros() as u64) ^ (1 << 63)).to_be_bytes()
+    micros_key(t.timestamp_micros())
 }
 
 pub fn config_key(key: &str) -> Vec<u8> {

@@ -27,7 +27,6 @@ const KEY_PURGED: &[u8] = b"last_purged";
 /// The sled-backed Raft log. Cheap to clone (sled trees are shared handles).
 #[derive(Clone)]
 pub struct LogStore {
-    db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
     flusher: Arc<Flusher>,
@@ -124,7 +123,6 @@ impl LogStore {
     /// Open the log trees in `db`. Must be called inside a tokio runtime.
     pub fn open(db: &sled::Db) -> Result<LogStore, sled::Error> {
         Ok(LogStore {
-            db: db.clone(),
             log: db.open_tree("log")?,
             meta: db.open_tree("raft_meta")?,
             flusher: Arc::new(Flusher::start(db.clone())),

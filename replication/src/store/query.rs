@@ -173,3 +173,36 @@ pub fn cdr_scan(
         }
     })
 }
+
+/// The metadata of one recording.
+pub fn recording_get(
+    tree: &sled::Tree,
+    id: &str,
+) -> Result<Option<crate::types::RecordingMeta>, QueryError> {
+    match tree.get(keys::recording_key(id))? {
+        None => Ok(None),
+        Some(v) => Ok(Some(codec::decode(&v)?)),
+    }
+}
+
+/// Every recording's metadata in id order, starting after `after` (a page cursor).
+pub fn recording_scan(
+    tree: &sled::Tree,
+    after: Option<&str>,
+) -> impl Iterator<Item = Result<crate::types::RecordingMeta, QueryError>> + Send + 'static {
+    let lo = match after {
+        Some(a) => {
+            let mut k = keys::recording_key(a);
+            k.push(0);
+            k
+        }
+        None => vec![keys::RECORDING],
+    };
+    tree.range(lo..vec![keys::RECORDING + 1])
+        .map(|item| Ok(codec::decode(&item?.1)?))
+}
+
+/// Number of recordings known.
+pub fn recording_count(tree: &sled::Tree) -> usize {
+    tree.scan_prefix([keys::RECORDING]).count()
+}

@@ -67,6 +67,9 @@ pub struct SmShared {
     receiving: Mutex<Option<PathBuf>>,
     /// Count of CDRs inserted by apply since start (metrics).
     pub cdrs_applied: std::sync::atomic::AtomicU64,
+    /// Bumped whenever recording metadata may have changed (apply or snapshot
+    /// install): the blob sync rescans when it moves.
+    pub recordings_generation: std::sync::atomic::AtomicU64,
 }
 
 impl SmShared {
@@ -120,6 +123,7 @@ impl StateMachineStore {
                 snap_lock: Mutex::new(()),
                 receiving: Mutex::new(None),
                 cdrs_applied: Default::default(),
+                recordings_generation: Default::default(),
             }),
         })
     }
@@ -314,6 +318,33 @@ fn publish(shared: &SmShared, tmp: &Path, file: &str, meta: &SnapshotMeta) -> io
     Ok(())
 }
 
+impl StateMachineStore {
+    /// Apply entries in one atomic batch: data + applied index. Not flushed here: the
+    /// log entries they come from are already durable and are re-applied after a crash.
+    fn apply_run(
+        &self,
+        tree: &sled::Tree,
+        entries: Vec<Entry>,
+    ) -> Result<Vec<Response>, StorageError> {
+        let applied = apply_entries(tree, entries).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        tree.apply_batch(applied.batch)
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        self.shared
+            .cdrs_applied
+            .fetch_add(applied.cdrs_inserted, std::sync::atomic::Ordering::Relaxed);
+        if applied
+            .responses
+            .iter()
+            .any(|r| matches!(r, Response::Recording { .. } | Response::Expired { .. }))
+        {
+            self.shared
+                .recordings_generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(applied.responses)
+    }
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = SnapshotBuilder;
 
@@ -327,15 +358,27 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let tree = self.shared.tree();
-        let applied = apply_entries(&tree, entries).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        // One atomic batch: data + applied index. Not flushed here: the log entries
-        // it comes from are already durable and are re-applied after a crash.
-        tree.apply_batch(applied.batch)
-            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        self.shared
-            .cdrs_applied
-            .fetch_add(applied.cdrs_inserted, std::sync::atomic::Ordering::Relaxed);
-        Ok(applied.responses)
+        // Retention (`Expire`) scans the tree, so it is applied in a call of its own:
+        // its effect must not depend on how openraft grouped the entries.
+        let mut responses = Vec::new();
+        let mut run = Vec::new();
+        for entry in entries {
+            let alone = matches!(
+                &entry.payload,
+                openraft::EntryPayload::Normal(crate::types::Request::Expire { .. })
+            );
+            if alone && !run.is_empty() {
+                responses.extend(self.apply_run(&tree, std::mem::take(&mut run))?);
+            }
+            run.push(entry);
+            if alone {
+                responses.extend(self.apply_run(&tree, std::mem::take(&mut run))?);
+            }
+        }
+        if !run.is_empty() {
+            responses.extend(self.apply_run(&tree, run)?);
+        }
+        Ok(responses)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -461,6 +504,9 @@ fn install_blocking(
         .map_err(|e| sm_err(ErrorVerb::Write, e))?;
     db.flush().map_err(|e| sm_err(ErrorVerb::Write, e))?;
     *shared.tree.write().expect("sm tree lock poisoned") = new_tree;
+    shared
+        .recordings_generation
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let _ = db.drop_tree(current.as_bytes());
     // Keep the received file as our current snapshot (we may have to send it on).
     let file = format!("{}.snap", meta.snapshot_id);

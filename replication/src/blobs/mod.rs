@@ -1,0 +1,478 @@
+//! Call recordings: files on the data nodes, metadata in Raft, bytes by a separate
+//! channel.
+//!
+//! ```text
+//!  upload / media ─▶ BlobStore::writer ─ fsync, sha256 ─▶ <data_dir>/recordings/<id>
+//!                         │
+//!                         └─▶ Raft: AddRecording{meta, holders: {me}}
+//!                                       │ (applied on every node)
+//!                                       ▼
+//!  other data node: BlobSync ── BlobRead{id, offset} over its own peer TLS connection ──▶ holder
+//!        <id>.part ◀── chunks (sha256 each, paced by the bandwidth cap, round robin)
+//!        whole-file sha256 ✓ ─ fsync ─ rename ─▶ Raft: RecordingHeld{id, me}
+//! ```
+//!
+//! - [`BlobStore`]: the files of one node. Writes go to a temporary name, are fsynced
+//!   and checked against their sha256 before they take their final name; reads
+//!   check the sha256 too (once per file version, cached).
+//! - [`sync::BlobSync`]: fetches every recording this node lacks from a node that
+//!   holds it, resumable, capped, fair; removes files no metadata names.
+//! - [`rate::TokenBucket`]: the bandwidth cap, a pure function of time.
+//!
+//! Recording bytes never travel in the Raft log: openraft sends heartbeats on the
+//! same stream as entries, so a 100 MB entry would stall them.
+
+pub mod rate;
+pub mod sync;
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+
+/// Suffix of a file being received from another node (resumable).
+pub const PART_SUFFIX: &str = ".part";
+/// Prefix of a file being written by an upload (not resumable).
+const UPLOAD_PREFIX: &str = ".upload-";
+/// Longest recording id.
+pub const MAX_ID_LEN: usize = 100;
+
+/// Errors of the blob store.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("recording id {id:?} is invalid: use 1-{MAX_ID_LEN} letters, digits, '.', '_' or '-', not starting with '.'")]
+    BadId { id: String },
+    #[error("recording {id} is not stored on this node")]
+    Missing { id: String },
+    #[error("recording {id}: sha256 of the bytes is {actual}, expected {expected}")]
+    Checksum {
+        id: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("recording file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl BlobError {
+    fn io(path: &Path, source: io::Error) -> BlobError {
+        BlobError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Check a recording id (it becomes a file name).
+pub fn check_id(id: &str) -> Result<(), BlobError> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && !id.ends_with(PART_SUFFIX);
+    if ok {
+        Ok(())
+    } else {
+        Err(BlobError::BadId { id: id.to_string() })
+    }
+}
+
+/// Hex sha256 of a whole file.
+pub fn sha256_file(path: &Path) -> Result<(String, u64), BlobError> {
+    let mut f = File::open(path).map_err(|e| BlobError::io(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(|e| BlobError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((hex::encode(h.finalize()), size))
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), BlobError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| BlobError::io(dir, e))
+}
+
+/// The recording files of this node, in one directory.
+pub struct BlobStore {
+    dir: PathBuf,
+    /// Files whose sha256 was checked: id → (modified time, size, sha256).
+    verified: Mutex<HashMap<String, (SystemTime, u64, String)>>,
+}
+
+impl BlobStore {
+    /// Open (create) the directory. Leftover uploads of a crashed process are removed;
+    /// partial transfers (`.part`) are kept so they can resume.
+    pub fn open(dir: &Path) -> Result<BlobStore, BlobError> {
+        fs::create_dir_all(dir).map_err(|e| BlobError::io(dir, e))?;
+        for entry in fs::read_dir(dir).map_err(|e| BlobError::io(dir, e))? {
+            let entry = entry.map_err(|e| BlobError::io(dir, e))?;
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(UPLOAD_PREFIX)
+            {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(BlobStore {
+            dir: dir.to_path_buf(),
+            verified: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Final path of a recording.
+    pub fn path(&self, id: &str) -> PathBuf {
+        self.dir.join(id)
+    }
+
+    /// Path of a partial transfer.
+    pub fn part_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}{PART_SUFFIX}"))
+    }
+
+    /// Whether the complete file is here (not checked against its sha256).
+    pub fn has(&self, id: &str) -> bool {
+        self.path(id).is_file()
+    }
+
+    /// Start writing a new recording (an upload). The bytes become visible under
+    /// their id only through [`BlobWriter::finish`].
+    pub fn writer(&self, id: &str) -> Result<BlobWriter, BlobError> {
+        check_id(id)?;
+        let tmp = self
+            .dir
+            .join(format!("{UPLOAD_PREFIX}{id}-{}", rand::random::<u32>()));
+        let file = File::create(&tmp).map_err(|e| BlobError::io(&tmp, e))?;
+        Ok(BlobWriter {
+            id: id.to_string(),
+            tmp,
+            file: Some(file),
+            hash: Sha256::new(),
+            size: 0,
+            dest: self.path(id),
+            dir: self.dir.clone(),
+        })
+    }
+
+    /// Take a finished file (e.g. a call recording from the media plane) into the
+    /// store under `id`: copied, fsynced and checked like an upload.
+    pub fn import(&self, id: &str, src: &Path) -> Result<(String, u64), BlobError> {
+        let mut w = self.writer(id)?;
+        let mut f = File::open(src).map_err(|e| BlobError::io(src, e))?;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = f.read(&mut buf).map_err(|e| BlobError::io(src, e))?;
+            if n == 0 {
+                break;
+            }
+            w.write(&buf[..n])?;
+        }
+        w.finish(None)
+    }
+
+    /// Check the file of `id` against `sha256` (cached per file version). A file
+    /// that fails is renamed `<id>.corrupt` so that the sync fetches a good copy.
+    pub fn verify(&self, id: &str, sha256: &str) -> Result<(), BlobError> {
+        check_id(id)?;
+        let path = self.path(id);
+        let md = match fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(BlobError::Missing { id: id.to_string() })
+            }
+            Err(e) => return Err(BlobError::io(&path, e)),
+        };
+        let stamp = (md.modified().unwrap_or(SystemTime::UNIX_EPOCH), md.len());
+        if let Some((t, len, sha)) = self.verified.lock().expect("verified lock").get(id) {
+            if (*t, *len) == stamp && sha == sha256 {
+                return Ok(());
+            }
+        }
+        let (actual, _) = sha256_file(&path)?;
+        if actual != sha256 {
+            let bad = self.dir.join(format!("{id}.corrupt"));
+            let _ = fs::rename(&path, &bad);
+            tracing::error!(recording = id, expected = sha256, %actual, quarantined = %bad.display(), "recording file failed its sha256 check");
+            return Err(BlobError::Checksum {
+                id: id.to_string(),
+                expected: sha256.to_string(),
+                actual,
+            });
+        }
+        self.verified
+            .lock()
+            .expect("verified lock")
+            .insert(id.to_string(), (stamp.0, stamp.1, actual));
+        Ok(())
+    }
+
+    /// Forget that `id` was checked (the next `verify` re-reads the file).
+    pub fn forget_verified(&self, id: &str) {
+        self.verified.lock().expect("verified lock").remove(id);
+    }
+
+    /// Open the file of `id` for reading after checking its sha256.
+    pub fn open_verified(&self, id: &str, sha256: &str) -> Result<(File, u64), BlobError> {
+        self.verify(id, sha256)?;
+        let path = self.path(id);
+        let f = File::open(&path).map_err(|e| BlobError::io(&path, e))?;
+        let len = f.metadata().map_err(|e| BlobError::io(&path, e))?.len();
+        Ok((f, len))
+    }
+
+    /// Read up to `len` bytes of `id` at `offset` (serving another node's fetch).
+    pub fn read_at(&self, id: &str, offset: u64, len: usize) -> Result<(Vec<u8>, u64), BlobError> {
+        check_id(id)?;
+        let path = self.path(id);
+        let mut f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(BlobError::Missing { id: id.to_string() })
+            }
+            Err(e) => return Err(BlobError::io(&path, e)),
+        };
+        let total = f.metadata().map_err(|e| BlobError::io(&path, e))?.len();
+        let want = (total.saturating_sub(offset)).min(len as u64) as usize;
+        let mut buf = vec![0u8; want];
+        f.seek(SeekFrom::Start(offset))
+            .and_then(|_| f.read_exact(&mut buf))
+            .map_err(|e| BlobError::io(&path, e))?;
+        Ok((buf, total))
+    }
+
+    /// Remove the file (and any partial copy) of `id`.
+    pub fn remove(&self, id: &str) -> Result<(), BlobError> {
+        check_id(id)?;
+        for p in [self.path(id), self.part_path(id)] {
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(BlobError::io(&p, e)),
+            }
+        }
+        self.verified.lock().expect("verified lock").remove(id);
+        Ok(())
+    }
+
+    /// Ids of the complete files here, with their modification time.
+    pub fn list(&self) -> Result<Vec<(String, SystemTime)>, BlobError> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(|e| BlobError::io(&self.dir, e))? {
+            let entry = entry.map_err(|e| BlobError::io(&self.dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if check_id(&name).is_err() || name.ends_with(".corrupt") {
+                continue;
+            }
+            let t = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            out.push((name, t));
+        }
+        Ok(out)
+    }
+
+    /// Append a received chunk to the partial file of `id` at `offset`.
+    pub fn write_part(
+        &self,
+        id: &str,
+        offset: u64,
+        data: &[u8],
+        sync: bool,
+    ) -> Result<(), BlobError> {
+        let path = self.part_path(id);
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| BlobError::io(&path, e))?;
+        f.set_len(offset)
+            .and_then(|_| f.seek(SeekFrom::Start(offset)))
+            .and_then(|_| f.write_all(data))
+            .map_err(|e| BlobError::io(&path, e))?;
+        if sync {
+            f.sync_data().map_err(|e| BlobError::io(&path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Length of the partial file of `id` (where a transfer resumes), 0 if none.
+    pub fn part_len(&self, id: &str) -> u64 {
+        fs::metadata(self.part_path(id))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
+    /// Check the complete partial file against `sha256`, fsync it and give it its
+    /// final name. A mismatch deletes the partial file (the transfer restarts).
+    pub fn complete_part(&self, id: &str, sha256: &str) -> Result<(), BlobError> {
+        let part = self.part_path(id);
+        let (actual, _) = sha256_file(&part)?;
+        if actual != sha256 {
+            let _ = fs::remove_file(&part);
+            return Err(BlobError::Checksum {
+                id: id.to_string(),
+                expected: sha256.to_string(),
+                actual,
+            });
+        }
+        File::open(&part)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| BlobError::io(&part, e))?;
+        let dest = self.path(id);
+        fs::rename(&part, &dest).map_err(|e| BlobError::io(&dest, e))?;
+        fsync_dir(&self.dir)
+    }
+
+    /// Bytes used by recordings here.
+    pub fn bytes_used(&self) -> u64 {
+        fs::read_dir(&self.dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+}
+
+/// A recording being written (an upload). Dropped without `finish`, it leaves
+/// nothing behind.
+pub struct BlobWriter {
+    id: String,
+    tmp: PathBuf,
+    file: Option<File>,
+    hash: Sha256,
+    size: u64,
+    dest: PathBuf,
+    dir: PathBuf,
+}
+
+impl BlobWriter {
+    pub fn write(&mut self, data: &[u8]) -> Result<(), BlobError> {
+        let f = self.file.as_mut().expect("writer used after finish");
+        f.write_all(data).map_err(|e| BlobError::io(&self.tmp, e))?;
+        self.hash.update(data);
+        self.size += data.len() as u64;
+        Ok(())
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// fsync, check against `expected` (if the sender gave one), rename to the final
+    /// name, fsync the directory. Returns (sha256, size).
+    pub fn finish(mut self, expected: Option<&str>) -> Result<(String, u64), BlobError> {
+        let f = self.file.take().expect("writer finished twice");
+        f.sync_all().map_err(|e| BlobError::io(&self.tmp, e))?;
+        drop(f);
+        let sha = hex::encode(std::mem::take(&mut self.hash).finalize());
+        if let Some(want) = expected {
+            if !want.eq_ignore_ascii_case(&sha) {
+                return Err(BlobError::Checksum {
+                    id: self.id.clone(),
+                    expected: want.to_string(),
+                    actual: sha,
+                });
+            }
+        }
+        fs::rename(&self.tmp, &self.dest).map_err(|e| BlobError::io(&self.dest, e))?;
+        fsync_dir(&self.dir)?;
+        Ok((sha, self.size))
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if self.file.is_some() || self.tmp.exists() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_verify_read_and_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlobStore::open(dir.path()).unwrap();
+        let mut w = s.writer("rec-1").unwrap();
+        w.write(b"hello ").unwrap();
+        w.write(b"world").unwrap();
+        let (sha, size) = w.finish(None).unwrap();
+        assert_eq!(size, 11);
+        assert_eq!(sha, hex::encode(Sha256::digest(b"hello world")));
+        s.verify("rec-1", &sha).unwrap();
+        let (data, total) = s.read_at("rec-1", 6, 100).unwrap();
+        assert_eq!((data.as_slice(), total), (&b"world"[..], 11));
+        // A flipped byte on disk is caught on read and the file is quarantined.
+        fs::write(s.path("rec-1"), b"hellO world").unwrap();
+        assert!(matches!(
+            s.verify("rec-1", &sha),
+            Err(BlobError::Checksum { .. })
+        ));
+        assert!(!s.has("rec-1"));
+    }
+
+    #[test]
+    fn wrong_expected_sha_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlobStore::open(dir.path()).unwrap();
+        let mut w = s.writer("x").unwrap();
+        w.write(b"abc").unwrap();
+        assert!(w.finish(Some(&"0".repeat(64))).is_err());
+        assert!(!s.has("x"));
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn partial_transfer_resumes_and_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlobStore::open(dir.path()).unwrap();
+        let body = b"0123456789";
+        let sha = hex::encode(Sha256::digest(body));
+        s.write_part("p", 0, &body[..4], true).unwrap();
+        assert_eq!(s.part_len("p"), 4);
+        s.write_part("p", 4, &body[4..], true).unwrap();
+        s.complete_part("p", &sha).unwrap();
+        assert!(s.has("p"));
+        s.write_part("q", 0, b"junk", false).unwrap();
+        assert!(s.complete_part("q", &sha).is_err());
+        assert_eq!(s.part_len("q"), 0, "a bad partial file is dropped");
+    }
+
+    #[test]
+    fn ids_that_are_not_file_names_are_refused() {
+        for bad in ["", "../x", ".hidden", "a/b", "x.part", &"a".repeat(101)] {
+            assert!(check_id(bad).is_err(), "{bad:?} accepted");
+        }
+        check_id("2026-11-23_call-7.wav").unwrap();
+    }
+}
