@@ -248,6 +248,7 @@ impl Relay {
             what: "create directory",
             source,
         })?;
+        warn_if_fd_limit_low(pairs.len());
         let shared = Arc::new(Shared {
             cfg,
             counters: Counters::default(),
@@ -392,6 +393,22 @@ impl Relay {
     /// Number of worker threads (for the benchmark's report).
     pub fn worker_threads(&self) -> usize {
         self.inner.workers.len()
+    }
+}
+
+/// Every port pair is two sockets; a full range needs that many descriptors on top of
+/// the rest of the process. Say so at start rather than fail calls later with EMFILE.
+fn warn_if_fd_limit_low(pairs: usize) {
+    use nix::sys::resource::{getrlimit, Resource};
+    if let Ok((soft, _hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let needed = 2 * pairs as u64 + 256;
+        if soft < needed {
+            tracing::warn!(
+                soft_limit = soft,
+                needed,
+                "open-file limit is lower than the RTP port range needs (2 sockets per pair); raise LimitNOFILE or narrow [sip] rtp_ports, or calls will fail with 'too many open files' under load"
+            );
+        }
     }
 }
 

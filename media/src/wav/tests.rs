@@ -232,3 +232,49 @@ fn too_late_packets_are_dropped() {
     let start = 3360 - (3200 - JITTER_WINDOW_FRAMES as usize);
     assert!(a[start..start + PKT].iter().any(|&s| s != 0));
 }
+
+/// Arbitrary packets (random legs, SSRCs, timestamps, lengths, arrival times, including
+/// wrap-around and huge jumps) never panic, and the buffer stays bounded by the jitter
+/// window plus the maximum jump.
+#[test]
+fn random_packets_never_panic_and_stay_bounded() {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        // xorshift64*
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let t0 = Instant::now();
+    let mut r = Recorder::new(t0);
+    let mut now = t0;
+    let mut written = 0usize;
+    for _ in 0..20_000 {
+        let v = next();
+        now += Duration::from_micros(v % 40_000);
+        let leg = if v & 1 == 0 { Leg::A } else { Leg::B };
+        let ssrc = (v >> 8) as u32 % 3;
+        let ts = match (v >> 16) % 4 {
+            0 => (v >> 20) as u32,
+            1 => u32::MAX - ((v >> 24) % 500) as u32,
+            _ => ((now - t0).as_millis() as u32) * 8,
+        };
+        let len = ((v >> 32) % 400) as usize;
+        let payload = vec![(v >> 40) as u8; len];
+        let decode = match (v >> 48) % 3 {
+            0 => None,
+            1 => Some(Decode::Ulaw),
+            _ => Some(Decode::Alaw),
+        };
+        r.push(leg, ssrc, ts, decode, &payload, now);
+        assert!(
+            r.buf.len() / 2
+                <= (MAX_JUMP_FRAMES as usize + 2 * JITTER_WINDOW_FRAMES as usize + 8000 + 400)
+        );
+        written += r.drain(now).len();
+    }
+    written += r.finish(now).len();
+    assert_eq!(written % FRAME_BYTES, 0);
+    assert_eq!(written as u64 / FRAME_BYTES as u64, r.frames_written());
+}
