@@ -18,7 +18,8 @@
 //! * Symmetric RTP (RFC 4961; for phones behind NAT): each leg latches to the source
 //!   address of its first RTP packet (and separately of its first RTCP packet). Until
 //!   then media for that leg goes to the address signalled in SDP (RTCP to port + 1).
-//!   After latching, packets from any other source are dropped and counted.
+//!   After latching, packets from any other source are dropped and counted; signalling a
+//!   new address for the leg (re-INVITE) clears its latch.
 //! * Recording: the worker decodes G.711 through a table and places samples in the
 //!   session's [`Recorder`] (pure placement logic, see `wav.rs`); every 250 ms the final
 //!   frames are handed as one chunk to a single recorder thread that owns the files and
@@ -469,11 +470,13 @@ impl MediaSession {
     }
 
     /// Where to send media for leg A as signalled in SDP (the relay latches to the real source).
+    /// Signalling a different address later (re-INVITE) clears the latch of that leg.
     pub fn set_remote_a(&self, rtp: SocketAddr) {
         self.send_or_log(Cmd::SetRemote(self.key, Leg::A, rtp));
     }
 
     /// Where to send media for leg B as signalled in SDP (the relay latches to the real source).
+    /// Signalling a different address later (re-INVITE) clears the latch of that leg.
     pub fn set_remote_b(&self, rtp: SocketAddr) {
         self.send_or_log(Cmd::SetRemote(self.key, Leg::B, rtp));
     }
@@ -744,6 +747,11 @@ impl Worker {
                     break;
                 }
             };
+            // Control messages sent before these packets arrived must be in force for
+            // them (an address signalled, then the phone's first packet).
+            if !self.apply_commands() {
+                break;
+            }
             let mut counts = BatchCounts::default();
             let now = Instant::now();
             for ev in &events[..n] {
@@ -810,8 +818,15 @@ impl Worker {
             }
             Cmd::SetRemote(key, leg, addr) => {
                 if let Some(s) = self.sessions.get_mut(&key) {
+                    let l = &mut s.legs[leg as usize];
+                    if l.signalled.is_some_and(|old| old != addr) {
+                        // Re-signalled mid-call (re-INVITE: the phone moved or a transfer):
+                        // latch again to whoever sends first from now on.
+                        l.latched_rtp = None;
+                        l.latched_rtcp = None;
+                    }
                     tracing::debug!(call_id = %s.call_id, ?leg, %addr, "remote media address signalled");
-                    s.legs[leg as usize].signalled = Some(addr);
+                    l.signalled = Some(addr);
                 }
             }
             Cmd::SetCodec(key, codec, pt) => {

@@ -151,10 +151,23 @@ async fn relays_identical_bytes_and_latches_to_source() {
         eventually(|| relay.stats().rtcp_relayed == 1).await;
     }
 
+    // Re-INVITE: the caller moved to a new address; the leg latches again to it.
+    let a2 = phone();
+    b.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    s.set_remote_a(a2.local_addr().unwrap());
+    let p3 = rtp(0, 3, 480, 0xaaaa, &[0x55; 160]);
+    a2.send_to(&p3, s.local_a()).unwrap();
+    assert_eq!(recv(&b).expect("B receives the moved caller").0, p3);
+    let p4 = rtp(0, 8, 1159, 0xbbbb, &[0x66; 160]);
+    b.send_to(&p4, s.local_b()).unwrap();
+    assert_eq!(recv(&a2).expect("moved caller receives B").0, p4);
+
+    // Counters are published after each batch is sent: wait for them.
+    eventually(|| relay.stats().packets_relayed == 4).await;
     let st = relay.stats();
-    assert_eq!(st.packets_relayed, 2);
     assert_eq!(st.active_sessions, 1);
-    assert!(st.bytes_relayed >= 2 * 172);
+    assert!(st.bytes_relayed >= 4 * 172);
     assert!(
         s.finish().await.unwrap().is_none(),
         "no recording was started"
