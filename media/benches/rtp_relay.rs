@@ -1,6 +1,6 @@
 //! Load benchmark of the RTP relay: N concurrent recorded G.711 calls on 127.0.0.1.
 //!
-//! Run: `cargo bench -p tandem-media --bench rtp_relay [-- --steps 100,500,1000 --secs 10]`
+//! Run: `cargo bench -p tandem-media --bench rtp_relay [-- --steps 100,500,1000 --secs 10 --no-record]`
 //!
 //! Every call is a real [`MediaSession`]: two port pairs, symmetric-RTP latching,
 //! recording to a WAV file (in a temporary directory, deleted after each step). The
@@ -106,6 +106,7 @@ struct StepResult {
 fn main() {
     let mut steps = vec![100usize, 250, 500, 1000, 1500, 2000];
     let mut secs = 10u64;
+    let mut record = true;
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
     while i < args.len() {
@@ -117,6 +118,7 @@ fn main() {
                     .collect();
                 i += 1;
             }
+            "--no-record" => record = false,
             "--secs" if i + 1 < args.len() => {
                 secs = args[i + 1].parse().unwrap_or(10);
                 i += 1;
@@ -141,9 +143,10 @@ fn main() {
         }))
         .expect("relay start");
     println!(
-        "rtp_relay benchmark: {} relay worker thread(s), {} cores, {secs} s per step, G.711 µ-law 20 ms, recorded",
+        "rtp_relay benchmark: {} relay worker thread(s), {} cores, {secs} s per step, G.711 µ-law 20 ms, {}",
         relay.worker_threads(),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        if record { "recorded" } else { "not recorded (--no-record)" }
     );
     println!(
         "{:>6} {:>9} {:>8} {:>10} {:>11} {:>10} {:>17} {:>9} {:>8} {:>7} {:>11} {:>13}",
@@ -162,7 +165,13 @@ fn main() {
     );
     let mut results = Vec::new();
     for &n in &steps {
-        let r = rt.block_on(run_step(&relay, n, Duration::from_secs(secs), dir.path()));
+        let r = rt.block_on(run_step(
+            &relay,
+            n,
+            Duration::from_secs(secs),
+            dir.path(),
+            record,
+        ));
         println!(
             "{:>6} {:>9} {:>8.4} {:>10.3} {:>11.3} {:>10.3} {:>8.3} / {:>6.1} {:>8.1}% {:>7.1}% {:>6.1}% {:>5.0}/{:<5.0} {:>5} x {:>4.1}s",
             r.calls,
@@ -256,6 +265,7 @@ async fn run_step(
     calls: usize,
     duration: Duration,
     dir: &std::path::Path,
+    record: bool,
 ) -> StepResult {
     let socks: Vec<UdpSocket> = (0..2 * SOCKS).map(|_| gen_socket()).collect();
     let setup_start = Instant::now();
@@ -267,8 +277,10 @@ async fn run_step(
         s.set_remote_a(socks[i % SOCKS].local_addr().unwrap());
         s.set_remote_b(socks[SOCKS + i % SOCKS].local_addr().unwrap());
         s.set_codec(Codec::Pcmu, 0);
-        s.start_recording(&format!("bench-{calls}-{i}"))
-            .expect("start recording");
+        if record {
+            s.start_recording(&format!("bench-{calls}-{i}"))
+                .expect("start recording");
+        }
         sessions.push(s);
     }
     let setup_ms = setup_start.elapsed().as_secs_f64() * 1000.0;
