@@ -53,6 +53,8 @@ pub struct BenchArgs {
     /// Skip the standby query benchmark.
     #[arg(long)]
     pub skip_query: bool,
+    #[command(flatten)]
+    pub rec: crate::bench_recordings::RecordingBenchArgs,
 }
 
 const CDRS: &str = "/api/v1/cdrs";
@@ -82,6 +84,15 @@ const RANGE_RUNS: usize = 5;
 
 pub async fn run(args: BenchArgs, json: bool) -> anyhow::Result<()> {
     check_args(&args)?;
+    if args.rec.recordings {
+        let exe = std::env::current_exe().context("locating the tandem binary")?;
+        return tokio::select! {
+            r = crate::bench_recordings::run(&exe, &args.rec, json) => r,
+            _ = tokio::signal::ctrl_c() => {
+                bail!("interrupted: the benchmark cluster was stopped and removed")
+            }
+        };
+    }
     tokio::select! {
         r = bench(args, json) => r,
         _ = tokio::signal::ctrl_c() => {

@@ -9,6 +9,7 @@
 pub mod alarms;
 pub mod api;
 pub mod bench;
+pub mod bench_recordings;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -40,6 +40,11 @@ pub const PART_SUFFIX: &str = ".part";
 const UPLOAD_PREFIX: &str = ".upload-";
 /// Longest recording id.
 pub const MAX_ID_LEN: usize = 100;
+/// Written bytes are flushed to disk at least every this many bytes: many small
+/// flushes instead of one big one, so that the Raft log's fsync never waits behind
+/// the writeback of a 100 MB recording (measured: CDR commit p99 7x its idle value
+/// with one flush at the end).
+pub const FLUSH_EVERY: u64 = 1024 * 1024;
 
 /// Errors of the blob store.
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +176,7 @@ impl BlobStore {
             file: Some(file),
             hash: Sha256::new(),
             size: 0,
+            unsynced: 0,
             dest: self.path(id),
             dir: self.dir.clone(),
         })
@@ -368,6 +374,8 @@ pub struct BlobWriter {
     file: Option<File>,
     hash: Sha256,
     size: u64,
+    /// Bytes written since the last flush to disk.
+    unsynced: u64,
     dest: PathBuf,
     dir: PathBuf,
 }
@@ -378,6 +386,11 @@ impl BlobWriter {
         f.write_all(data).map_err(|e| BlobError::io(&self.tmp, e))?;
         self.hash.update(data);
         self.size += data.len() as u64;
+        self.unsynced += data.len() as u64;
+        if self.unsynced >= FLUSH_EVERY {
+            f.sync_data().map_err(|e| BlobError::io(&self.tmp, e))?;
+            self.unsynced = 0;
+        }
         Ok(())
     }
 

@@ -421,4 +421,157 @@ mod tests {
             codec::decode(&a.get(keys::config_key("smtp.host")).unwrap().unwrap()).unwrap();
         assert_eq!(v, "\"b\"");
     }
+
+    fn meta(id: &str, created: i64, holder: u64) -> RecordingMeta {
+        RecordingMeta {
+            id: id.into(),
+            call_id: format!("call-{id}"),
+            sha256: "ab".repeat(32),
+            size: 1000,
+            duration_ms: 5000,
+            codec: "PCMU".into(),
+            created,
+            holders: [holder].into_iter().collect(),
+        }
+    }
+
+    #[test]
+    fn recording_holders_merge_and_unknown_ids_are_reported() {
+        let t = tree();
+        let r = run(
+            &t,
+            vec![
+                entry(
+                    1,
+                    Request::AddRecording {
+                        meta: meta("a", 10, 1),
+                    },
+                ),
+                // Same id again (a retried upload): holders merge, metadata kept.
+                entry(
+                    2,
+                    Request::AddRecording {
+                        meta: meta("a", 99, 2),
+                    },
+                ),
+                entry(
+                    3,
+                    Request::RecordingHeld {
+                        id: "a".into(),
+                        node: 3,
+                        held: true,
+                    },
+                ),
+                entry(
+                    4,
+                    Request::RecordingHeld {
+                        id: "gone".into(),
+                        node: 3,
+                        held: true,
+                    },
+                ),
+            ],
+        );
+        let holders = |r: &Response| match r {
+            Response::Recording { holders, known, .. } => (holders.clone(), *known),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(holders(&r[1]), (vec![1, 2], true));
+        assert_eq!(holders(&r[2]), (vec![1, 2, 3], true));
+        assert_eq!(holders(&r[3]), (vec![], false));
+        let m = crate::store::query::recording_get(&t, "a")
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.created, 10, "the first metadata stays");
+    }
+
+    #[test]
+    fn expire_deletes_old_records_with_their_indexes_only() {
+        let t = tree();
+        let old = cdr("100", 1);
+        let new = cdr("100", 30);
+        run(
+            &t,
+            vec![
+                entry(
+                    1,
+                    Request::AddCdrs {
+                        cdrs: vec![old.clone(), new.clone()],
+                    },
+                ),
+                entry(
+                    2,
+                    Request::AddRecording {
+                        meta: meta("r-old", 5, 1),
+                    },
+                ),
+                entry(
+                    3,
+                    Request::AddRecording {
+                        meta: meta("r-new", 50, 1),
+                    },
+                ),
+            ],
+        );
+        let cut = (old.start + chrono::Duration::minutes(5)).timestamp_micros();
+        let r = run(
+            &t,
+            vec![entry(
+                4,
+                Request::Expire {
+                    cdrs_before: Some(cut),
+                    recordings_before: Some(20),
+                    limit: 100,
+                },
+            )],
+        );
+        assert_eq!(
+            r[0],
+            Response::Expired {
+                cdrs: 1,
+                recordings: 1
+            }
+        );
+        let left: Vec<_> = crate::store::query::cdr_scan(&t, &Default::default())
+            .map(|x| x.unwrap().1.id)
+            .collect();
+        assert_eq!(left, vec![new.id]);
+        // No index entry of the deleted CDR is left behind.
+        assert!(!t.contains_key(keys::cdr_key(&old.id)).unwrap());
+        assert_eq!(t.scan_prefix([keys::BY_CALLER]).count(), 1);
+        assert_eq!(t.scan_prefix([keys::BY_CALLEE]).count(), 1);
+        assert!(crate::store::query::recording_get(&t, "r-old")
+            .unwrap()
+            .is_none());
+        assert!(crate::store::query::recording_get(&t, "r-new")
+            .unwrap()
+            .is_some());
+        assert_eq!(t.scan_prefix([keys::RECORDING_BY_AGE]).count(), 1);
+    }
+
+    #[test]
+    fn expire_respects_its_limit() {
+        let t = tree();
+        let cdrs: Vec<Cdr> = (0..10).map(|m| cdr("100", m)).collect();
+        run(&t, vec![entry(1, Request::AddCdrs { cdrs })]);
+        let r = run(
+            &t,
+            vec![entry(
+                2,
+                Request::Expire {
+                    cdrs_before: Some(i64::MAX),
+                    recordings_before: None,
+                    limit: 4,
+                },
+            )],
+        );
+        assert_eq!(
+            r[0],
+            Response::Expired {
+                cdrs: 4,
+                recordings: 0
+            }
+        );
+        assert_eq!(crate::store::query::cdr_count(&t), 6);
+    }
 }
