@@ -271,4 +271,25 @@ mod tests {
         s.maintenance = false;
         assert_eq!(o.observe(&s, 3000), vec![Event::Maintenance(false)]);
     }
+
+    #[test]
+    fn disk_space_low_is_raised_once_updated_and_cleared() {
+        let mut o = Observer::new(5000);
+        let mut s = snap(Some("node-a"));
+        o.observe(&s, 0);
+        s.local.insert(AlarmId::DiskSpaceLow, "91 % full".into());
+        let ev = o.observe(&s, 1000);
+        assert!(
+            matches!(&ev[..], [Event::Raise { alarm: AlarmId::DiskSpaceLow, subject, detail }] if subject == "node-a" && detail == "91 % full")
+        );
+        assert!(o.observe(&s, 2000).is_empty(), "no repeat while unchanged");
+        s.local.clear();
+        assert_eq!(
+            o.observe(&s, 3000),
+            vec![Event::Clear {
+                alarm: AlarmId::DiskSpaceLow,
+                subject: "node-a".into()
+            }]
+        );
+    }
 }
