@@ -21,8 +21,9 @@
 //!   After latching, packets from any other source are dropped and counted; signalling a
 //!   new address for the leg (re-INVITE) clears its latch.
 //! * Recording: the worker decodes G.711 through a table and places samples in the
-//!   session's [`Recorder`] (pure placement logic, see `wav.rs`); every 250 ms the final
-//!   frames are handed as one chunk to a single recorder thread that owns the files and
+//!   session's [`Recorder`] (pure placement logic, see `wav.rs`); every 250 ms (at the
+//!   session's own packet times, so calls do not all drain at once) the final frames are
+//!   handed as one chunk to a single recorder thread that owns the files and
 //!   writes them through 64 KiB buffers, so no file system call is on the packet path.
 //!   On finish the header sizes are fixed, the file is fsynced (and its directory), and
 //!   its SHA-256, size and duration computed.
@@ -335,6 +336,7 @@ impl Relay {
             codec: None,
             seen_codec: None,
             recording: None,
+            next_drain: Instant::now(),
         };
         shared
             .counters
@@ -612,8 +614,10 @@ const WAKE_TOKEN: u64 = u64::MAX;
 const BATCH: usize = 32;
 /// Receive buffer per packet: larger than any RTP packet on an Ethernet path.
 const BUF_LEN: usize = 2048;
-/// How often recorders hand their final frames to the recorder thread.
+/// How often a recorder hands its final frames to the recorder thread.
 const DRAIN_EVERY: Duration = Duration::from_millis(250);
+/// How often a worker looks for recorders that got no packets (and so were not drained).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Control messages to a worker.
 #[derive(Debug)]
@@ -679,6 +683,8 @@ struct Session {
     seen_codec: Option<Codec>,
     /// Placement state once recording started.
     recording: Option<Recorder>,
+    /// When the recorder's final frames are next handed to the recorder thread.
+    next_drain: Instant,
 }
 
 impl Session {
@@ -725,17 +731,17 @@ impl Worker {
         let mut recv_hdrs = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
         let mut send_hdrs = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
         let mut bufs = vec![[0u8; BUF_LEN]; BATCH];
-        let mut next_drain = Instant::now() + DRAIN_EVERY;
+        let mut next_sweep = Instant::now() + SWEEP_EVERY;
         loop {
             if !self.apply_commands() {
                 break;
             }
             let now = Instant::now();
-            if now >= next_drain {
-                self.drain_recorders(now);
-                next_drain = now + DRAIN_EVERY;
+            if now >= next_sweep {
+                self.drain_idle_recorders(now);
+                next_sweep = now + SWEEP_EVERY;
             }
-            let timeout_ms = next_drain
+            let timeout_ms = next_sweep
                 .saturating_duration_since(now)
                 .as_millis()
                 .clamp(1, 1000) as u16;
@@ -771,6 +777,12 @@ impl Worker {
                         &mut bufs,
                         &mut counts,
                     );
+                    // Each session hands over its final frames on its own schedule (its
+                    // packets' phase), so the work is spread instead of one burst for
+                    // all calls.
+                    if now >= s.next_drain {
+                        drain_session(key, s, now, &self.writer);
+                    }
                 }
             }
             let c = &self.shared.counters;
@@ -837,6 +849,7 @@ impl Worker {
             Cmd::StartRecording(key, start) => {
                 if let Some(s) = self.sessions.get_mut(&key) {
                     s.recording = Some(Recorder::new(start));
+                    s.next_drain = start + DRAIN_EVERY;
                 }
             }
             Cmd::Remove(key, reply) => self.remove(key, reply),
@@ -899,14 +912,24 @@ impl Worker {
         }
     }
 
-    fn drain_recorders(&mut self, now: Instant) {
+    /// Drains the recorders of sessions that received no packet for a while (silence,
+    /// hold): their frames are final too.
+    fn drain_idle_recorders(&mut self, now: Instant) {
         for (key, s) in self.sessions.iter_mut() {
-            if let Some(rec) = s.recording.as_mut() {
-                let bytes = rec.drain(now);
-                if !bytes.is_empty() {
-                    let _ = self.writer.send(WriterMsg::Data { key: *key, bytes });
-                }
+            if now >= s.next_drain + DRAIN_EVERY {
+                drain_session(*key, s, now, &self.writer);
             }
+        }
+    }
+}
+
+/// Hands a session's final recorded frames to the recorder thread.
+fn drain_session(key: u64, s: &mut Session, now: Instant, writer: &mpsc::Sender<WriterMsg>) {
+    s.next_drain = now + DRAIN_EVERY;
+    if let Some(rec) = s.recording.as_mut() {
+        let bytes = rec.drain(now);
+        if !bytes.is_empty() {
+            let _ = writer.send(WriterMsg::Data { key, bytes });
         }
     }
 }

@@ -240,11 +240,10 @@ impl Recorder {
         }
         let frames = (until - self.base) as usize;
         let have = (self.buf.len() / 2).min(frames);
-        let mut out = Vec::with_capacity(frames * FRAME_BYTES);
-        for s in &self.buf[..2 * have] {
-            out.extend_from_slice(&s.to_le_bytes());
+        let mut out = vec![0u8; frames * FRAME_BYTES];
+        for (o, s) in out.chunks_exact_mut(2).zip(&self.buf[..2 * have]) {
+            o.copy_from_slice(&s.to_le_bytes());
         }
-        out.resize(frames * FRAME_BYTES, 0);
         self.buf.drain(..2 * have);
         self.base = until;
         out
