@@ -1003,6 +1003,13 @@ fn relay_socket(
                     counts.dropped += 1;
                     continue;
                 };
+                if rtp::is_muxed_rtcp(&h) {
+                    // RTCP multiplexed on the RTP port (RFC 5761): relayed as it is, no
+                    // sequence numbers to count, nothing to record.
+                    forward[nf] = i;
+                    nf += 1;
+                    continue;
+                }
                 counts.lost += s.legs[leg as usize].seq.update(h.ssrc, h.sequence);
                 if s.recording.is_some() {
                     let decode = s.decode_for(h.payload_type);

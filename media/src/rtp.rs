@@ -142,6 +142,12 @@ pub fn write_header(
     out[8..12].copy_from_slice(&ssrc.to_be_bytes());
 }
 
+/// Whether an "RTP" header read on an RTP port is really RTCP multiplexed on it
+/// (RFC 5761 §4: RTCP packet types 200-204 read as marker + payload type 72-76).
+pub fn is_muxed_rtcp(h: &RtpHeader) -> bool {
+    h.marker && (72..=76).contains(&h.payload_type)
+}
+
 /// The first header of an RTCP compound packet (RFC 3550 §6.4.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RtcpHeader {
@@ -339,6 +345,18 @@ mod tests {
                 let _ = parse_rtcp(&p[..len]);
             }
         }
+    }
+
+    /// RFC 5761 §4: RTCP types 200-204 on the RTP port look like M=1, PT 72-76.
+    #[test]
+    fn muxed_rtcp_is_recognised() {
+        let sr = [0x80u8, 200, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0];
+        assert!(is_muxed_rtcp(&parse(&sr).unwrap()));
+        let audio = packet(0, 1, 2, 3, &[0; 160]);
+        assert!(!is_muxed_rtcp(&parse(&audio).unwrap()));
+        let mut marked = packet(8, 1, 2, 3, &[0; 160]);
+        marked[1] |= 0x80; // marker on an audio packet (start of talkspurt)
+        assert!(!is_muxed_rtcp(&parse(&marked).unwrap()));
     }
 
     /// RFC 3550 §6.4.1: RTCP header, length in 32-bit words minus one.

@@ -175,8 +175,8 @@ async fn relays_identical_bytes_and_latches_to_source() {
     assert_eq!(relay.stats().active_sessions, 0);
 }
 
-/// Sequence gaps are counted as lost (RFC 3550 A.3); packets before any destination is
-/// known are dropped, not lost.
+/// Sequence gaps are counted as lost (RFC 3550 A.3); RTCP multiplexed on the RTP port
+/// (RFC 5761) is relayed and does not disturb the count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_lost_packets_from_sequence_gaps() {
     let (relay, _dir) = relay(32100, 32119).await;
@@ -188,9 +188,13 @@ async fn counts_lost_packets_from_sequence_gaps() {
         a.send_to(&rtp(0, seq, seq as u32 * 160, 1, &[0xff; 160]), s.local_a())
             .unwrap();
     }
+    // RTCP multiplexed on the RTP port (RFC 5761) is relayed but is no RTP sequence.
+    let sr = [0x80u8, 200, 0, 2, 0, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef];
+    a.send_to(&sr, s.local_a()).unwrap();
     for _ in 0..6 {
         assert!(recv(&b).is_some());
     }
+    assert_eq!(recv(&b).expect("muxed RTCP relayed").0, sr);
     eventually(|| relay.stats().packets_lost == 5).await; // 12, 13, 17, 18, 19
     s.finish().await.unwrap();
 }
