@@ -25,6 +25,12 @@ pub struct Outgoing {
     pub attempts: u32,
     pub next_try_ms: Millis,
     pub last_error: Option<String>,
+    /// Message-IDs this mail delivers: its own, or those of the mails a digest
+    /// merges. Once it is sent, their entries leave the replicated outbox.
+    pub covers: Vec<String>,
+    /// Queued in the replicated outbox (by the master) rather than only here (a
+    /// node without quorum mailing "quorum lost").
+    pub replicated: bool,
 }
 
 /// What happened to a failed mail.
@@ -76,6 +82,11 @@ impl Outbox {
 
     pub fn iter(&self) -> impl Iterator<Item = &Outgoing> {
         self.queue.iter()
+    }
+
+    /// Keep only the mails for which `keep` is true.
+    pub fn retain(&mut self, keep: impl FnMut(&Outgoing) -> bool) {
+        self.queue.retain(keep);
     }
 
     /// Whether the hourly cap holds mails back right now.
@@ -194,6 +205,74 @@ fn digest(parts: &[Outgoing], ctx: &MailContext, now: Millis, max: usize) -> Out
         attempts: 0,
         next_try_ms: now,
         last_error: None,
+        covers: parts.iter().flat_map(|p| p.covers.clone()).collect(),
+        replicated: parts.iter().any(|p| p.replicated),
+    }
+}
+
+/// A mail as stored in the replicated outbox (config key `outbox.<hash>`): enough
+/// to send it again, with the same Message-ID, from whichever node is master.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueuedMail {
+    pub message_id: String,
+    pub subject: String,
+    pub body: String,
+    pub to: Vec<String>,
+    pub alarms: Vec<String>,
+    pub severity: String,
+    pub queued_ms: Millis,
+}
+
+/// Prefix of the replicated outbox's config keys.
+pub const QUEUE_PREFIX: &str = "outbox.";
+
+/// Config key of a queued mail (Message-IDs hold characters keys may not).
+pub fn queue_key(message_id: &str) -> String {
+    let mut h = StableHasher::new();
+    h.write(message_id.as_bytes());
+    format!("{QUEUE_PREFIX}{}", h.hex())
+}
+
+impl QueuedMail {
+    pub fn of(o: &Outgoing) -> QueuedMail {
+        QueuedMail {
+            message_id: o.mail.message_id.clone(),
+            subject: o.mail.subject.clone(),
+            body: o.mail.body.clone(),
+            to: o.to.clone(),
+            alarms: o.alarms.iter().map(|a| a.as_str().to_string()).collect(),
+            severity: o.severity.label().to_string(),
+            queued_ms: o.queued_ms,
+        }
+    }
+
+    /// Back into an outgoing mail, due `now` (the new master tries it at once).
+    pub fn outgoing(&self, now: Millis) -> Outgoing {
+        let severity = [
+            Severity::Info,
+            Severity::Minor,
+            Severity::Major,
+            Severity::Critical,
+        ]
+        .into_iter()
+        .find(|s| s.label() == self.severity)
+        .unwrap_or(Severity::Major);
+        Outgoing {
+            mail: RenderedMail {
+                message_id: self.message_id.clone(),
+                subject: self.subject.clone(),
+                body: self.body.clone(),
+            },
+            to: self.to.clone(),
+            alarms: self.alarms.iter().filter_map(|a| a.parse().ok()).collect(),
+            severity,
+            queued_ms: self.queued_ms,
+            attempts: 0,
+            next_try_ms: now,
+            last_error: None,
+            covers: vec![self.message_id.clone()],
+            replicated: true,
+        }
     }
 }
 
@@ -224,6 +303,8 @@ mod tests {
             attempts: 0,
             next_try_ms: now,
             last_error: None,
+            covers: vec![format!("<{n}@prod.tandem>")],
+            replicated: true,
         }
     }
 

@@ -13,7 +13,7 @@
 //! cannot reach the master). The outbox is local and in memory: mails queued on a node
 //! that dies are lost (the replicated outbox is still to do, see docs/alarms.md).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,11 +22,11 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tandem_replication::replica::Replica;
 use tandem_replication::store::query;
-use tandem_replication::types::MemberKind;
+use tandem_replication::types::{MemberKind, Request};
 
 use super::catalog::AlarmId;
 use super::mail::{self, MailContext};
-use super::outbox::{Failure, Outbox, Outgoing};
+use super::outbox::{queue_key, Failure, Outbox, Outgoing, QueuedMail, QUEUE_PREFIX};
 use super::recipients::Routing;
 use super::rules::{Engine, Event, Millis, Notification, RulesConfig, Silence};
 use super::smtp::{Mailer, RetryPolicy, SmtpSettings};
@@ -88,7 +88,26 @@ struct State {
     entries: BTreeMap<String, Value>,
     routing: Routing,
     now_ms: Millis,
+    /// Authentication-failure bursts reported by the telephony service: source →
+    /// (failures, when last reported, ms).
+    auth_bursts: BTreeMap<std::net::IpAddr, (u32, Millis)>,
+    /// Mails the master queued, to be written to the replicated outbox.
+    to_replicate: Vec<Outgoing>,
+    /// Replicated outbox keys of mails that went out (or were given up), to delete.
+    to_forget: Vec<String>,
+    /// Message-IDs being sent right now.
+    in_flight: HashSet<String>,
+    /// Message-IDs sent (or given up) recently: not adopted again from the
+    /// replicated outbox while their deletion commits.
+    done: HashMap<String, Millis>,
 }
+
+/// How long a sent Message-ID is remembered (its outbox entry is deleted well
+/// before).
+const DONE_MEMORY_MS: Millis = 600_000;
+
+/// An authentication-failure burst keeps `security.auth_failures` raised this long.
+const AUTH_BURST_HOLD_MS: Millis = 300_000;
 
 /// Shared between the driver, the delivery task and the API.
 pub struct AlarmService {
@@ -117,6 +136,11 @@ impl AlarmService {
                 entries: BTreeMap::new(),
                 routing: Routing::default(),
                 now_ms: 0,
+                auth_bursts: BTreeMap::new(),
+                to_replicate: Vec::new(),
+                to_forget: Vec::new(),
+                in_flight: HashSet::new(),
+                done: HashMap::new(),
             }),
         })
     }
@@ -134,6 +158,15 @@ impl AlarmService {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The telephony service saw `failures` failed authentications from `source` in
+    /// a short time: raises `security.auth_failures` on this node until no burst was
+    /// reported for 5 minutes.
+    pub fn auth_failure_burst(&self, source: std::net::IpAddr, failures: u32) {
+        tracing::warn!(alarm = "security.auth_failures", %source, failures, "repeated authentication failures");
+        let now = wall_ms();
+        self.lock().auth_bursts.insert(source, (failures, now));
     }
 
     /// `GET /api/v1/alarms`: active alarms, outbox and counters of this node.
@@ -230,7 +263,8 @@ impl AlarmService {
                 let alarms: Vec<AlarmId> = d.notification.items.iter().map(|i| i.alarm).collect();
                 tracing::info!(message_id = %m.message_id, alarms = ?alarms.iter().map(|a| a.as_str()).collect::<Vec<_>>(), to = ?d.to, subject = %m.subject, "alarm mail queued");
                 let now = st.now_ms;
-                st.outbox.push(Outgoing {
+                let covers = vec![m.message_id.clone()];
+                let o = Outgoing {
                     mail: m,
                     to: d.to,
                     alarms,
@@ -239,7 +273,16 @@ impl AlarmService {
                     attempts: 0,
                     next_try_ms: now,
                     last_error: None,
-                });
+                    covers,
+                    replicated: is_master,
+                };
+                if is_master {
+                    // Into the replicated outbox first (drive): whichever node is
+                    // master next sends it if this one dies before it went out.
+                    st.to_replicate.push(o);
+                } else {
+                    st.outbox.push(o);
+                }
             }
         }
     }
@@ -358,38 +401,134 @@ impl AlarmService {
             let entries = Self::read_entries(&replica);
             let snap = Self::snapshot(&replica, &roles, &entries);
             let is_master = replica.is_leader();
-            let mut st = self.lock();
-            st.now_ms = now;
-            if entries != st.entries {
-                let parsed = RulesConfig::from_entries(&entries).and_then(|r| {
-                    Ok((
-                        r,
-                        Routing::from_entries(&entries)?,
-                        Silence::from_entries(&entries)?,
-                    ))
-                });
-                match parsed {
-                    Ok((rules, routing, silences)) => {
-                        st.engine.set_config(rules);
-                        st.engine.set_silences(silences);
-                        let cap = max_per_hour(&entries).unwrap_or(MAX_PER_HOUR);
-                        st.outbox.set_max_per_hour(cap);
-                        st.routing = routing;
-                        st.config_error = None;
+            {
+                let mut st = self.lock();
+                st.now_ms = now;
+                if entries != st.entries {
+                    let parsed = RulesConfig::from_entries(&entries).and_then(|r| {
+                        Ok((
+                            r,
+                            Routing::from_entries(&entries)?,
+                            Silence::from_entries(&entries)?,
+                        ))
+                    });
+                    match parsed {
+                        Ok((rules, routing, silences)) => {
+                            st.engine.set_config(rules);
+                            st.engine.set_silences(silences);
+                            let cap = max_per_hour(&entries).unwrap_or(MAX_PER_HOUR);
+                            st.outbox.set_max_per_hour(cap);
+                            st.routing = routing;
+                            st.config_error = None;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "alarm settings not applied; the previous ones stay in force");
+                            st.config_error = Some(e.to_string());
+                        }
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "alarm settings not applied; the previous ones stay in force");
-                        st.config_error = Some(e.to_string());
-                    }
+                    st.entries = entries;
                 }
-                st.entries = entries;
+                let mut snap = snap;
+                st.auth_bursts
+                    .retain(|_, (_, at)| now.saturating_sub(*at) < AUTH_BURST_HOLD_MS);
+                if !st.auth_bursts.is_empty() {
+                    // Sources only (not counts): the detail stays stable while the burst
+                    // goes on, so it is one state change, not a mail per report.
+                    let sources: Vec<String> =
+                        st.auth_bursts.keys().map(|ip| ip.to_string()).collect();
+                    snap.local.insert(
+                        AlarmId::AuthFailures,
+                        format!(
+                            "SIP digest authentication failed repeatedly from {}.",
+                            sources.join(", ")
+                        ),
+                    );
+                }
+                let mut events = observer.observe(&snap, now);
+                events.push(Event::Tick);
+                for ev in events {
+                    tracing::debug!(event = ?ev, "alarm event");
+                    let out = st.engine.handle(ev, now);
+                    self.enqueue(&mut st, out, is_master);
+                }
             }
-            let mut events = observer.observe(&snap, now);
-            events.push(Event::Tick);
-            for ev in events {
-                tracing::debug!(event = ?ev, "alarm event");
-                let out = st.engine.handle(ev, now);
-                self.enqueue(&mut st, out, is_master);
+            self.sync_outbox(&replica, is_master).await;
+        }
+    }
+
+    /// Keep the replicated outbox and this node's outbox in step: write what the
+    /// master queued, delete what went out, and on the master adopt queued mails it
+    /// does not have (queued by a previous master that died before sending them).
+    /// A node that is not master leaves replicated mails to the master.
+    async fn sync_outbox(&self, replica: &Replica, is_master: bool) {
+        const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
+        let (writes, forgets) = {
+            let mut st = self.lock();
+            (
+                std::mem::take(&mut st.to_replicate),
+                std::mem::take(&mut st.to_forget),
+            )
+        };
+        for o in writes {
+            let key = queue_key(&o.mail.message_id);
+            let value = serde_json::to_string(&QueuedMail::of(&o)).expect("mail json");
+            let res = tokio::time::timeout(
+                WRITE_TIMEOUT,
+                replica.write(Request::SetConfig { key, value }),
+            )
+            .await;
+            if !matches!(res, Ok(Ok(_))) {
+                // No quorum: send it from here rather than not at all.
+                tracing::warn!(message_id = %o.mail.message_id, "alarm mail not written to the replicated outbox; sending it from this node's outbox");
+                let mut o = o;
+                o.replicated = false;
+                self.lock().outbox.push(o);
+            }
+        }
+        let mut failed = Vec::new();
+        for key in forgets {
+            let res = tokio::time::timeout(
+                WRITE_TIMEOUT,
+                replica.write(Request::DeleteConfig { key: key.clone() }),
+            )
+            .await;
+            if !matches!(res, Ok(Ok(_))) {
+                failed.push(key);
+            }
+        }
+        let queued = if is_master {
+            query::config_list(&replica.tree(), QUEUE_PREFIX).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let mut st = self.lock();
+        st.to_forget.extend(failed);
+        let now = wall_ms();
+        st.done
+            .retain(|_, at| now.saturating_sub(*at) < DONE_MEMORY_MS);
+        if !is_master {
+            st.outbox.retain(|o| !o.replicated);
+            return;
+        }
+        let mut have: HashSet<String> = st
+            .outbox
+            .iter()
+            .flat_map(|o| o.covers.iter().cloned())
+            .collect();
+        have.extend(st.in_flight.iter().cloned());
+        have.extend(st.done.keys().cloned());
+        for e in queued {
+            match serde_json::from_str::<QueuedMail>(&e.value) {
+                Ok(q) if !have.contains(&q.message_id) => {
+                    tracing::info!(message_id = %q.message_id, subject = %q.subject, "alarm mail taken from the replicated outbox");
+                    have.insert(q.message_id.clone());
+                    st.outbox.push(q.outgoing(now));
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(key = %e.key, error = %err, "dropping a malformed replicated outbox entry");
+                    st.to_forget.push(e.key);
+                }
             }
         }
     }
@@ -406,7 +545,12 @@ impl AlarmService {
                     cluster: &self.cluster,
                     node: &self.node,
                 };
-                (st.outbox.next(now, &ctx), st.entries.clone())
+                let job = st.outbox.next(now, &ctx);
+                if let Some(j) = &job {
+                    let covers = j.covers.clone();
+                    st.in_flight.extend(covers);
+                }
+                (job, st.entries.clone())
             };
             let Some(job) = job else {
                 continue;
@@ -421,8 +565,20 @@ impl AlarmService {
             let now = wall_ms();
             let is_master = replica.is_leader();
             let mut st = self.lock();
+            for mid in &job.covers {
+                st.in_flight.remove(mid);
+            }
+            let finished = |st: &mut State, job: &Outgoing| {
+                for mid in &job.covers {
+                    st.done.insert(mid.clone(), now);
+                    if job.replicated {
+                        st.to_forget.push(queue_key(mid));
+                    }
+                }
+            };
             let smtp_event = match result {
                 Ok(sent) => {
+                    finished(&mut st, &job);
                     tracing::info!(message_id = %sent.message_id, server = %sent.server, "alarm mail sent");
                     st.sent += 1;
                     st.outbox.sent(now);
@@ -440,6 +596,7 @@ impl AlarmService {
                             tracing::warn!(error = %e, message_id = %job_copy.mail.message_id, attempts = job_copy.attempts + 1, retry_in_s = delay.as_secs(), "alarm mail not delivered; will retry");
                         }
                         Failure::GaveUp => {
+                            finished(&mut st, &job_copy);
                             tracing::error!(error = %e, message_id = %job_copy.mail.message_id, attempts = job_copy.attempts + 1, "alarm mail given up");
                             st.failed += 1;
                             push_history(
