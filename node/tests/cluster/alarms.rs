@@ -612,3 +612,69 @@ async fn queued_mails_survive_the_masters_death_and_go_out_once() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+/// A node that goes down and up again and again is reported as flapping once, not
+/// with a mail per change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_node_gives_one_flapping_mail_not_dozens() {
+    let root = tempfile::tempdir().unwrap();
+    let Some(smtp) = SmtpServer::start(root.path(), None).await else {
+        return;
+    };
+    let mut cluster = three_nodes("").await;
+    let m = cluster.master().await.expect("master");
+    let c = cluster.nodes[m].client().unwrap();
+    set(&c, "smtp.host", json!("127.0.0.1")).await;
+    set(&c, "smtp.port", json!(smtp.port)).await;
+    set(&c, "smtp.security", json!("none")).await;
+    set(&c, "alarm.group_window_s", json!(0)).await;
+    set(&c, "alarm.flap_flips", json!(4)).await;
+    set(&c, "alarm.recipients.noc", json!(["noc@example.com"])).await;
+    set(&c, "alarm.route.default", json!(["noc"])).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let victim = (m + 1) % 3;
+    let name = format!("node-{}", cluster.nodes[victim].id);
+    let down = |v: &Value| {
+        v["active"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|a| a["id"] == "cluster.node_down" && a["subject"] == name.as_str())
+    };
+    // Six down/up cycles (12 state changes).
+    for cycle in 0..6 {
+        cluster.nodes[victim].kill();
+        let t0 = Instant::now();
+        while !down(&c.get("/api/v1/alarms").await.unwrap()) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(15),
+                "cycle {cycle}: node down not seen"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        cluster.start(victim).unwrap();
+        let t0 = Instant::now();
+        while down(&c.get("/api/v1/alarms").await.unwrap()) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "cycle {cycle}: node back not seen"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let subjects: Vec<String> = smtp
+        .mails()
+        .iter()
+        .filter_map(|m| header(m, "Subject"))
+        .collect();
+    eprintln!("{subjects:#?}");
+    let flapping = subjects.iter().filter(|s| s.contains("flapping")).count();
+    assert_eq!(flapping, 1, "{subjects:#?}");
+    // down, back, down (4th change: flapping) — then silence for the rest.
+    assert!(
+        subjects.len() <= 4,
+        "{} mails for 12 changes: {subjects:#?}",
+        subjects.len()
+    );
+}
