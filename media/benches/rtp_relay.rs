@@ -1,6 +1,6 @@
 //! Load benchmark of the RTP relay: N concurrent recorded G.711 calls on 127.0.0.1.
 //!
-//! Run: `cargo bench -p tandem-media --bench rtp_relay [-- --steps 100,500,1000 --secs 10 --no-record]`
+//! Run: `cargo bench -p tandem-media --bench rtp_relay [-- --steps 100,500,1000 --secs 10 --no-record --dir PATH]`
 //!
 //! Every call is a real [`MediaSession`]: two port pairs, symmetric-RTP latching,
 //! recording to a WAV file (in a temporary directory, deleted after each step). The
@@ -107,6 +107,7 @@ fn main() {
     let mut steps = vec![100usize, 250, 500, 1000, 1500, 2000];
     let mut secs = 10u64;
     let mut record = true;
+    let mut rec_dir: Option<std::path::PathBuf> = None;
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
     while i < args.len() {
@@ -119,6 +120,10 @@ fn main() {
                 i += 1;
             }
             "--no-record" => record = false,
+            "--dir" if i + 1 < args.len() => {
+                rec_dir = Some(std::path::PathBuf::from(&args[i + 1]));
+                i += 1;
+            }
             "--secs" if i + 1 < args.len() => {
                 secs = args[i + 1].parse().unwrap_or(10);
                 i += 1;
@@ -132,7 +137,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let dir = tempfile::tempdir().expect("temp dir");
+    // Recordings go to a temporary directory (inside --dir if given, e.g. another disk).
+    let dir = match &rec_dir {
+        Some(d) => tempfile::tempdir_in(d).expect("temp dir in --dir"),
+        None => tempfile::tempdir().expect("temp dir"),
+    };
     let relay = rt
         .block_on(Relay::start(RelayConfig {
             bind_ip: "127.0.0.1".parse().unwrap(),

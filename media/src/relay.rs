@@ -24,7 +24,8 @@
 //!   session's [`Recorder`] (pure placement logic, see `wav.rs`); every 250 ms (at the
 //!   session's own packet times, so calls do not all drain at once) the final frames are
 //!   handed as one chunk to a single recorder thread that owns the files and
-//!   writes them through 64 KiB buffers, so no file system call is on the packet path.
+//!   writes them through 64 KiB buffers, so no file system call is on the packet path;
+//!   that thread wakes at most ~50 times a second under load.
 //!   On finish the header sizes are fixed, the file is fsynced (and its directory), and
 //!   its SHA-256, size and duration computed.
 //! * Control (set remote, codec, start recording, finish) reaches the owning worker as a
@@ -849,7 +850,10 @@ impl Worker {
             Cmd::StartRecording(key, start) => {
                 if let Some(s) = self.sessions.get_mut(&key) {
                     s.recording = Some(Recorder::new(start));
-                    s.next_drain = start + DRAIN_EVERY;
+                    // Spread the sessions' drain instants over the whole period: calls
+                    // answered together must not all hand over their audio together.
+                    let spread_us = key.wrapping_mul(7919) % DRAIN_EVERY.as_micros() as u64;
+                    s.next_drain = start + DRAIN_EVERY + Duration::from_micros(spread_us);
                 }
             }
             Cmd::Remove(key, reply) => self.remove(key, reply),
@@ -1167,58 +1171,77 @@ struct OpenFile {
     error: Option<std::io::Error>,
 }
 
+/// The recorder thread: owns the open recording files. It blocks for the first
+/// message, then takes everything queued and sleeps a little before waiting again, so
+/// that under load it wakes some 50 times a second rather than once per chunk (each
+/// wake-up would take a core away from the relay workers for a moment).
 fn run_writer(rx: mpsc::Receiver<WriterMsg>) {
     let mut files: HashMap<u64, OpenFile> = HashMap::new();
-    while let Ok(msg) = rx.recv() {
-        match msg {
-            WriterMsg::Open {
-                key,
-                id,
-                path,
-                file,
-            } => {
-                files.insert(
-                    key,
-                    OpenFile {
-                        id,
-                        path,
-                        out: BufWriter::with_capacity(64 * 1024, file),
-                        data_len: 0,
-                        error: None,
-                    },
-                );
+    while let Ok(first) = rx.recv() {
+        handle_writer_msg(&mut files, first);
+        loop {
+            match rx.try_recv() {
+                Ok(msg) => handle_writer_msg(&mut files, msg),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => return,
             }
-            WriterMsg::Data { key, bytes } => {
-                if let Some(f) = files.get_mut(&key) {
-                    if f.error.is_none() {
-                        match f.out.write_all(&bytes) {
-                            Ok(()) => f.data_len += bytes.len() as u64,
-                            Err(e) => {
-                                tracing::error!(path = %f.path.display(), error = %e, "recording write failed");
-                                f.error = Some(e);
-                            }
+        }
+        std::thread::sleep(WRITER_PAUSE);
+    }
+}
+
+/// How long the recorder thread pauses after emptying its queue.
+const WRITER_PAUSE: Duration = Duration::from_millis(20);
+
+fn handle_writer_msg(files: &mut HashMap<u64, OpenFile>, msg: WriterMsg) {
+    match msg {
+        WriterMsg::Open {
+            key,
+            id,
+            path,
+            file,
+        } => {
+            files.insert(
+                key,
+                OpenFile {
+                    id,
+                    path,
+                    out: BufWriter::with_capacity(64 * 1024, file),
+                    data_len: 0,
+                    error: None,
+                },
+            );
+        }
+        WriterMsg::Data { key, bytes } => {
+            if let Some(f) = files.get_mut(&key) {
+                if f.error.is_none() {
+                    match f.out.write_all(&bytes) {
+                        Ok(()) => f.data_len += bytes.len() as u64,
+                        Err(e) => {
+                            tracing::error!(path = %f.path.display(), error = %e, "recording write failed");
+                            f.error = Some(e);
                         }
                     }
                 }
             }
-            WriterMsg::Close { key, codec, reply } => {
-                let Some(f) = files.remove(&key) else {
-                    if let Some(r) = reply {
-                        let _ = r.send(None);
-                    }
-                    continue;
-                };
-                let result = close_file(f, codec);
-                match reply {
-                    Some(r) => {
-                        let _ = r.send(Some(result));
-                    }
-                    None => {
-                        // Session dropped without finish: fix the header, no fsync.
-                        if let Ok(w) = result {
-                            if let Err(e) = finalize(w, false) {
-                                tracing::error!(error = %e, "closing abandoned recording failed");
-                            }
+        }
+        WriterMsg::Close { key, codec, reply } => {
+            let Some(f) = files.remove(&key) else {
+                if let Some(r) = reply {
+                    let _ = r.send(None);
+                }
+                return;
+            };
+            let result = close_file(f, codec);
+            match reply {
+                Some(r) => {
+                    let _ = r.send(Some(result));
+                }
+                None => {
+                    // Session dropped without finish: fix the header, no fsync.
+                    if let Ok(w) = result {
+                        if let Err(e) = finalize(w, false) {
+                            tracing::error!(error = %e, "closing abandoned recording failed");
                         }
                     }
                 }
