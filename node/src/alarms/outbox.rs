@@ -68,6 +68,11 @@ impl Outbox {
         self.max_per_hour = n.max(1);
     }
 
+    /// Retry delays for mails that fail from now on.
+    pub fn set_policy(&mut self, policy: RetryPolicy) {
+        self.policy = policy;
+    }
+
     pub fn push(&mut self, o: Outgoing) {
         self.queue.push_back(o);
     }

@@ -418,6 +418,7 @@ impl AlarmService {
                             st.engine.set_silences(silences);
                             let cap = max_per_hour(&entries).unwrap_or(MAX_PER_HOUR);
                             st.outbox.set_max_per_hour(cap);
+                            st.outbox.set_policy(retry_policy(&entries));
                             st.routing = routing;
                             st.config_error = None;
                         }
@@ -620,6 +621,27 @@ impl AlarmService {
             self.enqueue(&mut st, out, is_master);
         }
     }
+}
+
+/// `alarm.retry_first_s` / `alarm.retry_max_s` over the defaults (30 s doubling up
+/// to 30 min). A mail is given up after 24 h.
+fn retry_policy(entries: &BTreeMap<String, Value>) -> RetryPolicy {
+    let mut p = RetryPolicy::default();
+    let secs = |k: &str| {
+        entries
+            .get(k)
+            .and_then(Value::as_u64)
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs)
+    };
+    if let Some(d) = secs("alarm.retry_first_s") {
+        p.first = d;
+    }
+    if let Some(d) = secs("alarm.retry_max_s") {
+        p.max = d;
+    }
+    p.max = p.max.max(p.first);
+    p
 }
 
 /// `alarm.max_mails_per_hour`, if set to a number.

@@ -678,3 +678,84 @@ async fn a_flapping_node_gives_one_flapping_mail_not_dozens() {
         subjects.len()
     );
 }
+
+/// The SMTP server is down for two minutes while alarms fire; when it is back,
+/// every mail queued meanwhile is delivered, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_down_two_minutes_then_every_mail_arrives_once() {
+    let root = tempfile::tempdir().unwrap();
+    if SmtpServer::start(root.path(), None).await.is_none() {
+        return;
+    }
+    let port = closed_port();
+    let mut cluster = three_nodes("").await;
+    let m = cluster.master().await.expect("master");
+    let c = cluster.nodes[m].client().unwrap();
+    set(&c, "smtp.host", json!("127.0.0.1")).await;
+    set(&c, "smtp.port", json!(port)).await;
+    set(&c, "smtp.security", json!("none")).await;
+    set(&c, "alarm.group_window_s", json!(0)).await;
+    set(&c, "alarm.retry_first_s", json!(5)).await;
+    set(&c, "alarm.retry_max_s", json!(10)).await;
+    set(&c, "alarm.recipients.noc", json!(["noc@example.com"])).await;
+    set(&c, "alarm.route.default", json!(["noc"])).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Every Message-ID that passes through the replicated outbox while SMTP is down.
+    let mut queued: HashSet<String> = HashSet::new();
+    let (a, b) = ((m + 1) % 3, (m + 2) % 3);
+    let t0 = Instant::now();
+    let mut step = 0;
+    while t0.elapsed() < Duration::from_secs(120) {
+        let s = t0.elapsed().as_secs();
+        let due = [5, 35, 65, 95];
+        if step < due.len() && s >= due[step] {
+            match step {
+                0 => cluster.nodes[a].kill(),
+                1 => cluster.start(a).unwrap(),
+                2 => cluster.nodes[b].kill(),
+                _ => cluster.start(b).unwrap(),
+            }
+            step += 1;
+        }
+        if let Ok(v) = c.get("/api/v1/config?prefix=outbox.").await {
+            for e in v["config"].as_array().into_iter().flatten() {
+                if let Some(id) = e["value"]["message_id"].as_str() {
+                    queued.insert(id.to_string());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(queued.len() >= 4, "too few mails queued: {queued:?}");
+    let smtp = SmtpServer::start_on(root.path(), None, Some(port))
+        .await
+        .unwrap();
+    let t1 = Instant::now();
+    loop {
+        let got: HashSet<String> = smtp
+            .mails()
+            .iter()
+            .filter_map(|m| header(m, "Message-ID"))
+            .collect();
+        if queued.is_subset(&got) {
+            break;
+        }
+        assert!(
+            t1.elapsed() < Duration::from_secs(40),
+            "not delivered: {:?}",
+            queued.difference(&got).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    eprintln!(
+        "{} queued mails delivered {:?} after SMTP came back",
+        queued.len(),
+        t1.elapsed()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut count: std::collections::HashMap<String, usize> = Default::default();
+    for m in smtp.mails() {
+        *count.entry(header(&m, "Message-ID").unwrap()).or_default() += 1;
+    }
+    assert!(count.values().all(|n| *n == 1), "duplicates: {count:?}");
+}
