@@ -113,6 +113,8 @@ const AUTH_BURST_HOLD_MS: Millis = 300_000;
 pub struct AlarmService {
     cluster: String,
     node: String,
+    /// This node's TLS directory (node certificate expiry).
+    tls_dir: std::path::PathBuf,
     state: Mutex<State>,
 }
 
@@ -126,6 +128,7 @@ impl AlarmService {
         Arc::new(AlarmService {
             cluster: cfg.cluster.name.clone(),
             node: cfg.node_name(),
+            tls_dir: cfg.tls_dir(),
             state: Mutex::new(State {
                 engine: Engine::new(RulesConfig::default()),
                 outbox: Outbox::new(MAX_PER_HOUR, RetryPolicy::default()),
@@ -393,6 +396,11 @@ impl AlarmService {
 
     async fn drive(self: Arc<Self>, replica: Arc<Replica>, roles: Arc<RoleState>) {
         let mut observer = Observer::new(QUORUM_GRACE_MS);
+        // (when checked, condition) of the node certificate.
+        let mut cert_checked: (Millis, Option<String>) = (0, None);
+        // Day of the last heartbeat; none at start, so a node that becomes master
+        // after the hour sends today's.
+        let mut last_heartbeat: Option<u64> = None;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
@@ -445,7 +453,35 @@ impl AlarmService {
                         ),
                     );
                 }
+                // The node certificate (checked every 10 s: a file read and a parse).
+                if now.saturating_sub(cert_checked.0) >= 10_000 {
+                    cert_checked = (now, self.cert_condition(&st.entries, now));
+                }
+                if let Some(detail) = &cert_checked.1 {
+                    snap.local.insert(AlarmId::CertExpiring, detail.clone());
+                }
                 let mut events = observer.observe(&snap, now);
+                // The daily "still alive" mail (off unless alarm.heartbeat = true).
+                if is_master && st.entries.get("alarm.heartbeat") == Some(&Value::Bool(true)) {
+                    let hour = st
+                        .entries
+                        .get("alarm.heartbeat_hour")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(8);
+                    if let Some(day) = super::sources::heartbeat_due(now, hour, last_heartbeat) {
+                        last_heartbeat = Some(day);
+                        events.push(Event::Raise {
+                            alarm: AlarmId::Heartbeat,
+                            subject: self.node.clone(),
+                            detail: format!(
+                                "Master {}, {} members, term {}.",
+                                self.node,
+                                replica.members().len(),
+                                replica.metrics().current_term
+                            ),
+                        });
+                    }
+                }
                 events.push(Event::Tick);
                 for ev in events {
                     tracing::debug!(event = ?ev, "alarm event");
@@ -455,6 +491,32 @@ impl AlarmService {
             }
             self.sync_outbox(&replica, is_master).await;
         }
+    }
+
+    /// `security.cert_expiring` detail if this node's certificate expires within
+    /// `alarm.cert_warn_days` (default 30).
+    fn cert_condition(&self, entries: &BTreeMap<String, Value>, now: Millis) -> Option<String> {
+        let warn = entries
+            .get("alarm.cert_warn_days")
+            .and_then(Value::as_i64)
+            .unwrap_or(30);
+        let id = tandem_replication::tls::NodeIdentity::load(&self.tls_dir).ok()?;
+        let not_after = id.not_after_unix().ok()?;
+        let left = super::sources::days_left(not_after, now);
+        (left < warn).then(|| {
+            let when = chrono::DateTime::from_timestamp(not_after, 0)
+                .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+                .unwrap_or_default();
+            let path = self.tls_dir.join("node.pem");
+            if left < 0 {
+                format!("The node certificate {} expired on {when}.", path.display())
+            } else {
+                format!(
+                    "The node certificate {} expires on {when} (in {left} days).",
+                    path.display()
+                )
+            }
+        })
     }
 
     /// Keep the replicated outbox and this node's outbox in step: write what the

@@ -27,6 +27,23 @@ pub struct Snapshot {
     pub local: BTreeMap<AlarmId, String>,
 }
 
+/// Milliseconds in a day.
+const DAY_MS: u64 = 86_400_000;
+
+/// The daily heartbeat is due at `hour` (UTC) of each day: returns the day number
+/// (days since the epoch) when `now_ms` is at or past that hour and `last_day` is an
+/// earlier day.
+pub fn heartbeat_due(now_ms: u64, hour: u64, last_day: Option<u64>) -> Option<u64> {
+    let day = now_ms / DAY_MS;
+    let ms_in_day = now_ms % DAY_MS;
+    (ms_in_day >= hour.min(23) * 3_600_000 && last_day.is_none_or(|d| d < day)).then_some(day)
+}
+
+/// Days until a certificate expiring at `not_after_unix` (negative: expired).
+pub fn days_left(not_after_unix: i64, now_ms: u64) -> i64 {
+    (not_after_unix * 1000 - now_ms as i64).div_euclid(DAY_MS as i64)
+}
+
 /// Diffs snapshots into events.
 #[derive(Debug)]
 pub struct Observer {
@@ -291,5 +308,31 @@ mod tests {
                 subject: "node-a".into()
             }]
         );
+    }
+
+    #[test]
+    fn heartbeat_once_a_day_at_the_hour() {
+        let day = 20_000u64; // some day
+        let at = |h: u64, m: u64| day * DAY_MS + h * 3_600_000 + m * 60_000;
+        assert_eq!(heartbeat_due(at(7, 59), 8, None), None);
+        assert_eq!(heartbeat_due(at(8, 0), 8, None), Some(day));
+        assert_eq!(
+            heartbeat_due(at(15, 0), 8, Some(day)),
+            None,
+            "already sent today"
+        );
+        assert_eq!(
+            heartbeat_due(at(8, 0) + DAY_MS, 8, Some(day)),
+            Some(day + 1)
+        );
+    }
+
+    #[test]
+    fn certificate_days_left() {
+        let now_ms = 1_800_000_000_000u64;
+        let now_s = (now_ms / 1000) as i64;
+        assert_eq!(days_left(now_s + 30 * 86_400 + 10, now_ms), 30);
+        assert_eq!(days_left(now_s + 10, now_ms), 0);
+        assert_eq!(days_left(now_s - 10, now_ms), -1);
     }
 }

@@ -759,3 +759,63 @@ async fn smtp_down_two_minutes_then_every_mail_arrives_once() {
     }
     assert!(count.values().all(|n| *n == 1), "duplicates: {count:?}");
 }
+
+/// A node certificate inside the warning period raises `security.cert_expiring`;
+/// the daily heartbeat goes out when enabled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_expiry_and_the_daily_heartbeat_are_mailed() {
+    let root = tempfile::tempdir().unwrap();
+    let Some(smtp) = SmtpServer::start(root.path(), None).await else {
+        return;
+    };
+    let cluster = one_node().await;
+    let c = cluster.nodes[0].client().unwrap();
+    set(&c, "smtp.host", json!("127.0.0.1")).await;
+    set(&c, "smtp.port", json!(smtp.port)).await;
+    set(&c, "smtp.security", json!("none")).await;
+    set(&c, "alarm.group_window_s", json!(0)).await;
+    set(&c, "alarm.recipients.noc", json!(["noc@example.com"])).await;
+    set(&c, "alarm.route.default", json!(["noc"])).await;
+    // Node certificates are valid for years: warn 100 years ahead to see the alarm.
+    set(&c, "alarm.cert_warn_days", json!(36_500)).await;
+    set(&c, "alarm.heartbeat", json!(true)).await;
+    set(&c, "alarm.heartbeat_hour", json!(0)).await;
+    let t0 = Instant::now();
+    let (mut cert, mut heartbeat) = (None, None);
+    while (cert.is_none() || heartbeat.is_none()) && t0.elapsed() < Duration::from_secs(30) {
+        for m in smtp.mails() {
+            let s = header(&m, "Subject").unwrap_or_default();
+            if s.contains("Certificate about to expire") {
+                cert = Some(m.clone());
+            }
+            if s.contains("Still alive") {
+                heartbeat = Some(m.clone());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let cert = cert.expect("no certificate mail");
+    assert!(
+        cert.contains("node.pem") && cert.contains("expires on"),
+        "{cert}"
+    );
+    assert!(heartbeat.is_some(), "no heartbeat mail");
+    // Back to the default: the alarm clears.
+    set(&c, "alarm.cert_warn_days", json!(30)).await;
+    let t0 = Instant::now();
+    loop {
+        let subjects: Vec<String> = smtp
+            .mails()
+            .iter()
+            .filter_map(|m| header(m, "Subject"))
+            .collect();
+        if subjects.iter().any(|s| s.contains("Certificate renewed")) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "not cleared: {subjects:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
