@@ -332,3 +332,40 @@ async fn port_exhaustion_and_reuse() {
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// A session dropped without `finish` (error path in the signalling) still releases its
+/// ports and leaves a valid WAV (header sizes fixed) for what was recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_session_closes_its_recording() {
+    let (relay, dir) = relay(32400, 32419).await;
+    let s = relay.allocate("call-dropped").unwrap();
+    let a = phone();
+    let b = phone();
+    s.set_remote_b(b.local_addr().unwrap());
+    s.start_recording("rec-dropped").unwrap();
+    for k in 0..10u16 {
+        let p = rtp(
+            0,
+            k,
+            k as u32 * 160,
+            9,
+            &tone(1000.0, k as usize * 160, 160, false),
+        );
+        a.send_to(&p, s.local_a()).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(s);
+    let path = dir.path().join("rec").join("rec-dropped.wav");
+    eventually(|| {
+        let Ok(bytes) = std::fs::read(&path) else {
+            return false;
+        };
+        bytes.len() > 44
+            && u32::from_le_bytes(bytes[40..44].try_into().unwrap()) as usize == bytes.len() - 44
+    })
+    .await;
+    eventually(|| relay.stats().active_sessions == 0).await;
+    let bytes = std::fs::read(&path).unwrap();
+    let [ch1, _] = split_channels(&bytes[44..]);
+    assert_eq!(dominant(&ch1), 1000.0);
+}
