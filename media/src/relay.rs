@@ -35,6 +35,26 @@
 //! * Ports: pairs (even RTP, odd RTCP) from `[port_low, port_high]`, handed out in FIFO
 //!   order (a freed pair goes to the back, so a late packet of an ended call rarely hits
 //!   a new one); a pair that cannot be bound (used by another program) is skipped.
+//!
+//! Use by the B2BUA, per call:
+//!
+//! ```no_run
+//! # async fn call(relay: tandem_media::relay::Relay) -> Result<(), tandem_media::error::MediaError> {
+//! use tandem_media::relay::Codec;
+//! let media = relay.allocate("call-id@host")?; // at INVITE
+//! let sdp_to_callee = media.local_b(); // offer to the callee names VIP:port of leg B
+//! media.set_remote_a("192.0.2.10:4000".parse().unwrap()); // from the caller's offer
+//! media.set_remote_b("192.0.2.20:4002".parse().unwrap()); // from the callee's answer
+//! media.set_codec(Codec::Pcmu, 0);
+//! let sdp_to_caller = media.local_a(); // answer to the caller names VIP:port of leg A
+//! media.start_recording("0193e0b2-recording-id")?; // at 200 OK
+//! // ... BYE ...
+//! if let Some(file) = media.finish().await? {
+//!     // commit file.sha256, file.size, file.duration_ms, file.codec with the CDR
+//! }
+//! # let _ = (sdp_to_callee, sdp_to_caller);
+//! # Ok(()) }
+//! ```
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
