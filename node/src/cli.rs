@@ -138,6 +138,11 @@ pub enum Command {
         #[command(subcommand)]
         action: CdrCmd,
     },
+    /// Telephony: SIP users (extensions) and the service's status. See docs/telephony.md.
+    Sip {
+        #[command(subcommand)]
+        action: SipCmd,
+    },
     /// Call recordings: list, download, verify, upload. See docs/recordings.md.
     Recording {
         #[command(subcommand)]
@@ -170,6 +175,47 @@ pub enum AlarmCmd {
         /// Recipient (default: every address of every alarm.recipients.* list).
         #[arg(long, value_name = "ADDR")]
         to: Option<String>,
+    },
+    /// Set a recipient list (`alarm.recipients.<list>`); no address removes it.
+    Recipients {
+        #[command(flatten)]
+        common: Common,
+        /// List name, e.g. noc.
+        list: String,
+        /// Mail addresses.
+        addrs: Vec<String>,
+    },
+    /// Send a family (cluster, replication, storage, media, security, mail), one alarm
+    /// id, or `default` to recipient lists (`alarm.route.<target>`); no list removes it.
+    Route {
+        #[command(flatten)]
+        common: Common,
+        target: String,
+        lists: Vec<String>,
+    },
+    /// Mute alarms for a while (`alarm.silence.<name>`): by alarm id, subject or both.
+    Silence {
+        #[command(flatten)]
+        common: Common,
+        /// Name of the silence (to end it early with `tandem alarm unsilence`).
+        name: String,
+        /// Alarm id to mute, e.g. storage.disk_space_low.
+        #[arg(long)]
+        alarm: Option<String>,
+        /// Subject to mute, e.g. node-b.
+        #[arg(long)]
+        subject: Option<String>,
+        /// How long: e.g. 30m, 2h, 1d.
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// End a silence early.
+    Unsilence {
+        #[command(flatten)]
+        common: Common,
+        name: String,
     },
 }
 
@@ -244,6 +290,48 @@ pub enum CdrCmd {
         /// Output file (default: stdout).
         #[arg(long, short)]
         out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SipCmd {
+    /// SIP users: the extensions phones register as.
+    User {
+        #[command(subcommand)]
+        action: SipUserCmd,
+    },
+    /// Registrations (replicated) and, on the master, calls in progress and counters.
+    Status {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SipUserCmd {
+    /// Add a user, or change its password / name.
+    Add {
+        #[command(flatten)]
+        common: Common,
+        /// Extension: the SIP user name and number (e.g. 201).
+        extension: String,
+        /// Digest password (at least 8 characters). Or set TANDEM_SIP_PASSWORD.
+        #[arg(long, env = "TANDEM_SIP_PASSWORD", hide_env_values = true)]
+        password: String,
+        /// Display name shown to the called party.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Remove a user and its registrations.
+    Remove {
+        #[command(flatten)]
+        common: Common,
+        extension: String,
+    },
+    /// List the users (passwords are never shown).
+    List {
+        #[command(flatten)]
+        common: Common,
     },
 }
 
@@ -671,7 +759,10 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
         },
-        Command::Alarm { action } => match action {
+        Command::Alarm {
+            action:
+                action @ (AlarmCmd::List { .. } | AlarmCmd::History { .. } | AlarmCmd::Test { .. }),
+        } => match action {
             AlarmCmd::List { common } => {
                 let (_, c) = connect(&common)?;
                 let v = c.get("/api/v1/alarms").await?;
@@ -741,8 +832,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 });
                 Ok(())
             }
+            _ => unreachable!("matched above"),
         },
+        Command::Alarm { action } => alarm_settings(action).await,
         Command::Recording { action } => recording_command(action).await,
+        Command::Sip { action } => sip_command(action).await,
         Command::Cdr { action } => match action {
             CdrCmd::Add { common, file } => {
                 let (_, c) = connect(&common)?;
@@ -968,4 +1062,240 @@ async fn recording_command(action: RecordingCmd) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn sip_command(action: SipCmd) -> anyhow::Result<()> {
+    match action {
+        SipCmd::User {
+            action:
+                SipUserCmd::Add {
+                    common,
+                    extension,
+                    password,
+                    name,
+                },
+        } => {
+            let (_, c) = connect(&common)?;
+            let (status, v) = c
+                .send_json(
+                    reqwest::Method::PUT,
+                    &format!("/api/v1/sip/users/{extension}"),
+                    &json!({"password": password, "display_name": name}),
+                )
+                .await?;
+            print(&common, &v, |_| {
+                format!(
+                    "SIP user {extension} {}",
+                    if status == 201 { "added" } else { "updated" }
+                )
+            });
+            Ok(())
+        }
+        SipCmd::User {
+            action: SipUserCmd::Remove { common, extension },
+        } => {
+            let (_, c) = connect(&common)?;
+            let (_, v) = c
+                .send_json(
+                    reqwest::Method::DELETE,
+                    &format!("/api/v1/sip/users/{extension}"),
+                    &json!(null),
+                )
+                .await?;
+            print(&common, &v, |_| format!("SIP user {extension} removed"));
+            Ok(())
+        }
+        SipCmd::User {
+            action: SipUserCmd::List { common },
+        } => {
+            let (_, c) = connect(&common)?;
+            let v = c.get("/api/v1/sip/users").await?;
+            print(&common, &v, |v| {
+                let users = v["users"].as_array().cloned().unwrap_or_default();
+                if users.is_empty() {
+                    return "no SIP users (add one with `tandem sip user add 201 --password ...`)"
+                        .to_string();
+                }
+                users
+                    .iter()
+                    .map(|u| {
+                        format!(
+                            "{:<10} {}",
+                            u["extension"].as_str().unwrap_or(""),
+                            u["display_name"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+            Ok(())
+        }
+        SipCmd::Status { common } => {
+            let (_, c) = connect(&common)?;
+            let v = c.get("/api/v1/sip/status").await?;
+            print(&common, &v, sip_status_text);
+            Ok(())
+        }
+    }
+}
+
+/// Text of `tandem sip status`.
+fn sip_status_text(v: &Value) -> String {
+    let mut s = String::new();
+    let regs = v["registrations"].as_array().cloned().unwrap_or_default();
+    s.push_str(&format!("registrations: {}\n", regs.len()));
+    for r in &regs {
+        s.push_str(&format!(
+            "  {:<10} {:<40} from {:<22} expires in {} s\n",
+            r["extension"].as_str().unwrap_or(""),
+            r["contact"].as_str().unwrap_or(""),
+            r["source"].as_str().unwrap_or(""),
+            r["expires_in_s"]
+        ));
+    }
+    match v["service"].as_object() {
+        None => s.push_str("telephony service: not running on this node\n"),
+        Some(svc) => {
+            s.push_str(&format!(
+                "telephony service: {}\n",
+                if svc["active"].as_bool() == Some(true) {
+                    "active (master)"
+                } else {
+                    "standing by"
+                }
+            ));
+            let calls = svc["calls"].as_array().cloned().unwrap_or_default();
+            s.push_str(&format!("calls in progress: {}\n", calls.len()));
+            for c in &calls {
+                s.push_str(&format!(
+                    "  {} -> {}  {}  since {}\n",
+                    c["caller"].as_str().unwrap_or(""),
+                    c["callee"].as_str().unwrap_or(""),
+                    c["state"].as_str().unwrap_or(""),
+                    c["since"].as_str().unwrap_or("")
+                ));
+            }
+            if let Some(k) = svc.get("counters") {
+                s.push_str(&format!("counters: {k}\n"));
+            }
+        }
+    }
+    s.trim_end().to_string()
+}
+
+/// Parse "30m", "2h", "1d", "90s" into seconds.
+fn parse_duration(s: &str) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| {
+        anyhow::anyhow!("--for {s:?}: write a number and a unit, like 30m, 2h or 1d")
+    })?;
+    let mult = match unit {
+        "s" => 1,
+        "m" | "" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => anyhow::bail!("--for {s:?}: unknown unit {other:?} (use s, m, h or d)"),
+    };
+    Ok(n * mult)
+}
+
+/// `tandem alarm recipients|route|silence|unsilence`: write one `alarm.*` key after
+/// checking the whole alarm configuration with it, so a mistake (unknown list, bad
+/// address, unknown alarm id) is refused here, naming the key.
+async fn alarm_settings(action: AlarmCmd) -> anyhow::Result<()> {
+    let (common, key, value, done) = match action {
+        AlarmCmd::Recipients {
+            common,
+            list,
+            addrs,
+        } => {
+            let key = format!("alarm.recipients.{list}");
+            let done = if addrs.is_empty() {
+                format!("recipient list {list} removed")
+            } else {
+                format!("recipient list {list}: {}", addrs.join(", "))
+            };
+            let v = (!addrs.is_empty()).then(|| json!(addrs));
+            (common, key, v, done)
+        }
+        AlarmCmd::Route {
+            common,
+            target,
+            lists,
+        } => {
+            let key = format!("alarm.route.{target}");
+            let done = if lists.is_empty() {
+                format!("route for {target} removed")
+            } else {
+                format!("{target} goes to {}", lists.join(", "))
+            };
+            let v = (!lists.is_empty()).then(|| json!(lists));
+            (common, key, v, done)
+        }
+        AlarmCmd::Silence {
+            common,
+            name,
+            alarm,
+            subject,
+            duration,
+            comment,
+        } => {
+            if alarm.is_none() && subject.is_none() {
+                anyhow::bail!("give --alarm ID, --subject NAME or both: a silence without either would mute everything (use `tandem config set alarm.maintenance true` for that)");
+            }
+            let secs = parse_duration(&duration)?;
+            let until = chrono::Utc::now() + chrono::Duration::seconds(secs as i64);
+            let until = until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let key = format!("alarm.silence.{name}");
+            let done = format!("silence {name} until {until}");
+            let v = json!({"alarm": alarm, "subject": subject, "until": until, "comment": comment});
+            (common, key, Some(v), done)
+        }
+        AlarmCmd::Unsilence { common, name } => {
+            let key = format!("alarm.silence.{name}");
+            (common, key, None, format!("silence {name} ended"))
+        }
+        _ => unreachable!("handled in run"),
+    };
+    let (_, c) = connect(&common)?;
+    // The whole alarm configuration as it would be after the change.
+    let current = c.get("/api/v1/config?prefix=alarm.").await?;
+    let mut entries: std::collections::BTreeMap<String, Value> = current["config"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some((e["key"].as_str()?.to_string(), e["value"].clone())))
+        .collect();
+    match &value {
+        Some(v) => {
+            entries.insert(key.clone(), v.clone());
+        }
+        None => {
+            if entries.remove(&key).is_none() {
+                anyhow::bail!("{key} is not set");
+            }
+        }
+    }
+    crate::alarms::rules::RulesConfig::from_entries(&entries)?;
+    crate::alarms::recipients::Routing::from_entries(&entries)?;
+    crate::alarms::rules::Silence::from_entries(&entries)?;
+    let v = match &value {
+        Some(v) => {
+            c.send_json(reqwest::Method::PUT, &format!("/api/v1/config/{key}"), v)
+                .await?
+                .1
+        }
+        None => {
+            c.send_json(
+                reqwest::Method::DELETE,
+                &format!("/api/v1/config/{key}"),
+                &json!(null),
+            )
+            .await?
+            .1
+        }
+    };
+    print(&common, &v, |_| done);
+    Ok(())
 }

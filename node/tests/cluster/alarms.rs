@@ -819,3 +819,75 @@ async fn certificate_expiry_and_the_daily_heartbeat_are_mailed() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+/// Recipients, routes and silences through `tandem alarm ...`: mistakes are refused
+/// before anything is written, naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarm_recipients_routes_and_silences_from_the_cli() {
+    let cluster = one_node().await;
+    let cfg = cluster.nodes[0].config.display().to_string();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(exe())
+            .arg("alarm")
+            .args(args)
+            .args(["--config", &cfg])
+            .env("TANDEM_IGNORE_ETC", "1")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, out) = run(&["recipients", "noc", "noc@example.com", "oncall@example.com"]);
+    assert!(ok, "{out}");
+    let (ok, out) = run(&["recipients", "bad", "not-an-address"]);
+    assert!(!ok && out.contains("alarm.recipients.bad"), "{out}");
+    let (ok, out) = run(&["route", "cluster", "noc"]);
+    assert!(ok && out.contains("cluster goes to noc"), "{out}");
+    let (ok, out) = run(&["route", "storage", "nobody"]);
+    assert!(!ok && out.contains("nobody"), "{out}");
+    let (ok, out) = run(&[
+        "silence",
+        "disk",
+        "--alarm",
+        "storage.disk_space_low",
+        "--subject",
+        "node-2",
+        "--for",
+        "2h",
+    ]);
+    assert!(ok && out.contains("silence disk until"), "{out}");
+    let (ok, out) = run(&["silence", "x", "--alarm", "no.such_alarm", "--for", "1h"]);
+    assert!(!ok && out.contains("no.such_alarm"), "{out}");
+    let (ok, out) = run(&["silence", "y", "--for", "1h"]);
+    assert!(!ok && out.contains("--alarm"), "{out}");
+    let c = cluster.nodes[0].client().unwrap();
+    let v = c.get("/api/v1/config?prefix=alarm.").await.unwrap();
+    let keys: Vec<&str> = v["config"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["key"].as_str())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "alarm.recipients.noc",
+            "alarm.route.cluster",
+            "alarm.silence.disk"
+        ],
+        "{v}"
+    );
+    let (ok, out) = run(&["unsilence", "disk"]);
+    assert!(ok, "{out}");
+    let (ok, out) = run(&["unsilence", "disk"]);
+    assert!(
+        !ok && out.contains("alarm.silence.disk is not set"),
+        "{out}"
+    );
+}
