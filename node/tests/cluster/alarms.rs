@@ -24,7 +24,17 @@ kwargs = {}
 if len(sys.argv) > 4:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(sys.argv[3], sys.argv[4])
-    kwargs = {"tls_context": ctx, "require_starttls": True}
+    if os.environ.get("SMTP_TEST_MODE") == "implicit":
+        kwargs = {"ssl_context": ctx}
+    else:
+        kwargs = {"tls_context": ctx, "require_starttls": True}
+if os.environ.get("SMTP_TEST_AUTH"):
+    from aiosmtpd.smtp import AuthResult
+    want_user, want_pass = os.environ["SMTP_TEST_AUTH"].split(":", 1)
+    def check(server, session, envelope, mechanism, auth_data):
+        ok = auth_data.login.decode() == want_user and auth_data.password.decode() == want_pass
+        return AuthResult(success=ok, handled=False)
+    kwargs.update({"authenticator": check, "auth_required": True, "auth_require_tls": False})
 
 class Store:
     def __init__(self):
@@ -34,7 +44,8 @@ class Store:
         tmp = os.path.join(out, "%04d.tmp" % self.n)
         with open(tmp, "wb") as f:
             f.write(("X-Test-Rcpt: %s\r\n" % ",".join(envelope.rcpt_tos)).encode())
-            f.write(("X-Test-Tls: %s\r\n" % (session.ssl is not None)).encode())
+            tls = session.ssl is not None or server.transport.get_extra_info("ssl_object") is not None
+            f.write(("X-Test-Tls: %s\r\n" % tls).encode())
             f.write(envelope.original_content or envelope.content)
         os.rename(tmp, os.path.join(out, "%04d.eml" % self.n))
         return "250 OK stored"
@@ -65,6 +76,17 @@ impl SmtpServer {
         tls: Option<(&Path, &Path)>,
         port: Option<u16>,
     ) -> Option<SmtpServer> {
+        SmtpServer::start_opts(root, tls, port, &[]).await
+    }
+
+    /// With environment for the server script: `SMTP_TEST_MODE=implicit` (TLS from
+    /// the first byte instead of STARTTLS), `SMTP_TEST_AUTH=user:pass` (AUTH required).
+    async fn start_opts(
+        root: &Path,
+        tls: Option<(&Path, &Path)>,
+        port: Option<u16>,
+        env: &[(&str, &str)],
+    ) -> Option<SmtpServer> {
         let probe = std::process::Command::new(PYTHON)
             .args(["-c", "import aiosmtpd"])
             .output();
@@ -93,6 +115,7 @@ impl SmtpServer {
         });
         let mut cmd = tokio::process::Command::new(PYTHON);
         cmd.arg(&script).arg(port.to_string()).arg(&mail_dir);
+        cmd.envs(env.iter().copied());
         if let Some((cert, key)) = tls {
             cmd.arg(cert).arg(key);
         }
@@ -890,4 +913,58 @@ async fn alarm_recipients_routes_and_silences_from_the_cli() {
         !ok && out.contains("alarm.silence.disk is not set"),
         "{out}"
     );
+}
+
+/// Implicit TLS (smtps, TLS from the first byte) with authentication: wrong
+/// password refused with the server's answer, right one delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_mail_over_implicit_tls_with_auth() {
+    let root = tempfile::tempdir().unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    let (cert_path, key_path) = (root.path().join("smtp.pem"), root.path().join("smtp.key"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let Some(smtp) = SmtpServer::start_opts(
+        root.path(),
+        Some((&cert_path, &key_path)),
+        None,
+        &[
+            ("SMTP_TEST_MODE", "implicit"),
+            ("SMTP_TEST_AUTH", "pbx:right-pass"),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let cluster = one_node().await;
+    let c = cluster.nodes[0].client().unwrap();
+    set(&c, "smtp.host", json!("127.0.0.1")).await;
+    set(&c, "smtp.port", json!(smtp.port)).await;
+    set(&c, "smtp.security", json!("tls")).await;
+    set(&c, "smtp.ca_file", json!(cert_path.display().to_string())).await;
+    set(&c, "smtp.username", json!("pbx")).await;
+    set(&c, "smtp.password", json!("wrong-pass")).await;
+    set(&c, "alarm.recipients.noc", json!(["noc@example.com"])).await;
+    let out = alarm_test(&cluster, &[]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("wrong password: {err}");
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("127.0.0.1:{}", smtp.port)) && err.contains("535"),
+        "{err}"
+    );
+    assert!(smtp.mails().is_empty());
+    set(&c, "smtp.password", json!("right-pass")).await;
+    let out = alarm_test(&cluster, &[]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mails = smtp.wait_mails(1).await;
+    assert_eq!(mails.len(), 1);
+    assert_eq!(header(&mails[0], "X-Test-Tls").as_deref(), Some("True"));
 }
