@@ -433,8 +433,24 @@ async fn the_node_mails_alarm_notes_through_its_outbox() {
 /// then "Node back" when it returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_master_mails_node_down_and_node_back() {
+    node_down_and_back(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_mails_node_down_and_node_back_over_starttls() {
+    node_down_and_back(true).await;
+}
+
+async fn node_down_and_back(starttls: bool) {
     let root = tempfile::tempdir().unwrap();
-    let Some(smtp) = SmtpServer::start(root.path(), None).await else {
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    let (cert_path, key_path) = (root.path().join("smtp.pem"), root.path().join("smtp.key"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let tls = starttls.then_some((cert_path.as_path(), key_path.as_path()));
+    let Some(smtp) = SmtpServer::start(root.path(), tls).await else {
         return;
     };
     let mut cluster = three_nodes("").await;
@@ -442,7 +458,12 @@ async fn the_master_mails_node_down_and_node_back() {
     let c = cluster.nodes[m].client().unwrap();
     set(&c, "smtp.host", json!("127.0.0.1")).await;
     set(&c, "smtp.port", json!(smtp.port)).await;
-    set(&c, "smtp.security", json!("none")).await;
+    if starttls {
+        set(&c, "smtp.security", json!("starttls")).await;
+        set(&c, "smtp.ca_file", json!(cert_path.display().to_string())).await;
+    } else {
+        set(&c, "smtp.security", json!("none")).await;
+    }
     set(&c, "alarm.group_window_s", json!(0)).await;
     set(&c, "alarm.recipients.noc", json!(["noc@example.com"])).await;
     set(&c, "alarm.route.default", json!(["noc"])).await;
@@ -463,6 +484,8 @@ async fn the_master_mails_node_down_and_node_back() {
         Some(format!("[CRITICAL][tandem][{name}] Node down"))
     );
     assert!(mails[0].contains("What to do:"), "{}", mails[0]);
+    let tls_seen = if starttls { "True" } else { "False" };
+    assert_eq!(header(&mails[0], "X-Test-Tls").as_deref(), Some(tls_seen));
 
     cluster.start(victim).unwrap();
     let t0 = Instant::now();
