@@ -11,6 +11,7 @@ have curl || need_pkgs+=(curl)
 have ip || need_pkgs+=(iproute2)        # ip netns, tc (failover + chaos tests)
 have nft || need_pkgs+=(nftables)       # partitions in the chaos tests
 /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || need_pkgs+=(python3-aiosmtpd)  # SMTP server in the alarm mail tests
+have baresip || need_pkgs+=(baresip-core)  # real SIP user agent in the media interop tests
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_pkgs[*]}"
