@@ -9,15 +9,18 @@
 //! evenly over the 20 ms period as real phones would be. It shares the machine's cores
 //! with the relay, so it is made cheap: one sending thread (wakes every millisecond and
 //! sends everything due with one `sendmmsg` per socket) and one receiving thread
-//! (epoll + `recvmmsg`), 8 caller-side and 8 callee-side sockets shared by all calls'
-//! phones (streams are told apart by SSRC), no allocation per packet.
+//! (epoll + `recvmmsg`, pausing 1 ms between rounds so packets gather), 8 caller-side
+//! and 8 callee-side sockets shared by all calls' phones (streams are told apart by
+//! SSRC), no allocation per packet.
 //!
 //! Measured at the receiving phones, per step:
 //! * loss: packets sent − received (after a 300 ms drain), over packets sent;
 //! * added jitter: RFC 3550 §6.4.1 interarrival jitter computed on the transit time from
-//!   the generator's actual send instant to its receive instant (so the generator's own
-//!   scheduling of sends does not count; its receive delay does); the step's figure is
-//!   the worst stream's mean |D| and the mean over streams of the final estimate J;
+//!   the generator's actual send instant (read just before `sendmmsg`) to the kernel's
+//!   receive timestamp of the relayed packet at the phone's socket (SO_TIMESTAMPNS), so
+//!   neither the generator's send scheduling nor its read delay counts: what remains is
+//!   what the relay path adds. The step's figure is the worst stream's mean |D| and the
+//!   mean over streams of the final estimate J;
 //! * one-way latency through the relay (p50/p99/max), and CPU time of the relay's
 //!   worker threads, its recorder thread and the generator (from /proc/self/task).
 //!
@@ -32,7 +35,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{
-    recvmmsg, sendmmsg, setsockopt, sockopt, MsgFlags, MultiHeaders, SockaddrStorage,
+    recvmmsg, sendmmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, MultiHeaders,
+    SockaddrStorage,
 };
 use tandem_media::g711::linear_to_ulaw;
 use tandem_media::relay::{Codec, MediaSession, Relay, RelayConfig};
@@ -46,6 +50,8 @@ const PERIOD: Duration = Duration::from_millis(20);
 const PKT_LEN: usize = RTP_HEADER_LEN + 160;
 /// The sender's wake-up period.
 const SEND_TICK: Duration = Duration::from_millis(1);
+/// The receiver's pause after each round of reads.
+const RECV_PAUSE: Duration = Duration::from_millis(1);
 /// Messages per sendmmsg/recvmmsg call.
 const BATCH: usize = 64;
 
@@ -97,6 +103,8 @@ struct StepResult {
     gen_cpu: f64,
     relay_lost: u64,
     relay_dropped: u64,
+    /// Packets timed by the kernel's receive timestamp.
+    stamped: u64,
     rec_ok: usize,
     rec_mean_s: f64,
     setup_ms: f64,
@@ -200,8 +208,8 @@ fn main() {
             r.rec_mean_s,
         );
         println!(
-            "       sent {} received {}; relay counted lost {} dropped {}",
-            r.sent, r.received, r.relay_lost, r.relay_dropped
+            "       sent {} received {} ({} with kernel timestamps); relay counted lost {} dropped {}",
+            r.sent, r.received, r.stamped, r.relay_lost, r.relay_dropped
         );
         results.push(r);
     }
@@ -233,6 +241,7 @@ fn gen_socket() -> UdpSocket {
     s.set_nonblocking(true).unwrap();
     let _ = setsockopt(&s, sockopt::RcvBuf, &(4 << 20));
     let _ = setsockopt(&s, sockopt::SndBuf, &(4 << 20));
+    setsockopt(&s, sockopt::ReceiveTimestampns, &true).expect("SO_TIMESTAMPNS");
     s
 }
 
@@ -314,6 +323,7 @@ async fn run_step(
     let wall = Instant::now();
     let run = generate(socks, streams, duration);
     let (streams, rx, latencies, gen_cpu_s) = (run.tx, run.rx, run.latencies, run.cpu_s);
+    let stamped = run.stamped;
     let wall_s = wall.elapsed().as_secs_f64();
     let cpu_after = thread_cpu();
     let stats_after = relay.stats();
@@ -391,6 +401,7 @@ async fn run_step(
         gen_cpu: 100.0 * gen_cpu_s / wall_s,
         relay_lost: stats_after.packets_lost - stats_before.packets_lost,
         relay_dropped: stats_after.packets_dropped - stats_before.packets_dropped,
+        stamped,
         rec_ok,
         rec_mean_s: if rec_ok == 0 {
             0.0
@@ -410,6 +421,8 @@ struct GenRun {
     rx: Vec<RxStream>,
     /// One-way latency histogram, 10 µs buckets.
     latencies: Vec<u64>,
+    /// Packets whose arrival time is the kernel's timestamp (else the read time).
+    stamped: u64,
     /// CPU seconds of the sending and receiving threads.
     cpu_s: f64,
 }
@@ -438,11 +451,12 @@ fn generate(socks: Vec<UdpSocket>, tx: Vec<TxStream>, duration: Duration) -> Gen
     };
     let (tx, tx_cpu) = sender.join().expect("sender");
     stop_at_ns.store(start_ns(start) + 300_000_000, Ordering::Relaxed);
-    let (rx, latencies, rx_cpu) = receiver.join().expect("receiver");
+    let (rx, latencies, stamped, rx_cpu) = receiver.join().expect("receiver");
     GenRun {
         tx,
         rx,
         latencies,
+        stamped,
         cpu_s: tx_cpu + rx_cpu,
     }
 }
@@ -507,7 +521,7 @@ fn send(
         }
         for (si, q) in queues.iter_mut().enumerate() {
             for chunk in q.chunks(BATCH) {
-                let t_ns = start_ns(start);
+                let t_ns = wall_ns();
                 for (idx, pkt) in chunk {
                     let seq = u16::from_be_bytes([pkt[2], pkt[3]]) as usize;
                     send_ns[idx * RING + seq % RING].store(t_ns, Ordering::Relaxed);
@@ -544,7 +558,7 @@ fn receive(
     n: usize,
     start: Instant,
     stop_at_ns: &AtomicU64,
-) -> (Vec<RxStream>, Vec<u64>, f64) {
+) -> (Vec<RxStream>, Vec<u64>, u64, f64) {
     let cpu_start = thread_cpu_secs();
     let mut rx: Vec<RxStream> = (0..n).map(|_| RxStream::default()).collect();
     let mut latencies = vec![0u64; 20_000]; // 10 µs buckets up to 200 ms
@@ -555,8 +569,13 @@ fn receive(
             .expect("epoll add");
     }
     let mut events = vec![EpollEvent::empty(); socks.len()];
-    let mut hdrs = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+    let mut hdrs = MultiHeaders::<SockaddrStorage>::preallocate(
+        BATCH,
+        Some(nix::cmsg_space!(nix::sys::time::TimeSpec)),
+    );
     let mut bufs = vec![[0u8; 256]; BATCH];
+    let mut arrivals = [0u64; BATCH];
+    let mut stamped = 0u64;
     while start_ns(start) < stop_at_ns.load(Ordering::Relaxed) {
         let ready = epoll
             .wait(&mut events, EpollTimeout::from(10u16))
@@ -577,9 +596,30 @@ fn receive(
                 ) else {
                     break;
                 };
-                let lens: Vec<usize> = res.map(|m| m.bytes).collect();
-                let t_ns = start_ns(start);
+                // Arrival = the kernel's receive timestamp (SO_TIMESTAMPNS), so when this
+                // thread gets to read does not count.
+                let now_ns = wall_ns();
+                let lens: Vec<usize> = res
+                    .enumerate()
+                    .map(|(k, m)| {
+                        arrivals[k] = m
+                            .cmsgs()
+                            .ok()
+                            .and_then(|mut c| {
+                                c.find_map(|c| match c {
+                                    ControlMessageOwned::ScmTimestampns(ts) => Some(
+                                        ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64,
+                                    ),
+                                    _ => None,
+                                })
+                            })
+                            .inspect(|_| stamped += 1)
+                            .unwrap_or(now_ns);
+                        m.bytes
+                    })
+                    .collect();
                 for (k, len) in lens.iter().enumerate() {
+                    let t_ns = arrivals[k];
                     let Ok(h) = rtp::parse(&bufs[k][..*len]) else {
                         continue;
                     };
@@ -606,8 +646,13 @@ fn receive(
                 }
             }
         }
+        if ready > 0 {
+            // Let packets gather (their arrival times are the kernel's): ~1,000 wake-ups
+            // a second instead of one per packet.
+            std::thread::sleep(RECV_PAUSE);
+        }
     }
-    (rx, latencies, thread_cpu_secs() - cpu_start)
+    (rx, latencies, stamped, thread_cpu_secs() - cpu_start)
 }
 
 /// CPU seconds (user + system) of the calling thread.
@@ -629,6 +674,14 @@ fn half_period_later(phase: Duration) -> Duration {
     } else {
         p
     }
+}
+
+/// Real-time clock in ns: the clock of the kernel's SO_TIMESTAMPNS receive stamps.
+fn wall_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 fn start_ns(start: Instant) -> u64 {
