@@ -46,6 +46,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The alarm mailer of this node (see `alarms::service`).
     pub alarms: Arc<crate::alarms::service::AlarmService>,
+    /// The telephony service, once started (data nodes).
+    pub sip: std::sync::OnceLock<Arc<crate::telephony::SipRuntime>>,
 }
 
 impl AppState {
@@ -63,6 +65,7 @@ impl AppState {
             cfg,
             metrics: Metrics::new(),
             alarms,
+            sip: std::sync::OnceLock::new(),
         }
     }
 }
@@ -142,6 +145,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/recordings/verify", post(crate::recordings::verify))
         .route("/recordings/{id}", get(crate::recordings::download))
+        .route("/sip/users", get(crate::telephony::api::users_list))
+        .route(
+            "/sip/users/{ext}",
+            axum::routing::put(crate::telephony::api::user_put)
+                .delete(crate::telephony::api::user_delete),
+        )
+        .route("/sip/status", get(crate::telephony::api::status))
         .route("/alarms", get(alarms_status))
         .route("/alarms/history", get(alarms_history))
         .route("/alarms/test", post(alarms_test))
@@ -214,9 +224,12 @@ async fn health(State(st): St) -> Json<serde_json::Value> {
 }
 
 async fn metrics(State(st): St) -> Response {
-    let text = st
+    let mut text = st
         .metrics
         .render(&st.replica, &st.roles, st.alarms.counters());
+    if let Some(sip) = st.sip.get() {
+        text.push_str(&sip.metrics_text());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -399,7 +412,9 @@ async fn config_list(
     let entries = query::config_list(&st.replica.tree(), &prefix)?;
     let items: Vec<_> = entries
         .into_iter()
-        .map(|e| json!({"key": e.key, "value": parse_value(&e.value), "version": e.version}))
+        .map(
+            |e| json!({"key": e.key, "value": shown_value(&e.key, &e.value), "version": e.version}),
+        )
         .collect();
     Ok((
         freshness_headers(&st.replica, lag),
@@ -410,6 +425,21 @@ async fn config_list(
 
 fn parse_value(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_string()))
+}
+
+/// A config value as the API shows it: secrets (SIP passwords, the SMTP password)
+/// are replaced by "***" (they can be set, never read back).
+fn shown_value(key: &str, text: &str) -> serde_json::Value {
+    let mut v = parse_value(text);
+    if key == "smtp.password" {
+        return json!("***");
+    }
+    if key.starts_with(crate::telephony::USER_PREFIX) {
+        if let Some(p) = v.get_mut("password") {
+            *p = json!("***");
+        }
+    }
+    v
 }
 
 async fn config_get(
@@ -423,7 +453,9 @@ async fn config_get(
     match query::config_get(&st.replica.tree(), &key)? {
         Some(e) => Ok((
             freshness_headers(&st.replica, lag),
-            Json(json!({"key": e.key, "value": parse_value(&e.value), "version": e.version})),
+            Json(
+                json!({"key": e.key, "value": shown_value(&e.key, &e.value), "version": e.version}),
+            ),
         )
             .into_response()),
         None => Err(ApiError::new(

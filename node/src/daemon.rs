@@ -167,11 +167,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let alarms = crate::alarms::service::AlarmService::start(replica.clone(), roles.clone(), &cfg);
     let state = Arc::new(crate::api::AppState::new(
         replica.clone(),
-        roles,
-        alarms,
+        roles.clone(),
+        alarms.clone(),
         token,
         cfg.clone(),
     ));
+    if cfg.node.role == NodeRole::Data {
+        let sip = crate::telephony::start(&cfg, replica.clone(), alarms, roles).await;
+        let _ = state.sip.set(sip);
+    }
     let listener = tokio::net::TcpListener::bind(&cfg.api.listen)
         .await
         .with_context(|| format!("api.listen: cannot listen on {}", cfg.api.listen))?;

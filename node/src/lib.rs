@@ -19,3 +19,4 @@ pub mod https;
 pub mod metrics;
 pub mod recordings;
 pub mod role;
+pub mod telephony;

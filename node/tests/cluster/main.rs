@@ -10,6 +10,7 @@ mod https;
 mod membership;
 mod recordings;
 mod roles;
+mod sip;
 
 use std::collections::HashSet;
 use std::path::PathBuf;

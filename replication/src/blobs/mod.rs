@@ -198,6 +198,37 @@ impl BlobStore {
         w.finish(None)
     }
 
+    /// Take a finished file that is already on this filesystem (a call recording
+    /// written by the media plane) under `id` by renaming it, after checking it
+    /// against `sha256`. Returns its size.
+    pub fn adopt(&self, id: &str, src: &Path, sha256: &str) -> Result<u64, BlobError> {
+        check_id(id)?;
+        let (actual, size) = sha256_file(src)?;
+        if actual != sha256 {
+            return Err(BlobError::Checksum {
+                id: id.to_string(),
+                expected: sha256.to_string(),
+                actual,
+            });
+        }
+        File::open(src)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| BlobError::io(src, e))?;
+        let dest = self.path(id);
+        match fs::rename(src, &dest) {
+            Ok(()) => {}
+            // Another filesystem: copy (fsynced, checked) instead.
+            Err(e) if e.raw_os_error() == Some(18) => {
+                self.import(id, src)?;
+                let _ = fs::remove_file(src);
+                return Ok(size);
+            }
+            Err(e) => return Err(BlobError::io(&dest, e)),
+        }
+        fsync_dir(&self.dir)?;
+        Ok(size)
+    }
+
     /// Check the file of `id` against `sha256` (cached per file version). A file
     /// that fails is renamed `<id>.corrupt` so that the sync fetches a good copy.
     pub fn verify(&self, id: &str, sha256: &str) -> Result<(), BlobError> {

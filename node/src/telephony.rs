@@ -1,0 +1,579 @@
+//! The node side of the telephony service: SIP users and registrations in the
+//! replicated config, CDRs and recordings committed through Raft.
+//!
+//! | config key | value |
+//! |---|---|
+//! | `sip.user.<extension>` | `{"password": "...", "display_name": "..."}` (`tandem sip user add`) |
+//! | `sip.binding.<extension>/<contact hash>` | a registration (media's `Binding`), with its expiry |
+//!
+//! Registrations are written through Raft before the REGISTER is answered, so a
+//! phone stays registered on the new master after a failover.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use tandem_media::backend::{
+    Backend, Binding, CallRecord, Disposition as MediaDisposition, SipUser,
+};
+use tandem_media::error::BackendError;
+use tandem_media::relay::RecordingFile;
+use tandem_replication::cdr::{Cdr, Direction, Disposition};
+use tandem_replication::replica::Replica;
+use tandem_replication::store::query;
+use tandem_replication::types::{RecordingMeta, Request};
+
+use crate::alarms::service::AlarmService;
+
+/// Prefix of SIP user keys.
+pub const USER_PREFIX: &str = "sip.user.";
+/// Prefix of registration keys.
+pub const BINDING_PREFIX: &str = "sip.binding.";
+
+/// Check an extension (it is part of a config key and of SIP URIs).
+pub fn check_extension(ext: &str) -> Result<(), String> {
+    if ext.is_empty()
+        || ext.len() > 32
+        || !ext
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    {
+        return Err(format!(
+            "extension {ext:?}: use 1-32 letters, digits, '_', '-' or '.' (e.g. 201)"
+        ));
+    }
+    Ok(())
+}
+
+/// Config key of one binding: the AOR plus a short hash of the contact URI.
+pub fn binding_key(aor: &str, contact: &str) -> String {
+    let h = Sha256::digest(contact.as_bytes());
+    format!("{BINDING_PREFIX}{aor}/{}", hex::encode(&h[..8]))
+}
+
+/// [`Backend`] over this node's replica.
+pub struct NodeBackend {
+    pub replica: Arc<Replica>,
+    pub alarms: Arc<AlarmService>,
+    /// This node's name (the CDR's `node`).
+    pub node: String,
+}
+
+fn backend_err(e: tandem_replication::Error) -> BackendError {
+    BackendError {
+        retryable: e.is_retryable(),
+        message: e.to_string(),
+    }
+}
+
+fn fatal(message: String) -> BackendError {
+    BackendError {
+        message,
+        retryable: false,
+    }
+}
+
+impl NodeBackend {
+    fn list<T: serde::de::DeserializeOwned>(&self, prefix: &str) -> Vec<(String, T)> {
+        match query::config_list(&self.replica.tree(), prefix) {
+            Ok(entries) => entries
+                .into_iter()
+                .filter_map(|e| match serde_json::from_str::<T>(&e.value) {
+                    Ok(v) => Some((e.key, v)),
+                    Err(err) => {
+                        tracing::warn!(key = %e.key, error = %err, "ignoring a malformed SIP config entry");
+                        None
+                    }
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, prefix, "cannot read SIP config");
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// The stored form of a SIP user (`sip.user.<ext>`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredUser {
+    pub password: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+}
+
+impl Backend for NodeBackend {
+    fn user(&self, extension: &str) -> Option<SipUser> {
+        let e = query::config_get(&self.replica.tree(), &format!("{USER_PREFIX}{extension}"))
+            .ok()
+            .flatten()?;
+        let u: StoredUser = serde_json::from_str(&e.value).ok()?;
+        Some(SipUser {
+            extension: extension.to_string(),
+            password: u.password,
+            display_name: u.display_name,
+        })
+    }
+
+    fn bindings(&self, aor: &str) -> Vec<Binding> {
+        self.list::<Binding>(&format!("{BINDING_PREFIX}{aor}/"))
+            .into_iter()
+            .map(|(_, b)| b)
+            .collect()
+    }
+
+    fn all_bindings(&self) -> Vec<Binding> {
+        self.list::<Binding>(BINDING_PREFIX)
+            .into_iter()
+            .map(|(_, b)| b)
+            .collect()
+    }
+
+    async fn save_binding(&self, b: Binding) -> Result<(), BackendError> {
+        let key = binding_key(&b.aor, &b.contact);
+        let value = serde_json::to_string(&b).map_err(|e| fatal(e.to_string()))?;
+        self.replica
+            .write(Request::SetConfig { key, value })
+            .await
+            .map(|_| ())
+            .map_err(backend_err)
+    }
+
+    async fn remove_binding(&self, aor: &str, contact: &str) -> Result<(), BackendError> {
+        let key = binding_key(aor, contact);
+        self.replica
+            .write(Request::DeleteConfig { key })
+            .await
+            .map(|_| ())
+            .map_err(backend_err)
+    }
+
+    async fn call_ended(
+        &self,
+        record: CallRecord,
+        recording: Option<RecordingFile>,
+    ) -> Result<(), BackendError> {
+        let mut recording_id = record.recording_id.clone();
+        if let Some(f) = recording {
+            let blobs = self
+                .replica
+                .blobs
+                .clone()
+                .ok_or_else(|| fatal("this node stores no recordings (witness)".to_string()))?;
+            let (id, path, sha) = (f.id.clone(), f.path.clone(), f.sha256.clone());
+            let size = tokio::task::spawn_blocking(move || blobs.adopt(&id, &path, &sha))
+                .await
+                .map_err(|e| fatal(e.to_string()))?
+                .map_err(|e| fatal(e.to_string()))?;
+            let meta = RecordingMeta {
+                id: f.id.clone(),
+                call_id: record.call_id.clone(),
+                sha256: f.sha256.clone(),
+                size,
+                duration_ms: f.duration_ms,
+                codec: f.codec.clone(),
+                created: record.end.timestamp_micros(),
+                holders: [self.replica.id].into_iter().collect(),
+            };
+            self.replica
+                .write(Request::AddRecording { meta })
+                .await
+                .map_err(backend_err)?;
+            recording_id = Some(f.id);
+        }
+        let duration = (record.end - record.start).num_seconds().max(0) as u64;
+        let cdr = Cdr {
+            id: record.id,
+            start: record.start,
+            answer: record.answer,
+            end: record.end,
+            caller: record.caller.clone(),
+            callee: record.callee.clone(),
+            direction: Direction::Internal,
+            disposition: match record.disposition {
+                MediaDisposition::Answered => Disposition::Answered,
+                MediaDisposition::NoAnswer => Disposition::NoAnswer,
+                MediaDisposition::Busy => Disposition::Busy,
+                MediaDisposition::Failed => Disposition::Failed,
+                MediaDisposition::Cancelled => Disposition::Cancelled,
+            },
+            duration,
+            billsec: record.billsec().max(0) as u64,
+            recording_id,
+            node: self.node.clone(),
+        };
+        self.replica
+            .add_cdrs(vec![cdr])
+            .await
+            .map(|_| ())
+            .map_err(backend_err)
+    }
+
+    fn security_event(&self, source: IpAddr, failures: u32) {
+        self.alarms.auth_failure_burst(source, failures);
+    }
+}
+
+/// On the master, remove registrations that expired (every minute).
+pub async fn expire_bindings(replica: Arc<Replica>) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        if !replica.is_leader() {
+            continue;
+        }
+        let now = chrono::Utc::now().timestamp();
+        let Ok(entries) = query::config_list(&replica.tree(), BINDING_PREFIX) else {
+            continue;
+        };
+        for e in entries {
+            let expired = serde_json::from_str::<Binding>(&e.value)
+                .map(|b| b.expires_at_unix < now)
+                .unwrap_or(true);
+            if expired {
+                let _ = replica.write(Request::DeleteConfig { key: e.key }).await;
+            }
+        }
+    }
+}
+
+/// `/api/v1/sip/*`: users and status.
+pub mod api {
+    use axum::body::Bytes;
+    use axum::extract::{Path, State};
+    use axum::http::StatusCode;
+    use axum::response::{IntoResponse, Response};
+    use axum::Json;
+    use serde_json::json;
+    use tandem_replication::store::query;
+    use tandem_replication::types::{Request, Response as RaftResponse};
+
+    use super::{check_extension, StoredUser, BINDING_PREFIX, USER_PREFIX};
+    use crate::api::{ApiError, St};
+
+    /// Shortest SIP password accepted.
+    pub const MIN_PASSWORD: usize = 8;
+
+    /// `GET /api/v1/sip/users` (passwords are never shown).
+    pub async fn users_list(State(st): St) -> Result<Json<serde_json::Value>, ApiError> {
+        let tree = st.replica.tree();
+        let users: Vec<_> = query::config_list(&tree, USER_PREFIX)?
+            .into_iter()
+            .map(|e| {
+                let u: Option<StoredUser> = serde_json::from_str(&e.value).ok();
+                json!({
+                    "extension": e.key.trim_start_matches(USER_PREFIX),
+                    "display_name": u.and_then(|u| u.display_name),
+                })
+            })
+            .collect();
+        Ok(Json(json!({ "users": users })))
+    }
+
+    /// `PUT /api/v1/sip/users/{ext}` with `{"password": "...", "display_name": "..."}`.
+    pub async fn user_put(
+        State(st): St,
+        Path(ext): Path<String>,
+        body: Bytes,
+    ) -> Result<Response, ApiError> {
+        check_extension(&ext).map_err(ApiError::bad)?;
+        let user: StoredUser = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad(format!(
+                "body must be {{\"password\": \"...\", \"display_name\": \"...\"}}: {e}"
+            ))
+        })?;
+        if user.password.len() < MIN_PASSWORD || user.password.chars().any(char::is_control) {
+            return Err(ApiError::bad(format!(
+                "password of {ext}: use at least {MIN_PASSWORD} printable characters"
+            )));
+        }
+        let value = serde_json::to_string(&user).expect("user json");
+        let (_, resp) = st
+            .replica
+            .write(Request::SetConfig {
+                key: format!("{USER_PREFIX}{ext}"),
+                value,
+            })
+            .await?;
+        let created = matches!(resp, RaftResponse::Config { existed: false, .. });
+        tracing::info!(extension = %ext, created, "SIP user saved");
+        let status = if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        Ok((
+            status,
+            Json(json!({"extension": ext, "display_name": user.display_name})),
+        )
+            .into_response())
+    }
+
+    /// `DELETE /api/v1/sip/users/{ext}`: the user and its registrations.
+    pub async fn user_delete(State(st): St, Path(ext): Path<String>) -> Result<Response, ApiError> {
+        check_extension(&ext).map_err(ApiError::bad)?;
+        let (_, resp) = st
+            .replica
+            .write(Request::DeleteConfig {
+                key: format!("{USER_PREFIX}{ext}"),
+            })
+            .await?;
+        if !matches!(resp, RaftResponse::Config { existed: true, .. }) {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no SIP user {ext}"),
+            ));
+        }
+        let tree = st.replica.tree();
+        for e in query::config_list(&tree, &format!("{BINDING_PREFIX}{ext}/"))? {
+            st.replica
+                .write(Request::DeleteConfig { key: e.key })
+                .await?;
+        }
+        tracing::info!(extension = %ext, "SIP user removed");
+        Ok(Json(json!({"removed": ext})).into_response())
+    }
+
+    /// `GET /api/v1/sip/status`: registrations (replicated) and, on the node that
+    /// runs the service, the calls in progress and counters.
+    pub async fn status(State(st): St) -> Result<Json<serde_json::Value>, ApiError> {
+        let now = chrono::Utc::now().timestamp();
+        let tree = st.replica.tree();
+        let regs: Vec<_> = query::config_list(&tree, BINDING_PREFIX)?
+            .into_iter()
+            .filter_map(|e| serde_json::from_str::<tandem_media::backend::Binding>(&e.value).ok())
+            .filter(|b| b.expires_at_unix > now)
+            .map(|b| {
+                json!({
+                    "extension": b.aor,
+                    "contact": b.contact,
+                    "source": b.source.to_string(),
+                    "expires_in_s": b.expires_at_unix - now,
+                })
+            })
+            .collect();
+        Ok(Json(json!({
+            "node": st.replica.id,
+            "registrations": regs,
+            "service": st.sip.get().map(|s| s.status_json()),
+        })))
+    }
+}
+
+/// The telephony service of this node, as the daemon runs it.
+pub struct SipRuntime {
+    /// The running service (None if it could not start: `error` says why).
+    pub handle: Option<tandem_media::service::ServiceHandle<NodeBackend>>,
+    /// The relay (for metrics).
+    pub relay: Option<tandem_media::relay::Relay>,
+    /// Why the service is not running.
+    pub error: Option<String>,
+}
+
+impl SipRuntime {
+    /// `service` part of `GET /api/v1/sip/status`.
+    pub fn status_json(&self) -> serde_json::Value {
+        match &self.handle {
+            Some(h) => {
+                let s = h.status();
+                let mut v = serde_json::to_value(&s).unwrap_or_default();
+                v["listen"] = serde_json::json!(h.local_addr().to_string());
+                if let Some(r) = &self.relay {
+                    let s = r.stats();
+                    v["relay"] = serde_json::json!({
+                        "packets_relayed": s.packets_relayed,
+                        "packets_lost": s.packets_lost,
+                        "packets_dropped": s.packets_dropped,
+                        "active_sessions": s.active_sessions,
+                        "recordings_started": s.recordings_started,
+                    });
+                }
+                v
+            }
+            None => serde_json::json!({ "active": false, "error": self.error }),
+        }
+    }
+
+    /// Prometheus lines for the service and the relay.
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::new();
+        let mut line = |name: &str, kind: &str, help: &str, v: u64| {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+            ));
+        };
+        if let Some(h) = &self.handle {
+            let s = h.status();
+            line(
+                "tandem_sip_registrations",
+                "gauge",
+                "Unexpired SIP registrations",
+                s.registrations.len() as u64,
+            );
+            line(
+                "tandem_sip_registrations_total",
+                "counter",
+                "Successful REGISTERs",
+                s.registrations_total,
+            );
+            line(
+                "tandem_sip_auth_failures_total",
+                "counter",
+                "SIP authentication failures",
+                s.auth_failures_total,
+            );
+            line(
+                "tandem_sip_call_attempts_total",
+                "counter",
+                "Call attempts",
+                s.call_attempts_total,
+            );
+            line(
+                "tandem_sip_call_answers_total",
+                "counter",
+                "Answered calls",
+                s.call_answers_total,
+            );
+            line(
+                "tandem_sip_call_failures_total",
+                "counter",
+                "Busy, unanswered or failed calls",
+                s.call_failures_total,
+            );
+            line(
+                "tandem_sip_active_calls",
+                "gauge",
+                "Calls in progress",
+                s.active_calls,
+            );
+            line(
+                "tandem_sip_parse_errors_total",
+                "counter",
+                "Unparseable SIP messages",
+                s.parse_errors_total,
+            );
+        }
+        if let Some(r) = &self.relay {
+            let s = r.stats();
+            line(
+                "tandem_rtp_packets_relayed_total",
+                "counter",
+                "RTP packets relayed",
+                s.packets_relayed,
+            );
+            line(
+                "tandem_rtp_packets_lost_total",
+                "counter",
+                "RTP packets missing in the sequence numbers received",
+                s.packets_lost,
+            );
+            line(
+                "tandem_rtp_packets_dropped_total",
+                "counter",
+                "RTP/RTCP packets dropped (wrong source, not RTP, no destination)",
+                s.packets_dropped,
+            );
+            line(
+                "tandem_rtp_bytes_relayed_total",
+                "counter",
+                "RTP and RTCP bytes relayed",
+                s.bytes_relayed,
+            );
+            line(
+                "tandem_rtp_active_sessions",
+                "gauge",
+                "Media sessions holding ports",
+                s.active_sessions,
+            );
+        }
+        out
+    }
+}
+
+/// Start the telephony service on a data node: SIP on `[sip] listen`, media ports
+/// from `[sip] rtp_ports`, addresses advertised as the VIP (or the listen address).
+/// It answers only while this node is master. A failure to start is logged and
+/// shown in `tandem sip status`; the node runs on without telephony.
+pub async fn start(
+    cfg: &crate::config::Config,
+    replica: Arc<Replica>,
+    alarms: Arc<AlarmService>,
+    roles: Arc<crate::role::RoleState>,
+) -> Arc<SipRuntime> {
+    use std::net::SocketAddr;
+    let failed = |error: String| {
+        tracing::error!(%error, "telephony service not started");
+        Arc::new(SipRuntime {
+            handle: None,
+            relay: None,
+            error: Some(error),
+        })
+    };
+    let listen: SocketAddr = match cfg.sip.listen.parse() {
+        Ok(a) => a,
+        Err(e) => return failed(format!("sip.listen {:?}: {e}", cfg.sip.listen)),
+    };
+    // The address phones are given: the VIP, else the listen address, else the
+    // node's cluster address.
+    let advertised_ip = cfg.vip_address().unwrap_or_else(|| {
+        if listen.ip().is_unspecified() {
+            cfg.advertise()
+                .parse::<SocketAddr>()
+                .map(|a| a.ip())
+                .unwrap_or(listen.ip())
+        } else {
+            listen.ip()
+        }
+    });
+    let (low, high) = cfg.rtp_port_range();
+    let incoming = cfg.node.data_dir.join("recordings").join(".incoming");
+    if let Err(e) = std::fs::create_dir_all(&incoming) {
+        return failed(format!("{}: {e}", incoming.display()));
+    }
+    let relay_cfg = tandem_media::relay::RelayConfig {
+        bind_ip: listen.ip(),
+        advertised_ip,
+        port_low: low,
+        port_high: high,
+        recordings_dir: incoming,
+    };
+    let relay = match tandem_media::relay::Relay::start(relay_cfg).await {
+        Ok(r) => r,
+        Err(e) => return failed(e.to_string()),
+    };
+    let backend = Arc::new(NodeBackend {
+        replica: replica.clone(),
+        alarms,
+        node: cfg.node_name(),
+    });
+    let mut scfg = tandem_media::service::ServiceConfig::new(
+        listen,
+        SocketAddr::new(advertised_ip, listen.port()),
+    );
+    scfg.realm = cfg.cluster.name.clone();
+    scfg.active = false;
+    let handle = match tandem_media::service::Service::start(scfg, backend, relay.clone()).await {
+        Ok(h) => h,
+        Err(e) => return failed(e.to_string()),
+    };
+    tracing::info!(listen = %handle.local_addr(), advertised = %advertised_ip, rtp_ports = %cfg.sip.rtp_ports, "telephony service started (answers while this node is master)");
+    let rt = Arc::new(SipRuntime {
+        handle: Some(handle),
+        relay: Some(relay),
+        error: None,
+    });
+    // Answer only as master.
+    let weak = Arc::downgrade(&rt);
+    tokio::spawn(async move {
+        loop {
+            let Some(rt) = weak.upgrade() else { return };
+            if let Some(h) = &rt.handle {
+                h.set_active(roles.role() == tandem_failover::controller::Role::Master);
+            }
+            drop(rt);
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    });
+    tokio::spawn(expire_bindings(replica));
+    rt
+}
