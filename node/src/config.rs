@@ -357,6 +357,11 @@ pub struct SipSection {
     /// ports, RTCP the odd one above), LOW < HIGH, both within 1024-65535.
     /// Default: `"10000-20000"`.
     pub rtp_ports: String,
+    /// Digest algorithms offered to phones, in order of preference: `"SHA-256"`,
+    /// `"MD5"` (RFC 8760). Some phones give up on the first algorithm they do not
+    /// know (baresip 1.0 among them): list only `"MD5"` for those.
+    /// Default: `["SHA-256", "MD5"]`.
+    pub digest_algorithms: Vec<String>,
 }
 
 impl Default for SipSection {
@@ -364,6 +369,7 @@ impl Default for SipSection {
         SipSection {
             listen: "0.0.0.0:5060".to_string(),
             rtp_ports: "10000-20000".to_string(),
+            digest_algorithms: vec!["SHA-256".to_string(), "MD5".to_string()],
         }
     }
 }
@@ -1028,6 +1034,22 @@ impl Validator<'_> {
         self.socket_addr("sip.listen", &s.listen, "0.0.0.0:5060")?;
         parse_rtp_ports(&s.rtp_ports)
             .map_err(|(problem, fix)| self.invalid("sip.rtp_ports", problem, fix))?;
+        if s.digest_algorithms.is_empty() {
+            return Err(self.invalid(
+                "sip.digest_algorithms",
+                "the list is empty: phones could not authenticate".to_string(),
+                "write digest_algorithms = [\"SHA-256\", \"MD5\"]".to_string(),
+            ));
+        }
+        for a in &s.digest_algorithms {
+            if a != "SHA-256" && a != "MD5" {
+                return Err(self.invalid(
+                    "sip.digest_algorithms",
+                    format!("unknown algorithm {a:?}"),
+                    "use \"SHA-256\" and/or \"MD5\"".to_string(),
+                ));
+            }
+        }
         Ok(())
     }
 

@@ -551,6 +551,15 @@ pub async fn start(
         SocketAddr::new(advertised_ip, listen.port()),
     );
     scfg.realm = cfg.cluster.name.clone();
+    scfg.digest_algorithms = cfg
+        .sip
+        .digest_algorithms
+        .iter()
+        .map(|a| match a.as_str() {
+            "MD5" => tandem_media::digest::Algorithm::Md5,
+            _ => tandem_media::digest::Algorithm::Sha256,
+        })
+        .collect();
     scfg.active = false;
     let handle = match tandem_media::service::Service::start(scfg, backend, relay.clone()).await {
         Ok(h) => h,
