@@ -182,6 +182,18 @@ impl Service {
             addr: cfg.listen,
             source,
         })?;
+        // Bursts of REGISTERs after a failover must not overflow the default buffer.
+        for (opt, name) in [(true, "SO_RCVBUF"), (false, "SO_SNDBUF")] {
+            let size = 4 << 20;
+            let r = if opt {
+                nix::sys::socket::setsockopt(&udp, nix::sys::socket::sockopt::RcvBuf, &size)
+            } else {
+                nix::sys::socket::setsockopt(&udp, nix::sys::socket::sockopt::SndBuf, &size)
+            };
+            if let Err(e) = r {
+                tracing::debug!(option = name, error = %e, "sip: socket buffer size not set");
+            }
+        }
         let mut advertised = cfg.advertised;
         if advertised.port() == 0 {
             advertised.set_port(local.port());
@@ -545,6 +557,8 @@ fn spawn_connection(
                         // Framing lost (no Content-Length, too large): answer if we can, then close.
                         tracing::debug!(%addr, error = %e, "sip: TCP framing error, closing");
                         let _ = tx.send(Event::Bytes(std::mem::take(&mut buf), peer)).await;
+                        // Leave the writer a moment for the 4xx/5xx answer before closing.
+                        tokio::time::sleep(Duration::from_secs(1)).await;
                         break 'conn;
                     }
                 }
