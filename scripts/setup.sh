@@ -21,6 +21,8 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}"
 fi
 
+"$(dirname "$0")/../iso-build/setup.sh" --ci   # tandem-iso CI tests (nft, systemd-analyze); full ISO tools: iso-build/setup.sh
+
 if ! have cargo; then
   echo "setup: cargo not found. Install the Rust toolchain (rustup, stable >= 1.80) and re-run." >&2
   exit 1

@@ -171,7 +171,7 @@ pub fn stage_overlay(o: &BuildOptions, overlay: &Path) -> Result<()> {
                 Command::new("strip")
                     .arg("--strip-debug")
                     .arg(overlay.join(b)),
-                false,
+                crate::stage::Echo::None,
                 None,
             )?;
         }
@@ -230,7 +230,6 @@ fn customize_script() -> String {
 systemctl enable tandem.service tandem-firstboot.service tandem-settings.service tandem-installer.service \
   systemd-networkd.service systemd-resolved.service nftables.service chrony.service
 systemctl mask systemd-networkd-wait-online.service
-systemctl disable getty@tty1.service 2>/dev/null || true
 getent passwd tandem >/dev/null || useradd --system --home-dir /var/lib/tandem --no-create-home --shell /usr/sbin/nologin tandem
 mkdir -p /var/lib/tandem && chown tandem:tandem /var/lib/tandem && chmod 0750 /var/lib/tandem
 # smaller kernel module set, then rebuild the initramfs (with live-boot)
@@ -278,7 +277,7 @@ pub fn iso_grub_cfg() -> String {
 
 /// Builds the ISO.
 pub fn build(o: &BuildOptions) -> Result<BuildReport> {
-    let mut st = Stages::new(9);
+    let mut st = Stages::new(8);
     st.echo = o.verbose;
     let epoch = o.source_date_epoch.to_string();
 
@@ -370,7 +369,10 @@ pub fn build(o: &BuildOptions) -> Result<BuildReport> {
             .arg(&o.suite)
             .arg(&rootfs)
             .arg(&o.sources);
-        st.run(&mut c)?;
+        st.echo_prefix = Some("I: ");
+        let r = st.run(&mut c);
+        st.echo_prefix = None;
+        r?;
     }
 
     st.begin("package list");
@@ -412,6 +414,7 @@ pub fn build(o: &BuildOptions) -> Result<BuildReport> {
     st.begin("squashfs (zstd)");
     st.run(
         Command::new("mksquashfs")
+            .env_remove("SOURCE_DATE_EPOCH")
             .arg(&rootfs)
             .arg(staging.join("live/filesystem.squashfs"))
             .args([

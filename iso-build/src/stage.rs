@@ -6,7 +6,7 @@
 //! [`Error::Command`] naming the stage, the command line and its last output lines.
 
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -14,30 +14,29 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 
-fn consoles() -> &'static Mutex<Vec<File>> {
-    static C: OnceLock<Mutex<Vec<File>>> = OnceLock::new();
+fn consoles() -> &'static Mutex<Vec<String>> {
+    static C: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
     C.get_or_init(|| Mutex::new(Vec::new()))
 }
 
-/// Also write every message to these devices (those that cannot be opened are skipped).
+/// Also write every message to these devices (those that cannot be opened are
+/// skipped). Each message opens the device anew: a getty starting on it hangs
+/// up earlier file descriptors.
 pub fn add_consoles(paths: &[&str]) {
     let mut c = consoles().lock().expect("console lock");
-    for p in paths {
-        if let Ok(f) = OpenOptions::new().write(true).open(p) {
-            c.push(f);
-        }
-    }
+    c.extend(paths.iter().map(|p| p.to_string()));
 }
 
 /// Prints one line on stdout and every console.
 pub fn say(msg: &str) {
     println!("{msg}");
     let _ = std::io::stdout().flush();
-    let mut c = consoles().lock().expect("console lock");
-    for f in c.iter_mut() {
-        // Serial lines want CR LF.
-        let _ = f.write_all(msg.replace('\n', "\r\n").as_bytes());
-        let _ = f.write_all(b"\r\n");
+    let c = consoles().lock().expect("console lock");
+    for p in c.iter() {
+        if let Ok(mut f) = OpenOptions::new().write(true).open(p) {
+            // Serial lines want CR LF.
+            let _ = f.write_all(format!("{}\r\n", msg.replace('\n', "\r\n")).as_bytes());
+        }
     }
 }
 
@@ -53,6 +52,8 @@ pub struct Stages {
     run_start: Instant,
     /// Echo command output lines as they come.
     pub echo: bool,
+    /// Echo only output lines starting with this (progress lines of a tool).
+    pub echo_prefix: Option<&'static str>,
 }
 
 impl Stages {
@@ -64,6 +65,7 @@ impl Stages {
             stage_start: Instant::now(),
             run_start: Instant::now(),
             echo: false,
+            echo_prefix: None,
         }
     }
 
@@ -107,14 +109,22 @@ impl Stages {
         }
     }
 
+    fn echo_mode(&self) -> Echo {
+        match (self.echo, self.echo_prefix) {
+            (true, _) => Echo::All,
+            (false, Some(p)) => Echo::Prefix(p),
+            (false, None) => Echo::None,
+        }
+    }
+
     /// Runs a command within the current stage; returns its stdout.
     pub fn run(&self, cmd: &mut Command) -> Result<String> {
-        run_in(&self.current.1, cmd, self.echo, None)
+        run_in(&self.current.1, cmd, self.echo_mode(), None)
     }
 
     /// Runs a command with `input` on its stdin.
     pub fn run_input(&self, cmd: &mut Command, input: &[u8]) -> Result<String> {
-        run_in(&self.current.1, cmd, self.echo, Some(input))
+        run_in(&self.current.1, cmd, self.echo_mode(), Some(input))
     }
 }
 
@@ -137,9 +147,30 @@ pub fn command_line(cmd: &Command) -> String {
 
 const KEEP_LINES: usize = 60;
 
+/// Which output lines of a command are shown while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Echo {
+    /// None (they are kept for the error message).
+    None,
+    /// Every line.
+    All,
+    /// Lines starting with this prefix.
+    Prefix(&'static str),
+}
+
+impl Echo {
+    fn show(self, line: &str) -> bool {
+        match self {
+            Echo::None => false,
+            Echo::All => true,
+            Echo::Prefix(p) => line.starts_with(p),
+        }
+    }
+}
+
 /// Runs `cmd` as part of `stage`, capturing stdout (returned) and both streams'
 /// last lines (for the error).
-pub fn run_in(stage: &str, cmd: &mut Command, echo: bool, input: Option<&[u8]>) -> Result<String> {
+pub fn run_in(stage: &str, cmd: &mut Command, echo: Echo, input: Option<&[u8]>) -> Result<String> {
     let line = command_line(cmd);
     let mut child = cmd
         .stdin(if input.is_some() {
@@ -168,7 +199,7 @@ pub fn run_in(stage: &str, cmd: &mut Command, echo: bool, input: Option<&[u8]>) 
     let t2 = tail.clone();
     let err_thread = std::thread::spawn(move || {
         for l in BufReader::new(err).lines().map_while(|l| l.ok()) {
-            if echo {
+            if echo.show(&l) {
                 say(&format!("    {l}"));
             }
             let mut t = t2.lock().expect("tail");
@@ -194,7 +225,7 @@ pub fn run_in(stage: &str, cmd: &mut Command, echo: bool, input: Option<&[u8]>) 
         while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
             let l = String::from_utf8_lossy(&pending[..pos]).into_owned();
             pending.drain(..=pos);
-            if echo {
+            if echo.show(&l) {
                 say(&format!("    {l}"));
             }
             let mut t = tail.lock().expect("tail");
@@ -232,7 +263,7 @@ mod tests {
         let e = run_in(
             "partition",
             Command::new("sh").args(["-c", "echo out-line; echo err-line >&2; exit 3"]),
-            false,
+            Echo::None,
             None,
         )
         .unwrap_err()
@@ -251,7 +282,7 @@ mod tests {
         let e = run_in(
             "x",
             &mut Command::new("no-such-program-tandem"),
-            false,
+            Echo::None,
             None,
         )
         .unwrap_err()
@@ -264,7 +295,7 @@ mod tests {
 
     #[test]
     fn stdout_is_returned_and_stdin_fed() {
-        let out = run_in("x", &mut Command::new("cat"), false, Some(b"hello\n")).unwrap();
+        let out = run_in("x", &mut Command::new("cat"), Echo::None, Some(b"hello\n")).unwrap();
         assert_eq!(out, "hello\n");
     }
 }

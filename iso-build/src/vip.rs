@@ -71,7 +71,7 @@ pub fn release(config: &Path, dry_run: bool) -> Result<()> {
             crate::stage::run_in(
                 "vip-release",
                 Command::new("ip").args(["addr", "del", &format!("{vip}/{prefix}"), "dev", &iface]),
-                false,
+                crate::stage::Echo::None,
                 None,
             )?;
         }

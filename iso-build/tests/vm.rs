@@ -54,6 +54,16 @@ impl Drop for Lab {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // Keep the serial logs for a look after the run (the rest is removed).
+        let keep = work_root().join("logs");
+        let _ = fs::create_dir_all(&keep);
+        if let Ok(rd) = fs::read_dir(self.dir.path()) {
+            for e in rd.flatten() {
+                if e.path().extension().is_some_and(|x| x == "log") {
+                    let _ = fs::copy(e.path(), keep.join(e.file_name()));
+                }
+            }
+        }
     }
 }
 
