@@ -1,7 +1,7 @@
 //! Errors of the media crate (SIP signalling, RTP relay, recording).
 //!
 //! Retryable errors (the caller may try again later): [`MediaError::PortsExhausted`],
-//! [`MediaError::Backend`] with `retryable: true`. Everything else is fatal for the
+//! [`BackendError`] with `retryable: true`. Everything else is fatal for the
 //! operation that returned it.
 
 use std::net::SocketAddr;
