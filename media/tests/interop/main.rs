@@ -161,8 +161,8 @@ audio_alert\t\taubridge,{name}\n\
 rtp_ports\t\t{}-{}\n\
 net_interface\t\t127.0.0.1\n",
             tone.display(),
-            20000 + (sip_port % 1000) * 20,
-            20000 + (sip_port % 1000) * 20 + 18,
+            20000 + (sip_port % 500) * 20,
+            20000 + (sip_port % 500) * 20 + 18,
         );
         std::fs::write(dir.join("config"), config).unwrap();
         let accounts = format!(

@@ -16,6 +16,8 @@ use tandem_media::testing::MemoryBackend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
 
+mod core;
+
 struct Env {
     backend: Arc<MemoryBackend>,
     svc: ServiceHandle<MemoryBackend>,
