@@ -37,6 +37,26 @@ impl Default for TimerConfig {
     }
 }
 
+/// The three timers a transaction can run at once.
+#[derive(Debug, Clone, Default)]
+struct Deadlines {
+    /// Next retransmission (A, E, G).
+    retransmit_at: Option<Instant>,
+    /// Give up (B, F, H, L).
+    timeout_at: Option<Instant>,
+    /// Leave a lingering state (D, I, J, K).
+    end_at: Option<Instant>,
+}
+
+impl Deadlines {
+    fn next(&self) -> Option<Instant> {
+        [self.retransmit_at, self.timeout_at, self.end_at]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+}
+
 /// What a transaction asks its driver to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TxAction {
@@ -91,14 +111,10 @@ pub struct ClientTx {
     ack: Option<Vec<u8>>,
     /// Timer values.
     timers: TimerConfig,
-    /// Next retransmission (timer A or E).
-    retransmit_at: Option<Instant>,
+    /// Timers A/E (retransmit), B/F (timeout), D/K (end).
+    deadlines: Deadlines,
     /// Current retransmit interval.
     interval: Duration,
-    /// Timer B or F: give up waiting for a final response.
-    timeout_at: Option<Instant>,
-    /// Timer D or K: leave Completed.
-    end_at: Option<Instant>,
 }
 
 impl ClientTx {
@@ -119,12 +135,14 @@ impl ClientTx {
             unreliable,
             ack: None,
             timers,
-            // Timer A / E start at T1 (UDP only).
-            retransmit_at: unreliable.then(|| now + timers.t1),
+            deadlines: Deadlines {
+                // Timer A / E start at T1 (UDP only).
+                retransmit_at: unreliable.then(|| now + timers.t1),
+                // Timer B / F = 64*T1.
+                timeout_at: Some(now + timers.t1 * 64),
+                end_at: None,
+            },
             interval: timers.t1,
-            // Timer B / F = 64*T1.
-            timeout_at: Some(now + timers.t1 * 64),
-            end_at: None,
             request: request.clone(),
         };
         (tx, vec![TxAction::Send(request)])
@@ -151,16 +169,16 @@ impl ClientTx {
                 if provisional {
                     // §17.1.1.2: 1xx → Proceeding, stop retransmitting.
                     self.state = ClientState::Proceeding;
-                    self.retransmit_at = None;
+                    self.deadlines.retransmit_at = None;
                 } else if code < 300 {
                     // 2xx → Terminated; the TU acknowledges it (§13.2.2.4).
                     self.terminate(&mut actions);
                 } else {
                     // 300-699 → Completed, ACK, timer D (32 s UDP, 0 reliable).
                     self.state = ClientState::Completed;
-                    self.retransmit_at = None;
-                    self.timeout_at = None;
-                    self.end_at = Some(if self.unreliable {
+                    self.deadlines.retransmit_at = None;
+                    self.deadlines.timeout_at = None;
+                    self.deadlines.end_at = Some(if self.unreliable {
                         now + Duration::from_secs(32)
                     } else {
                         now
@@ -182,16 +200,16 @@ impl ClientTx {
                 if provisional {
                     // §17.1.2.2: retransmissions continue at T2 in Proceeding.
                     self.state = ClientState::Proceeding;
-                    if self.retransmit_at.is_some() {
+                    if self.deadlines.retransmit_at.is_some() {
                         self.interval = self.timers.t2;
-                        self.retransmit_at = Some(now + self.timers.t2);
+                        self.deadlines.retransmit_at = Some(now + self.timers.t2);
                     }
                 } else {
                     // Final → Completed, timer K = T4 (UDP) or 0.
                     self.state = ClientState::Completed;
-                    self.retransmit_at = None;
-                    self.timeout_at = None;
-                    self.end_at = Some(if self.unreliable {
+                    self.deadlines.retransmit_at = None;
+                    self.deadlines.timeout_at = None;
+                    self.deadlines.end_at = Some(if self.unreliable {
                         now + self.timers.t4
                     } else {
                         now
@@ -212,10 +230,7 @@ impl ClientTx {
 
     /// When [`ClientTx::poll`] must be called next.
     pub fn next_deadline(&self) -> Option<Instant> {
-        [self.retransmit_at, self.timeout_at, self.end_at]
-            .into_iter()
-            .flatten()
-            .min()
+        self.deadlines.next()
     }
 
     /// Fire the timers that are due.
@@ -224,18 +239,18 @@ impl ClientTx {
         if self.state == ClientState::Terminated {
             return actions;
         }
-        if self.timeout_at.is_some_and(|t| t <= now) {
+        if self.deadlines.timeout_at.is_some_and(|t| t <= now) {
             // Timer B / F: the TU is told of the timeout (§17.1.1.2, §17.1.2.2).
             actions.push(TxAction::Timeout);
             self.terminate(&mut actions);
             return actions;
         }
-        if self.end_at.is_some_and(|t| t <= now) {
+        if self.deadlines.end_at.is_some_and(|t| t <= now) {
             // Timer D / K.
             self.terminate(&mut actions);
             return actions;
         }
-        if let Some(at) = self.retransmit_at.filter(|t| *t <= now) {
+        if let Some(at) = self.deadlines.retransmit_at.filter(|t| *t <= now) {
             actions.push(TxAction::Send(self.request.clone()));
             self.interval = match self.kind {
                 // Timer A doubles without cap (§17.1.1.2).
@@ -243,16 +258,14 @@ impl ClientTx {
                 // Timer E doubles up to T2 (§17.1.2.2).
                 TxKind::NonInvite => (self.interval * 2).min(self.timers.t2),
             };
-            self.retransmit_at = Some(at + self.interval);
+            self.deadlines.retransmit_at = Some(at + self.interval);
         }
         actions
     }
 
     fn terminate(&mut self, actions: &mut Vec<TxAction>) {
         self.state = ClientState::Terminated;
-        self.retransmit_at = None;
-        self.timeout_at = None;
-        self.end_at = None;
+        self.deadlines = Deadlines::default();
         actions.push(TxAction::Terminated);
     }
 
@@ -292,14 +305,10 @@ pub struct ServerTx {
     last_response: Option<Vec<u8>>,
     /// Timer values.
     timers: TimerConfig,
-    /// Timer G (non-2xx) or the 2xx retransmission of §13.3.1.4.
-    retransmit_at: Option<Instant>,
+    /// Timers G / 2xx retransmission, H / L (timeout), I / J (end).
+    deadlines: Deadlines,
     /// Current retransmit interval.
     interval: Duration,
-    /// Timer H (no ACK for non-2xx) or L (no ACK for 2xx).
-    timeout_at: Option<Instant>,
-    /// Timer I, J or L end of life.
-    end_at: Option<Instant>,
     /// Whether the ACK for a 2xx has been seen (Accepted state).
     acked: bool,
 }
@@ -317,10 +326,8 @@ impl ServerTx {
             unreliable,
             last_response: None,
             timers,
-            retransmit_at: None,
+            deadlines: Deadlines::default(),
             interval: timers.t1,
-            timeout_at: None,
-            end_at: None,
             acked: false,
         }
     }
@@ -366,21 +373,21 @@ impl ServerTx {
                 // RFC 6026 §7.1 Accepted; 2xx retransmitted per RFC 3261 §13.3.1.4 until
                 // the ACK, for at most 64*T1 (timer L).
                 self.state = ServerState::Accepted;
-                self.retransmit_at = self.unreliable.then(|| now + t1);
+                self.deadlines.retransmit_at = self.unreliable.then(|| now + t1);
                 self.interval = t1;
-                self.timeout_at = Some(now + t1 * 64);
+                self.deadlines.timeout_at = Some(now + t1 * 64);
             }
             (TxKind::Invite, _) => {
                 // §17.2.1: Completed, timer G (UDP) and H = 64*T1.
                 self.state = ServerState::Completed;
-                self.retransmit_at = self.unreliable.then(|| now + t1);
+                self.deadlines.retransmit_at = self.unreliable.then(|| now + t1);
                 self.interval = t1;
-                self.timeout_at = Some(now + t1 * 64);
+                self.deadlines.timeout_at = Some(now + t1 * 64);
             }
             (TxKind::NonInvite, _) => {
                 // §17.2.2: Completed, timer J = 64*T1 (UDP) or 0.
                 self.state = ServerState::Completed;
-                self.end_at = Some(if self.unreliable { now + t1 * 64 } else { now });
+                self.deadlines.end_at = Some(if self.unreliable { now + t1 * 64 } else { now });
             }
         }
         actions
@@ -393,9 +400,9 @@ impl ServerTx {
             ServerState::Completed => {
                 // → Confirmed, timer I = T4 (UDP) or 0.
                 self.state = ServerState::Confirmed;
-                self.retransmit_at = None;
-                self.timeout_at = None;
-                self.end_at = Some(if self.unreliable {
+                self.deadlines.retransmit_at = None;
+                self.deadlines.timeout_at = None;
+                self.deadlines.end_at = Some(if self.unreliable {
                     now + self.timers.t4
                 } else {
                     now
@@ -403,7 +410,7 @@ impl ServerTx {
             }
             ServerState::Accepted => {
                 self.acked = true;
-                self.retransmit_at = None;
+                self.deadlines.retransmit_at = None;
             }
             _ => {}
         }
@@ -412,10 +419,7 @@ impl ServerTx {
 
     /// When [`ServerTx::poll`] must be called next.
     pub fn next_deadline(&self) -> Option<Instant> {
-        [self.retransmit_at, self.timeout_at, self.end_at]
-            .into_iter()
-            .flatten()
-            .min()
+        self.deadlines.next()
     }
 
     /// Fire the timers that are due.
@@ -424,7 +428,7 @@ impl ServerTx {
         if self.state == ServerState::Terminated {
             return actions;
         }
-        if self.timeout_at.is_some_and(|t| t <= now) {
+        if self.deadlines.timeout_at.is_some_and(|t| t <= now) {
             // Timer H (Completed) or L (Accepted).
             if !(self.state == ServerState::Accepted && self.acked) {
                 actions.push(TxAction::Timeout);
@@ -432,27 +436,25 @@ impl ServerTx {
             self.terminate(&mut actions);
             return actions;
         }
-        if self.end_at.is_some_and(|t| t <= now) {
+        if self.deadlines.end_at.is_some_and(|t| t <= now) {
             // Timer I / J.
             self.terminate(&mut actions);
             return actions;
         }
-        if let Some(at) = self.retransmit_at.filter(|t| *t <= now) {
+        if let Some(at) = self.deadlines.retransmit_at.filter(|t| *t <= now) {
             if let Some(r) = &self.last_response {
                 actions.push(TxAction::Send(r.clone()));
             }
             // Timer G: min(2*previous, T2) (§17.2.1); same for 2xx (§13.3.1.4).
             self.interval = (self.interval * 2).min(self.timers.t2);
-            self.retransmit_at = Some(at + self.interval);
+            self.deadlines.retransmit_at = Some(at + self.interval);
         }
         actions
     }
 
     fn terminate(&mut self, actions: &mut Vec<TxAction>) {
         self.state = ServerState::Terminated;
-        self.retransmit_at = None;
-        self.timeout_at = None;
-        self.end_at = None;
+        self.deadlines = Deadlines::default();
         actions.push(TxAction::Terminated);
     }
 
