@@ -156,7 +156,7 @@ pub struct ServiceHandle<B: Backend> {
     /// The core task.
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The TCP accept task.
-    accept: Option<tokio::task::JoinHandle<()>>,
+    accept: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// The SIP service.
@@ -257,7 +257,7 @@ impl Service {
             calls,
             backend,
             task: Mutex::new(Some(task)),
-            accept,
+            accept: Mutex::new(accept),
         })
     }
 }
@@ -320,8 +320,11 @@ impl<B: Backend> ServiceHandle<B> {
         if let Some(t) = task {
             let _ = t.await;
         }
-        if let Some(a) = &self.accept {
+        // Wait until the listener is really closed so the port can be bound again.
+        let accept = self.accept.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(a) = accept {
             a.abort();
+            let _ = a.await;
         }
     }
 }
@@ -331,7 +334,7 @@ impl<B: Backend> Drop for ServiceHandle<B> {
         if let Some(t) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
             t.abort();
         }
-        if let Some(a) = &self.accept {
+        if let Some(a) = self.accept.lock().unwrap_or_else(|e| e.into_inner()).take() {
             a.abort();
         }
     }

@@ -676,3 +676,41 @@ From: <sip:1001@{s}>;tag=fromc-cancel\r\nTo: <sip:1002@{s}>\r\nCall-ID: c-cancel
     assert_eq!(e.backend.calls().len(), 5);
     e.svc.shutdown().await;
 }
+
+#[tokio::test]
+async fn registrations_survive_a_new_master_without_reregistering() {
+    // The bindings live in the (replicated) backend: a service started afresh on the
+    // same address — what a failover does — routes calls to phones that registered
+    // with the previous one.
+    let e = env(32600, |_| {}).await;
+    let (a, b) = two_phones(&e).await;
+    let server = e.server;
+    e.svc.shutdown().await;
+    drop(e.svc);
+    let relay = Relay::start(RelayConfig {
+        bind_ip: "127.0.0.1".parse().unwrap(),
+        advertised_ip: "127.0.0.1".parse().unwrap(),
+        port_low: 32650,
+        port_high: 32699,
+        recordings_dir: e._tmp.path().to_path_buf(),
+    })
+    .await
+    .unwrap();
+    let svc2 = Service::start(ServiceConfig::new(server, server), e.backend.clone(), relay)
+        .await
+        .unwrap();
+    assert_eq!(svc2.status().registrations.len(), 2);
+    let mut cdrs = e.backend.subscribe();
+    a.invite("1002", "c-after-failover").await;
+    let inv = b.expect_request(rsip::Method::Invite).await;
+    b.reply(&inv, 200, true).await;
+    let ok = a.expect_code(200).await;
+    a.send(&a.in_dialog("ACK", &ok, "c-after-failover", 2))
+        .await;
+    a.send(&a.in_dialog("BYE", &ok, "c-after-failover", 3))
+        .await;
+    a.expect_code(200).await;
+    b.expect_request(rsip::Method::Bye).await;
+    assert_eq!(next_cdr(&mut cdrs).await.disposition, Disposition::Answered);
+    svc2.shutdown().await;
+}
