@@ -708,18 +708,24 @@ fn two_nodes_form_a_cluster() {
         "node 2 installed, joined and healthy after {:.0} s",
         t.elapsed().as_secs_f64()
     );
+    // Both listed, and node 2 caught up and promoted to voter by the leader.
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let (st, body) = http_get(p1, "/api/v1/cluster", Some(ADMIN)).unwrap_or((0, String::new()));
-        if st == 200 && body.contains("198.18.0.1:7000") && body.contains("198.18.0.2:7000") {
-            eprintln!("/api/v1/cluster lists both nodes: {body}");
+        let v: serde_json::Value = serde_json::from_str(body.trim()).unwrap_or_default();
+        let members = v["members"].as_array().cloned().unwrap_or_default();
+        let voter = |id: u64| members.iter().any(|m| m["id"] == id && m["voter"] == true);
+        if st == 200 && voter(1) && voter(2) {
+            eprintln!("/api/v1/cluster lists both nodes as voters: {body}");
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "cluster does not list both nodes: {st} {body}\n{}",
-            tail(&serial_text(&s2))
-        );
+        if Instant::now() > deadline {
+            let n2 = http_get(p2, "/api/v1/cluster", Some(ADMIN));
+            panic!(
+                "node 2 not a voter after 300 s: node 1 says {st} {body}\nnode 2 says {n2:?}\n{}",
+                tail(&serial_text(&s2))
+            );
+        }
         std::thread::sleep(Duration::from_secs(3));
     }
 }
