@@ -222,6 +222,8 @@ struct Vm<'a> {
     mac: &'a str,
     /// (local, remote) UDP ports of the cluster link and the cluster NIC MAC.
     link: Option<(u16, u16, &'a str)>,
+    /// Attach the ISO as a hard disk (USB stick) instead of a CD.
+    iso_as_disk: bool,
 }
 
 fn free_port() -> u16 {
@@ -457,6 +459,7 @@ fn install_and_boot(fw: Firmware) -> (f64, f64) {
         api_port: port,
         mac,
         link: None,
+        iso_as_disk: false,
     };
     let s1 = lab.path("install.log");
     let t = Instant::now();
@@ -552,6 +555,7 @@ fn bad_answer_case(answer: &str, expect: &[&str]) {
         api_port: free_port(),
         mac: "52:54:00:12:34:09",
         link: None,
+        iso_as_disk: false,
     };
     let s = lab.path("serial.log");
     let i = start(&mut lab, &vm, &s);
@@ -664,6 +668,7 @@ fn two_nodes_form_a_cluster() {
         api_port: p1,
         mac: "52:54:00:00:01:01",
         link: Some((u1, u2, "52:54:00:00:02:01")),
+        iso_as_disk: false,
     };
     let s = lab.path("n1-install.log");
     let t = Instant::now();
@@ -695,6 +700,7 @@ fn two_nodes_form_a_cluster() {
         api_port: p2,
         mac: "52:54:00:00:01:02",
         link: Some((u2, u1, "52:54:00:00:02:02")),
+        iso_as_disk: false,
     };
     let s = lab.path("n2-install.log");
     let t = Instant::now();
@@ -727,5 +733,45 @@ fn two_nodes_form_a_cluster() {
             );
         }
         std::thread::sleep(Duration::from_secs(3));
+    }
+}
+
+/// The ISO written raw to a disk (USB stick) boots and installs, BIOS and UEFI.
+#[test]
+#[ignore]
+fn iso_as_usb_disk_installs_bios_and_uefi() {
+    if !enabled() {
+        return;
+    }
+    for fw in [Firmware::Bios, Firmware::Uefi] {
+        let mut lab = Lab::new();
+        let mac = "52:54:00:12:34:05";
+        let stick = inject(&lab, "usb", &single_answer(mac));
+        let vm = Vm {
+            name: "usb",
+            fw,
+            disk: blank_disk(&lab, "disk.qcow2"),
+            cdrom: Some(stick),
+            extra_disk: None,
+            api_port: free_port(),
+            mac,
+            link: None,
+            iso_as_disk: true,
+        };
+        let s = lab.path("usb-install.log");
+        let t = Instant::now();
+        let i = start(&mut lab, &vm, &s);
+        wait_exit(&mut lab, i, &s, Duration::from_secs(40 * 60));
+        let log = serial_text(&s);
+        assert!(
+            log.contains("tandem installed on /dev/vda"),
+            "{}",
+            tail(&log)
+        );
+        eprintln!(
+            "{} boot from the ISO as a disk: installed in {:.0} s",
+            if fw == Firmware::Bios { "BIOS" } else { "UEFI" },
+            t.elapsed().as_secs_f64()
+        );
     }
 }
