@@ -273,8 +273,16 @@ fn start(lab: &mut Lab, vm: &Vm, serial: &Path) -> usize {
         ));
     }
     if let Some(iso) = &vm.cdrom {
-        c.arg("-drive")
-            .arg(format!("file={},media=cdrom,readonly=on", iso.display()));
+        if vm.iso_as_disk {
+            // As written raw to a USB stick: a plain disk, no El Torito.
+            c.arg("-drive").arg(format!(
+                "file={},format=raw,if=virtio,readonly=on",
+                iso.display()
+            ));
+        } else {
+            c.arg("-drive")
+                .arg(format!("file={},media=cdrom,readonly=on", iso.display()));
+        }
     }
     c.arg("-netdev")
         .arg(format!(
