@@ -274,11 +274,19 @@ fn start(lab: &mut Lab, vm: &Vm, serial: &Path) -> usize {
     }
     if let Some(iso) = &vm.cdrom {
         if vm.iso_as_disk {
-            // As written raw to a USB stick: a plain disk, no El Torito.
-            c.arg("-drive").arg(format!(
-                "file={},format=raw,if=virtio,readonly=on",
-                iso.display()
-            ));
+            // As written raw to a USB stick: a USB disk (no El Torito), chosen
+            // in the firmware's boot menu (bootindex).
+            c.arg("-drive")
+                .arg(format!(
+                    "file={},format=raw,if=none,id=usb,readonly=on",
+                    iso.display()
+                ))
+                .args([
+                    "-device",
+                    "qemu-xhci",
+                    "-device",
+                    "usb-storage,drive=usb,bootindex=0",
+                ]);
         } else {
             c.arg("-drive")
                 .arg(format!("file={},media=cdrom,readonly=on", iso.display()));
@@ -782,4 +790,44 @@ fn iso_as_usb_disk_installs_bios_and_uefi() {
             t.elapsed().as_secs_f64()
         );
     }
+}
+
+/// Two builds with the same SOURCE_DATE_EPOCH (and package set) give the same ISO.
+#[test]
+#[ignore]
+fn build_is_reproducible() {
+    if !enabled() {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let tandem = std::env::var_os("TANDEM_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target.join("release/tandem"));
+    let lab = Lab::new();
+    let mut sums = Vec::new();
+    for n in ["a", "b"] {
+        let out = lab.path(&format!("{n}/tandem.iso"));
+        fs::create_dir_all(out.parent().unwrap()).unwrap();
+        run(Command::new(env!("CARGO_BIN_EXE_tandem-iso"))
+            .arg("build")
+            .arg("--out")
+            .arg(&out)
+            .arg("--tandem")
+            .arg(&tandem)
+            .arg("--appliance")
+            .arg(root.join("appliance"))
+            .arg("--work-dir")
+            .arg(lab.path(&format!("work-{n}")))
+            .env("SOURCE_DATE_EPOCH", "1763900000"));
+        sums.push(fs::read_to_string(out.parent().unwrap().join("SHA256SUMS")).unwrap());
+        let _ = fs::remove_dir_all(lab.path(&format!("work-{n}")));
+    }
+    assert_eq!(sums[0], sums[1], "two builds differ");
+    eprintln!("reproducible: {}", sums[0].trim());
 }
