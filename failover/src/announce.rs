@@ -165,6 +165,20 @@ pub fn arp_answer_for(frame: &[u8], ip: Ipv4Addr) -> Option<[u8; 6]> {
     claims.then_some(sender_mac)
 }
 
+/// The MAC of an ARP reply that tells `asker` where `ip` is: a reply to a probe,
+/// not a gratuitous announcement. (A new master's announcement arriving within a
+/// probe's window, milliseconds after the old master answered and let go, is not
+/// two nodes holding the address at once.)
+pub fn arp_reply_to(frame: &[u8], ip: Ipv4Addr, asker: Ipv4Addr) -> Option<[u8; 6]> {
+    let mac = arp_answer_for(frame, ip)?;
+    let packet = SlicedPacket::from_ethernet(frame).ok()?;
+    let Some(NetSlice::Arp(arp)) = packet.net else {
+        return None;
+    };
+    (arp.operation() == ArpOperation::REPLY && arp.target_protocol_addr() == asker.octets())
+        .then_some(mac)
+}
+
 /// Broadcast one ARP request "who has `target`" from (`mac`, `source_ip`) on `interface`
 /// and collect, for `window`, the distinct MACs that answer for `target` (in order of
 /// first answer). Frames this host sent itself are ignored.
@@ -205,7 +219,7 @@ pub async fn arp_probe(
         if pkttype == Some(PACKET_OUTGOING) {
             continue;
         }
-        if let Some(answerer) = arp_answer_for(&buf[..len], target) {
+        if let Some(answerer) = arp_reply_to(&buf[..len], target, source_ip) {
             if !answerers.contains(&answerer) {
                 answerers.push(answerer);
             }
@@ -518,6 +532,17 @@ mod tests {
         // Not ARP at all.
         let na = unsolicited_na(MAC, Ipv6Addr::LOCALHOST);
         assert_eq!(arp_answer_for(&na, VIP4), None);
+    }
+
+    #[test]
+    fn probe_counts_replies_to_the_asker_not_announcements() {
+        let asker = Ipv4Addr::new(198, 18, 0, 9);
+        let reply = arp_frame(ArpOperation::REPLY, MAC, VIP4, asker);
+        assert_eq!(arp_reply_to(&reply, VIP4, asker), Some(MAC));
+        let garp_reply = arp_frame(ArpOperation::REPLY, MAC, VIP4, VIP4);
+        assert_eq!(arp_reply_to(&garp_reply, VIP4, asker), None);
+        let garp_request = arp_frame(ArpOperation::REQUEST, MAC, VIP4, VIP4);
+        assert_eq!(arp_reply_to(&garp_request, VIP4, asker), None);
     }
 
     #[test]
