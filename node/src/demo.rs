@@ -88,7 +88,7 @@ impl LocalCluster {
             let text = format!(
                 "[node]\nid = {id}\nname = \"node-{id}\"\ndata_dir = \"{}\"\n\n[cluster]\nlisten = \"{peer_addr}\"\n\
                  heartbeat_ms = 100\nlease_ms = 400\nelection_timeout_min_ms = 600\nelection_timeout_max_ms = 900\n{extra}\n\n\
-                 [api]\nlisten = \"{api_addr}\"\n\n[sip]\nlisten = \"{ip}:0\"\n",
+                 [sip]\nlisten = \"{ip}:0\"\n\n[api]\nlisten = \"{api_addr}\"\n",
                 dir.display()
             );
             std::fs::write(&config, text)?;
