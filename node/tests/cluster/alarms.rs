@@ -200,6 +200,17 @@ async fn one_node() -> LocalCluster {
     c
 }
 
+/// Plain SMTP to 127.0.0.1:`port`, alarms mailed at once (no grouping window) to
+/// the list `noc` = noc@example.com, routed by default.
+async fn mail_to_noc(c: &Client, port: u16) {
+    set(c, "smtp.host", json!("127.0.0.1")).await;
+    set(c, "smtp.port", json!(port)).await;
+    set(c, "smtp.security", json!("none")).await;
+    set(c, "alarm.group_window_s", json!(0)).await;
+    set(c, "alarm.recipients.noc", json!(["noc@example.com"])).await;
+    set(c, "alarm.route.default", json!(["noc"])).await;
+}
+
 fn closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -392,12 +403,7 @@ async fn the_node_mails_alarm_notes_through_its_outbox() {
     };
     let cluster = one_node().await;
     let c = cluster.nodes[0].client().unwrap();
-    set(&c, "smtp.host", json!("127.0.0.1")).await;
-    set(&c, "smtp.port", json!(smtp.port)).await;
-    set(&c, "smtp.security", json!("none")).await;
-    set(&c, "alarm.group_window_s", json!(0)).await;
-    set(&c, "alarm.recipients.noc", json!(["noc@example.com"])).await;
-    set(&c, "alarm.route.default", json!(["noc"])).await;
+    mail_to_noc(&c, smtp.port).await;
     let v = alarm_cmd(&cluster, "list").await;
     assert_eq!(v["active"], json!([]), "{v}");
 
@@ -559,12 +565,7 @@ async fn queued_mails_survive_the_masters_death_and_go_out_once() {
     let mut cluster = three_nodes("").await;
     let m = cluster.master().await.expect("master");
     let c = cluster.nodes[m].client().unwrap();
-    set(&c, "smtp.host", json!("127.0.0.1")).await;
-    set(&c, "smtp.port", json!(port)).await;
-    set(&c, "smtp.security", json!("none")).await;
-    set(&c, "alarm.group_window_s", json!(0)).await;
-    set(&c, "alarm.recipients.noc", json!(["noc@example.com"])).await;
-    set(&c, "alarm.route.default", json!(["noc"])).await;
+    mail_to_noc(&c, port).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     // A standby dies: "node down" is queued on the master, the SMTP server is down.
     let victim = (m + 1) % 3;
@@ -670,13 +671,8 @@ async fn a_flapping_node_gives_one_flapping_mail_not_dozens() {
     let mut cluster = three_nodes("").await;
     let m = cluster.master().await.expect("master");
     let c = cluster.nodes[m].client().unwrap();
-    set(&c, "smtp.host", json!("127.0.0.1")).await;
-    set(&c, "smtp.port", json!(smtp.port)).await;
-    set(&c, "smtp.security", json!("none")).await;
-    set(&c, "alarm.group_window_s", json!(0)).await;
+    mail_to_noc(&c, smtp.port).await;
     set(&c, "alarm.flap_flips", json!(4)).await;
-    set(&c, "alarm.recipients.noc", json!(["noc@example.com"])).await;
-    set(&c, "alarm.route.default", json!(["noc"])).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let victim = (m + 1) % 3;
     let name = format!("node-{}", cluster.nodes[victim].id);
@@ -737,14 +733,9 @@ async fn smtp_down_two_minutes_then_every_mail_arrives_once() {
     let mut cluster = three_nodes("").await;
     let m = cluster.master().await.expect("master");
     let c = cluster.nodes[m].client().unwrap();
-    set(&c, "smtp.host", json!("127.0.0.1")).await;
-    set(&c, "smtp.port", json!(port)).await;
-    set(&c, "smtp.security", json!("none")).await;
-    set(&c, "alarm.group_window_s", json!(0)).await;
+    mail_to_noc(&c, port).await;
     set(&c, "alarm.retry_first_s", json!(5)).await;
     set(&c, "alarm.retry_max_s", json!(10)).await;
-    set(&c, "alarm.recipients.noc", json!(["noc@example.com"])).await;
-    set(&c, "alarm.route.default", json!(["noc"])).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Every Message-ID that passes through the replicated outbox while SMTP is down.
     let mut queued: HashSet<String> = HashSet::new();
@@ -816,12 +807,7 @@ async fn certificate_expiry_and_the_daily_heartbeat_are_mailed() {
     };
     let cluster = one_node().await;
     let c = cluster.nodes[0].client().unwrap();
-    set(&c, "smtp.host", json!("127.0.0.1")).await;
-    set(&c, "smtp.port", json!(smtp.port)).await;
-    set(&c, "smtp.security", json!("none")).await;
-    set(&c, "alarm.group_window_s", json!(0)).await;
-    set(&c, "alarm.recipients.noc", json!(["noc@example.com"])).await;
-    set(&c, "alarm.route.default", json!(["noc"])).await;
+    mail_to_noc(&c, smtp.port).await;
     // Node certificates are valid for years: warn 100 years ahead to see the alarm.
     set(&c, "alarm.cert_warn_days", json!(36_500)).await;
     set(&c, "alarm.heartbeat", json!(true)).await;
