@@ -18,8 +18,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use tandem_replication::cdr::{Cdr, CSV_COLUMNS};
+use tandem_replication::cdr::{Cdr, CdrRef, CSV_COLUMNS};
 use tandem_replication::replica::{Lag, Replica};
+use tandem_replication::store::codec;
 use tandem_replication::store::query::{self, CdrQuery, Cursor};
 use tandem_replication::store::Tree;
 use tandem_replication::types::{MemberKind, Request as RaftRequest, Response as RaftResponse};
@@ -582,7 +583,7 @@ fn parse_time(name: &str, v: &str) -> Result<DateTime<Utc>, ApiError> {
 
 #[derive(serde::Serialize)]
 struct CdrPage<'a> {
-    cdrs: Vec<&'a Cdr>,
+    cdrs: Vec<CdrRef<'a>>,
     count: usize,
     next_cursor: Option<String>,
 }
@@ -666,22 +667,28 @@ async fn cdrs_get(
             let (rows, next) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
                 let mut rows = Vec::with_capacity(limit.min(1024));
                 let mut next = None;
-                for item in query::cdr_scan(&tree, &q) {
-                    let (pos, cdr) = item?;
+                for item in query::cdr_scan_raw(&tree, &q) {
+                    let (pos, bytes) = item?;
                     if rows.len() == limit {
-                        next = Some(last_pos(&rows));
+                        next = rows.last().map(|(p, _): &(Cursor, _)| *p);
                         break;
                     }
-                    rows.push((pos, cdr));
+                    rows.push((pos, bytes));
                 }
                 Ok((rows, next))
             })
             .await
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-            // Serialized straight from the records (no intermediate JSON tree).
+            // Serialized straight from the stored bytes (no copy of any field, no
+            // intermediate JSON tree).
+            let cdrs = rows
+                .iter()
+                .map(|(_, bytes)| codec::decode_borrowed::<CdrRef>(bytes))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
             let page = CdrPage {
-                count: rows.len(),
-                cdrs: rows.iter().map(|(_, c)| c).collect(),
+                count: cdrs.len(),
+                cdrs,
                 next_cursor: next.map(|c: Cursor| c.to_hex()),
             };
             Ok((headers, Json(page)).into_response())
@@ -701,10 +708,6 @@ async fn cdrs_get(
             Ok(resp)
         }
     }
-}
-
-fn last_pos(rows: &[(Cursor, Cdr)]) -> Cursor {
-    rows.last().map(|(p, _)| *p).expect("non-empty page")
 }
 
 /// Sends CSV bytes to the response in ~256 KiB chunks (bounded channel: memory stays
@@ -755,13 +758,14 @@ fn stream_csv(
     });
     let res = (|| -> Result<(), String> {
         w.write_record(CSV_COLUMNS).map_err(|e| e.to_string())?;
-        for (n, item) in query::cdr_scan(&tree, &q).enumerate() {
+        // Rows are written from the stored bytes (no per-field allocation).
+        for (n, item) in query::cdr_scan_raw(&tree, &q).enumerate() {
             if limit.is_some_and(|l| n >= l) {
                 break;
             }
-            let (_, cdr) = item.map_err(|e| e.to_string())?;
-            w.write_record(cdr.csv_record())
-                .map_err(|e| e.to_string())?;
+            let (_, bytes) = item.map_err(|e| e.to_string())?;
+            let cdr: CdrRef = codec::decode_borrowed(&bytes).map_err(|e| e.to_string())?;
+            cdr.write_csv(&mut w).map_err(|e| e.to_string())?;
         }
         w.flush().map_err(|e| e.to_string())
     })();

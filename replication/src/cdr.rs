@@ -151,38 +151,159 @@ pub struct CdrInvalid {
 /// RFC 3339 in UTC, as chrono's `to_rfc3339_opts(AutoSi, true)` writes it (the JSON
 /// form), but several times faster: CSV export formats three of these per row.
 fn rfc3339(t: &DateTime<Utc>) -> String {
+    let mut buf = [0u8; RFC3339_MAX];
+    match write_rfc3339(t, &mut buf) {
+        Some(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+        None => t.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+    }
+}
+
+/// Longest text [`write_rfc3339`] writes: `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`.
+const RFC3339_MAX: usize = 30;
+
+/// Write `t` as [`rfc3339`] does into `out` without allocating; returns the length,
+/// or `None` for what only chrono formats (years outside 0..=9999, leap seconds).
+fn write_rfc3339(t: &DateTime<Utc>, out: &mut [u8; RFC3339_MAX]) -> Option<usize> {
     use chrono::{Datelike, Timelike};
-    use std::fmt::Write;
-    let mut out = String::with_capacity(30);
-    let year = t.year();
-    if !(0..=9999).contains(&year) {
-        return t.to_rfc3339_opts(SecondsFormat::AutoSi, true);
-    }
-    let _ = write!(
-        out,
-        "{year:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-        t.month(),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    );
-    let nanos = t.nanosecond();
-    if nanos >= 1_000_000_000 {
-        // Leap second representation: let chrono handle it.
-        return t.to_rfc3339_opts(SecondsFormat::AutoSi, true);
-    }
-    if nanos != 0 {
-        if nanos.is_multiple_of(1_000_000) {
-            let _ = write!(out, ".{:03}", nanos / 1_000_000);
-        } else if nanos.is_multiple_of(1_000) {
-            let _ = write!(out, ".{:06}", nanos / 1_000);
-        } else {
-            let _ = write!(out, ".{nanos:09}");
+    fn digits(out: &mut [u8], mut v: u32) {
+        for slot in out.iter_mut().rev() {
+            *slot = b'0' + (v % 10) as u8;
+            v /= 10;
         }
     }
-    out.push('Z');
-    out
+    let year = t.year();
+    let nanos = t.nanosecond();
+    if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
+        return None;
+    }
+    out[..20].copy_from_slice(b"0000-00-00T00:00:00Z");
+    digits(&mut out[0..4], year as u32);
+    digits(&mut out[5..7], t.month());
+    digits(&mut out[8..10], t.day());
+    digits(&mut out[11..13], t.hour());
+    digits(&mut out[14..16], t.minute());
+    digits(&mut out[17..19], t.second());
+    let (frac, width) = if nanos == 0 {
+        (0, 0)
+    } else if nanos.is_multiple_of(1_000_000) {
+        (nanos / 1_000_000, 3)
+    } else if nanos.is_multiple_of(1_000) {
+        (nanos / 1_000, 6)
+    } else {
+        (nanos, 9)
+    };
+    let mut len = 19;
+    if width > 0 {
+        out[19] = b'.';
+        digits(&mut out[20..20 + width], frac);
+        len = 20 + width;
+    }
+    out[len] = b'Z';
+    Some(len + 1)
+}
+
+/// A stored CDR decoded without copying its strings: the CSV export reads a million
+/// of these, and allocating every field of every row was most of its cost.
+///
+/// Decodes the same binary encoding as [`Cdr`] (times as microseconds).
+#[derive(Debug, Deserialize)]
+pub struct CdrRef<'a> {
+    pub id: Uuid,
+    pub start: i64,
+    pub answer: Option<i64>,
+    pub end: i64,
+    pub caller: &'a str,
+    pub callee: &'a str,
+    pub direction: Direction,
+    pub disposition: Disposition,
+    pub duration: u64,
+    pub billsec: u64,
+    #[serde(borrow)]
+    pub recording_id: Option<&'a str>,
+    pub node: &'a str,
+}
+
+impl CdrRef<'_> {
+    /// Append this CDR as one CSV row ([`CSV_COLUMNS`] order, the same text as
+    /// [`Cdr::csv_record`]) without allocating.
+    pub fn write_csv<W: std::io::Write>(&self, w: &mut csv::Writer<W>) -> csv::Result<()> {
+        let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        w.write_field(self.id.hyphenated().encode_lower(&mut id).as_bytes())?;
+        for t in [Some(self.start), self.answer, Some(self.end)] {
+            let mut buf = [0u8; RFC3339_MAX];
+            match t.map(|m| DateTime::from_timestamp_micros(m).ok_or(m)) {
+                None => w.write_field(b"")?,
+                Some(Ok(t)) => match write_rfc3339(&t, &mut buf) {
+                    Some(n) => w.write_field(&buf[..n])?,
+                    None => w.write_field(rfc3339(&t))?,
+                },
+                // Cannot be stored (decode of a Cdr refuses it); written as the number.
+                Some(Err(m)) => w.write_field(m.to_string())?,
+            }
+        }
+        w.write_field(self.caller)?;
+        w.write_field(self.callee)?;
+        w.write_field(self.direction.as_str())?;
+        w.write_field(self.disposition.as_str())?;
+        let mut n = [0u8; 20];
+        w.write_field(u64_text(self.duration, &mut n))?;
+        w.write_field(u64_text(self.billsec, &mut n))?;
+        w.write_field(self.recording_id.unwrap_or(""))?;
+        w.write_field(self.node)?;
+        w.write_record(None::<&[u8]>)
+    }
+}
+
+/// The same output as [`Cdr`]'s `Serialize`: RFC 3339 text times for JSON, microseconds
+/// in binary formats; no field is copied on the way.
+impl Serialize for CdrRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        /// A stored time (µs since the epoch), written as [`Cdr`] writes its times.
+        struct Time(i64);
+        impl Serialize for Time {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let t = match DateTime::from_timestamp_micros(self.0) {
+                    Some(t) if s.is_human_readable() => t,
+                    _ => return s.serialize_i64(self.0),
+                };
+                let mut buf = [0u8; RFC3339_MAX];
+                match write_rfc3339(&t, &mut buf) {
+                    Some(n) => s.serialize_str(
+                        std::str::from_utf8(&buf[..n]).map_err(serde::ser::Error::custom)?,
+                    ),
+                    None => s.serialize_str(&rfc3339(&t)),
+                }
+            }
+        }
+        let mut st = s.serialize_struct("Cdr", 12)?;
+        st.serialize_field("id", &self.id)?;
+        st.serialize_field("start", &Time(self.start))?;
+        st.serialize_field("answer", &self.answer.map(Time))?;
+        st.serialize_field("end", &Time(self.end))?;
+        st.serialize_field("caller", self.caller)?;
+        st.serialize_field("callee", self.callee)?;
+        st.serialize_field("direction", &self.direction)?;
+        st.serialize_field("disposition", &self.disposition)?;
+        st.serialize_field("duration", &self.duration)?;
+        st.serialize_field("billsec", &self.billsec)?;
+        st.serialize_field("recording_id", &self.recording_id)?;
+        st.serialize_field("node", self.node)?;
+        st.end()
+    }
+}
+
+/// Decimal text of `v` in `buf` (no allocation).
+fn u64_text(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            return &buf[i..];
+        }
+    }
 }
 
 impl Cdr {
@@ -357,6 +478,50 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn borrowed_csv_row_equals_the_owned_one() {
+        let mut quoted = Cdr::new_call(
+            "Smith, \"J\" <100>",
+            "200",
+            t("2026-03-04T05:06:07.123456Z"),
+            Some(t("2026-03-04T05:06:08Z")),
+            t("2026-03-04T05:16:07.5Z"),
+            "node one",
+        );
+        quoted.recording_id = Some("rec-1".into());
+        let unanswered = Cdr::new_call(
+            "100",
+            "200",
+            t("0001-01-01T00:00:00Z"),
+            None,
+            t("9999-12-31T23:59:59.999999999Z"),
+            "",
+        );
+        for cdr in [quoted, unanswered] {
+            // Stored times keep microseconds: compare with the stored form.
+            let bin = bincode::serialize(&cdr).unwrap();
+            let stored: Cdr = bincode::deserialize(&bin).unwrap();
+            let mut owned = csv::Writer::from_writer(Vec::new());
+            owned.write_record(stored.csv_record()).unwrap();
+            let view: CdrRef = bincode::deserialize(&bin).unwrap();
+            let mut borrowed = csv::Writer::from_writer(Vec::new());
+            view.write_csv(&mut borrowed).unwrap();
+            assert_eq!(
+                String::from_utf8(borrowed.into_inner().unwrap()).unwrap(),
+                String::from_utf8(owned.into_inner().unwrap()).unwrap()
+            );
+            // JSON and binary encodings of the view equal those of the record.
+            assert_eq!(
+                serde_json::to_string(&view).unwrap(),
+                serde_json::to_string(&stored).unwrap()
+            );
+            assert_eq!(bincode::serialize(&view).unwrap(), bin);
+        }
+        let mut buf = [0u8; 20];
+        assert_eq!(u64_text(0, &mut buf), b"0");
+        assert_eq!(u64_text(u64::MAX, &mut buf), b"18446744073709551615");
     }
 
     #[test]

@@ -114,6 +114,18 @@ pub fn cdr_scan(
     tree: &sled::Tree,
     q: &CdrQuery,
 ) -> impl Iterator<Item = Result<(Cursor, Cdr), QueryError>> + Send + 'static {
+    cdr_scan_raw(tree, q).map(|item| {
+        let (pos, bytes) = item?;
+        Ok((pos, codec::decode::<Cdr>(&bytes)?))
+    })
+}
+
+/// [`cdr_scan`] without decoding: the stored bytes of each CDR, for readers that
+/// decode them in place (`codec::decode_borrowed` into a `cdr::CdrRef`).
+pub fn cdr_scan_raw(
+    tree: &sled::Tree,
+    q: &CdrQuery,
+) -> impl Iterator<Item = Result<(Cursor, sled::IVec), QueryError>> + Send + 'static {
     // Pick the narrowest index.
     let (prefix_byte, party) = match (&q.caller, &q.callee) {
         (Some(c), _) => (keys::BY_CALLER, Some(c.clone())),
@@ -155,18 +167,20 @@ pub fn cdr_scan(
         let pos = keys::position_of(&k)?;
         // The time index holds the CDR itself; the party indexes point to it.
         let found = if primary {
-            codec::decode::<Cdr>(&v).map(Some).map_err(QueryError::from)
+            Ok(Some(v))
         } else {
-            cdr_at(&tree, &pos)
+            tree.get(keys::primary_key(&pos)).map_err(QueryError::from)
         };
         match found {
-            Ok(Some(cdr)) => {
+            Ok(Some(bytes)) => {
                 if let Some(want) = &callee_filter {
-                    if &cdr.callee != want {
-                        return None;
+                    match codec::decode_borrowed::<crate::cdr::CdrRef>(&bytes) {
+                        Ok(cdr) if cdr.callee != want.as_str() => return None,
+                        Ok(_) => {}
+                        Err(e) => return Some(Err(e.into())),
                     }
                 }
-                Some(Ok((Cursor(pos), cdr)))
+                Some(Ok((Cursor(pos), bytes)))
             }
             Ok(None) => None, // index entry without record: skip
             Err(e) => Some(Err(e)),
