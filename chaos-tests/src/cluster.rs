@@ -85,6 +85,8 @@ pub struct ClusterSpec {
     /// Wait for a master that holds the VIP (false: master role only; for
     /// developing the harness against a tandem without VIP support).
     pub require_vip: bool,
+    /// TOML appended to every data node's config (e.g. a `[sip]` section).
+    pub data_config_extra: String,
 }
 
 impl ClusterSpec {
@@ -96,6 +98,7 @@ impl ClusterSpec {
             garp_count: 3,
             garp_interval_ms: 100,
             require_vip: target_is_vip(),
+            data_config_extra: String::new(),
         }
     }
 
@@ -648,6 +651,10 @@ pub fn config_text(spec: &ClusterSpec, n: &Node) -> String {
             c = spec.garp_count,
             gi = spec.garp_interval_ms,
         ));
+        if !spec.data_config_extra.is_empty() {
+            s.push('\n');
+            s.push_str(&spec.data_config_extra);
+        }
     }
     s
 }
