@@ -273,6 +273,14 @@ impl Cluster {
         for n in &c.nodes {
             std::fs::write(&n.config, config_text(&c.spec, n))
                 .with_context(|| format!("writing {}", n.config.display()))?;
+            // As the appliance's sysctl.d/60-tandem.conf: a node may bind the
+            // VIP before it holds it (the SIP service binds it; per namespace).
+            cmd::in_ns(
+                &n.ns,
+                "sh",
+                &["-c", "echo 1 > /proc/sys/net/ipv4/ip_nonlocal_bind"],
+            )
+            .with_context(|| format!("net.ipv4.ip_nonlocal_bind = 1 in {}", n.ns))?;
         }
         if let Err(e) = c.bootstrap().await {
             c.keep_logs();

@@ -393,6 +393,94 @@ fn account_line(s: &PhoneSpec) -> String {
     )
 }
 
+/// Counts, with nftables in the phones' namespace, the SIP and RTP packets
+/// the phones receive from the VIP and from any other address. A phone behind
+/// NAT gets only what comes from the address it sent to (RFC 3581 §4: a
+/// response leaves from the address the request was sent to), so everything
+/// should come from the VIP. The table lives in the client namespace and goes
+/// with it.
+pub struct SourceCounter {
+    ns: String,
+    vip: Ipv4Addr,
+}
+
+/// Packets received by the phones: (from the VIP, from elsewhere).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sources {
+    pub sip_from_vip: u64,
+    pub sip_from_other: u64,
+    pub rtp_from_vip: u64,
+    pub rtp_from_other: u64,
+}
+
+const NFT_TABLE: &str = "tdmphones";
+
+impl SourceCounter {
+    /// Install the counters for SIP ports `sip` and RTP port range `rtp`.
+    pub fn install(
+        ns: &str,
+        vip: Ipv4Addr,
+        sip: &[u16],
+        rtp: (u16, u16),
+    ) -> anyhow::Result<SourceCounter> {
+        let sip = sip
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let (lo, hi) = rtp;
+        let t = NFT_TABLE;
+        let script = format!(
+            "add table inet {t}; \
+             add chain inet {t} input {{ type filter hook input priority 0; policy accept; }}; \
+             add rule inet {t} input ip saddr {vip} udp dport {{ {sip} }} counter comment \"sip vip\"; \
+             add rule inet {t} input ip saddr != {vip} udp dport {{ {sip} }} counter comment \"sip other\"; \
+             add rule inet {t} input ip saddr {vip} udp dport {lo}-{hi} counter comment \"rtp vip\"; \
+             add rule inet {t} input ip saddr != {vip} udp dport {lo}-{hi} counter comment \"rtp other\""
+        );
+        crate::cmd::nft(ns, &script).context("installing the phones' packet counters")?;
+        Ok(SourceCounter {
+            ns: ns.to_string(),
+            vip,
+        })
+    }
+
+    /// The counters now.
+    pub fn read(&self) -> anyhow::Result<Sources> {
+        let out = crate::cmd::in_ns(&self.ns, "nft", &["list", "table", "inet", NFT_TABLE])?;
+        let mut s = Sources::default();
+        for line in out.lines() {
+            let packets = line
+                .split_whitespace()
+                .skip_while(|w| *w != "packets")
+                .nth(1)
+                .and_then(|n| n.parse::<u64>().ok());
+            let Some(n) = packets else { continue };
+            if line.contains("\"sip vip\"") {
+                s.sip_from_vip = n;
+            } else if line.contains("\"sip other\"") {
+                s.sip_from_other = n;
+            } else if line.contains("\"rtp vip\"") {
+                s.rtp_from_vip = n;
+            } else if line.contains("\"rtp other\"") {
+                s.rtp_from_other = n;
+            }
+        }
+        Ok(s)
+    }
+
+    /// The VIP the counters compare with.
+    pub fn vip(&self) -> Ipv4Addr {
+        self.vip
+    }
+}
+
+impl Drop for SourceCounter {
+    fn drop(&mut self) {
+        let _ = crate::cmd::nft(&self.ns, &format!("delete table inet {NFT_TABLE}"));
+    }
+}
+
 /// Write a mono 8 kHz 16-bit WAV with a sine tone of `hz` for `secs` seconds.
 pub fn write_tone(path: &Path, hz: f64, secs: u32) -> anyhow::Result<()> {
     let spec = hound::WavSpec {

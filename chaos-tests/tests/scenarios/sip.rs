@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use chaos_tests::api;
 use chaos_tests::cluster::ClusterSpec;
-use chaos_tests::phones::{self, Phone, PhoneSpec, Wav};
+use chaos_tests::phones::{self, Phone, PhoneSpec, SourceCounter, Sources, Wav};
 use chaos_tests::preflight::Needs;
 use chaos_tests::scenario::{ms, Scenario};
 use chaos_tests::topology;
@@ -62,7 +62,16 @@ fn sip_phones_survive_master_kill() {
         }
         let mut spec = ClusterSpec::data(3);
         spec.data_config_extra = SIP_CONFIG.to_string();
-        let Some(mut s) = Scenario::setup(NAME, spec, Needs::default()).await? else {
+        let Some(mut s) = Scenario::setup(
+            NAME,
+            spec,
+            Needs {
+                nft: true,
+                ..Needs::default()
+            },
+        )
+        .await?
+        else {
             return Ok(());
         };
         let m1 = s.cluster.wait_master(Duration::from_secs(5), &[]).await?;
@@ -79,7 +88,7 @@ fn sip_phones_survive_master_kill() {
 
         let client_ns = s.cluster.topology().client.clone();
         let run_dir = s.cluster.run_dir.clone();
-        let mut phones_ = Vec::new();
+        let mut uas = Vec::new();
         for (i, (user, pass, hz)) in [CALLER, CALLEE].into_iter().enumerate() {
             let i = i as u16;
             let spec = PhoneSpec {
@@ -94,9 +103,11 @@ fn sip_phones_survive_master_kill() {
                 tone_hz: hz,
                 regint_s: REGINT_S,
             };
-            phones_.push(Phone::start(spec, &run_dir, &client_ns, &s.cluster.client).await?);
+            uas.push(Phone::start(spec, &run_dir, &client_ns, &s.cluster.client).await?);
         }
-        let (caller, callee) = (&phones_[0], &phones_[1]);
+        let (caller, callee) = (&uas[0], &uas[1]);
+        let sources =
+            SourceCounter::install(&client_ns, topology::VIP, &[5070, 5080], (30000, 30199))?;
 
         // Both registered, as every data node sees it (the bindings are replicated).
         let t0 = Instant::now();
@@ -116,8 +127,9 @@ fn sip_phones_survive_master_kill() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
         s.say(format!(
-            "phones registered in {} ms: {}",
+            "phones registered in {} ms (logs in {}): {}",
             ms(t0.elapsed()),
+            run_dir.join("phones").display(),
             regs_before
                 .iter()
                 .map(|(u, r)| format!("{u} from {} for {} s", r.source, r.expires_at - now()))
@@ -135,11 +147,12 @@ fn sip_phones_survive_master_kill() {
             ms(c1.hung_up - c1.established)
         ));
         check_call(&mut s, "call1", &c1, m, standby, 1).await;
+        let after1 = sources.read()?;
 
         // The counters that show a REGISTER: baresip's events and log lines,
         // each node's service counter.
         let mark = [caller.journal_len(), callee.journal_len()];
-        let log_regs: Vec<usize> = phones_.iter().map(Phone::registrations_in_log).collect();
+        let log_regs: Vec<usize> = uas.iter().map(Phone::registrations_in_log).collect();
         let served_before = registrations_served(&s).await;
         s.say(format!(
             "REGISTERs so far: phones' logs {log_regs:?}, answered per node {served_before:?}"
@@ -185,16 +198,20 @@ fn sip_phones_survive_master_kill() {
             )),
         }
 
+        let after2 = sources.read()?;
+        packet_sources(&mut s, "call1", Sources::default(), after1);
+        packet_sources(&mut s, "call2", after1, after2);
+
         // No phone registered again: no REGISTERING event, no new 200 OK line
         // in their logs, the new master answered no REGISTER, same bindings.
-        let reg_events: Vec<usize> = phones_
+        let reg_events: Vec<usize> = uas
             .iter()
             .zip(mark)
             .map(|(p, k)| {
                 p.events_since(k, "REGISTERING").len() + p.events_since(k, "REGISTER_OK").len()
             })
             .collect();
-        let log_regs_after: Vec<usize> = phones_.iter().map(Phone::registrations_in_log).collect();
+        let log_regs_after: Vec<usize> = uas.iter().map(Phone::registrations_in_log).collect();
         let served_after = registrations_served(&s).await;
         let regs_after = registrations(&s, new).await.unwrap_or_default();
         s.figure(
@@ -234,8 +251,8 @@ fn sip_phones_survive_master_kill() {
             format!("bindings changed over the failover: {regs_before:?} → {regs_after:?}"),
         );
 
-        let mut phones_ = phones_;
-        for p in &mut phones_ {
+        let mut uas = uas;
+        for p in &mut uas {
             if !p.is_running() {
                 s.fail(format!("{} exited; see {}", p.spec.name, p.log.display()));
             }
@@ -248,6 +265,28 @@ fn sip_phones_survive_master_kill() {
         s.figure("rejoin_ms", ms(t.elapsed()));
         s.finish().await
     });
+}
+
+/// SIP and RTP packets the phones received between two readings, by source;
+/// all must come from the VIP (what a phone behind NAT can receive).
+fn packet_sources(s: &mut Scenario, tag: &str, from: Sources, to: Sources) {
+    let d = |a: u64, b: u64| b.saturating_sub(a);
+    let (sv, so) = (
+        d(from.sip_from_vip, to.sip_from_vip),
+        d(from.sip_from_other, to.sip_from_other),
+    );
+    let (rv, ro) = (
+        d(from.rtp_from_vip, to.rtp_from_vip),
+        d(from.rtp_from_other, to.rtp_from_other),
+    );
+    s.figure(
+        &format!("{tag}_packets_to_phones"),
+        format!("SIP {sv} from the VIP, {so} from elsewhere; RTP {rv} from the VIP, {ro} from elsewhere"),
+    );
+    s.check(
+        so == 0 && ro == 0 && sv > 0 && rv > 0,
+        format!("{tag}: the phones got SIP {so} / RTP {ro} packet(s) from an address other than the VIP (and {sv} / {rv} from it)"),
+    );
 }
 
 fn now() -> i64 {
