@@ -607,7 +607,10 @@ pub async fn start(
         relay: Some(relay),
         error: None,
     });
-    // Answer only as master.
+    // Answer only as master. The role is read every 5 ms: the VIP is added a
+    // few ms after the role changes, and whatever reaches an inactive service
+    // is dropped (with 50 ms, a phone's first INVITE after a failover was often
+    // lost and only its retransmission 500 ms later was answered).
     let weak = Arc::downgrade(&rt);
     tokio::spawn(async move {
         loop {
@@ -616,7 +619,7 @@ pub async fn start(
                 h.set_active(roles.role() == tandem_failover::controller::Role::Master);
             }
             drop(rt);
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     });
     tokio::spawn(expire_bindings(replica));

@@ -177,10 +177,13 @@ fn sip_phones_survive_master_kill() {
             .unwrap();
         match c2 {
             Ok(c2) => {
+                let dialled_utc = chrono::Utc::now()
+                    - chrono::Duration::from_std(c2.dialled.elapsed()).unwrap_or_default();
                 s.say(format!(
-                    "call 2 through node {new}: 200 OK {} ms after the kill ({} ms after dialling, {} attempt(s))",
+                    "call 2 through node {new}: 200 OK {} ms after the kill ({} ms after dialling at {}, {} attempt(s))",
                     ms(c2.established - at),
                     ms(c2.established - c2.dialled),
+                    dialled_utc.format("%H:%M:%S%.3f"),
                     c2.attempts
                 ));
                 s.figure("kill_to_call_200ok_ms", ms(c2.established - at));
