@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what the chaos tests need on Debian: iproute2 (ip netns, veth,
-# bridge, tc) and nftables (partitions). Idempotent: installs only what is
+# bridge, tc), nftables (partitions) and baresip-core (the real phones of the
+# SIP failover scenario). Idempotent: installs only what is
 # missing; prints what the kernel cannot do (tc netem). Run as root, e.g. from
 # .ci/run:   ./chaos-tests/setup.sh
 set -euo pipefail
@@ -10,6 +11,7 @@ have() { command -v "$1" >/dev/null 2>&1; }
 pkgs=()
 { have ip && have tc; } || pkgs+=(iproute2)
 have nft || pkgs+=(nftables)
+have baresip || pkgs+=(baresip-core)
 
 if [ ${#pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
@@ -32,7 +34,7 @@ if [ "$(id -u)" -eq 0 ]; then
       netem="no (kernel without sch_netem: the loss scenario uses nftables loss, without delay)"
     fi
     ip netns del "$ns"
-    echo "chaos setup: ok (ip netns: yes, nft: $(have nft && echo yes || echo no), tc netem: $netem)"
+    echo "chaos setup: ok (ip netns: yes, nft: $(have nft && echo yes || echo no), tc netem: $netem, baresip: $(have baresip && echo yes || echo no))"
   else
     echo "chaos setup: ip netns does not work here (container without CAP_SYS_ADMIN?): scenarios will skip" >&2
   fi

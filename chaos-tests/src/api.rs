@@ -89,3 +89,23 @@ pub async fn all_cdr_ids(ip: impl std::fmt::Display, token: &str) -> anyhow::Res
         }
     }
 }
+
+/// GET a body as bytes: (HTTP status, body). Any status is returned, only
+/// transport errors are errors.
+pub async fn get_bytes(
+    url: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<(u16, Vec<u8>)> {
+    let mut req = http().get(url).timeout(timeout);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.with_context(|| format!("GET {url}"))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .bytes()
+        .await
+        .with_context(|| format!("GET {url}: body"))?;
+    Ok((status, body.to_vec()))
+}

@@ -85,6 +85,8 @@ pub struct ClusterSpec {
     /// Wait for a master that holds the VIP (false: master role only; for
     /// developing the harness against a tandem without VIP support).
     pub require_vip: bool,
+    /// TOML appended to every data node's config (e.g. a `[sip]` section).
+    pub data_config_extra: String,
 }
 
 impl ClusterSpec {
@@ -96,6 +98,7 @@ impl ClusterSpec {
             garp_count: 3,
             garp_interval_ms: 100,
             require_vip: target_is_vip(),
+            data_config_extra: String::new(),
         }
     }
 
@@ -270,6 +273,14 @@ impl Cluster {
         for n in &c.nodes {
             std::fs::write(&n.config, config_text(&c.spec, n))
                 .with_context(|| format!("writing {}", n.config.display()))?;
+            // As the appliance's sysctl.d/60-tandem.conf: a node may bind the
+            // VIP before it holds it (the SIP service binds it; per namespace).
+            cmd::in_ns(
+                &n.ns,
+                "sh",
+                &["-c", "echo 1 > /proc/sys/net/ipv4/ip_nonlocal_bind"],
+            )
+            .with_context(|| format!("net.ipv4.ip_nonlocal_bind = 1 in {}", n.ns))?;
         }
         if let Err(e) = c.bootstrap().await {
             c.keep_logs();
@@ -648,6 +659,10 @@ pub fn config_text(spec: &ClusterSpec, n: &Node) -> String {
             c = spec.garp_count,
             gi = spec.garp_interval_ms,
         ));
+        if !spec.data_config_extra.is_empty() {
+            s.push('\n');
+            s.push_str(&spec.data_config_extra);
+        }
     }
     s
 }

@@ -16,6 +16,7 @@
 //! * [`cluster`]: configs, bootstrap, node processes, health; the cleanup guard.
 //! * [`faults`]: injectors and their heals.
 //! * [`invariants`]: single answerer, no lost write, failover time.
+//! * [`phones`]: baresip phones in the client namespace, tones and recordings.
 //! * [`scenario`]: the run of one scenario and its report.
 
 pub mod api;
@@ -24,6 +25,7 @@ pub mod cmd;
 pub mod faults;
 pub mod invariants;
 pub mod netns;
+pub mod phones;
 pub mod preflight;
 pub mod registry;
 pub mod scenario;

@@ -351,7 +351,8 @@ impl Default for ApiSection {
 #[serde(deny_unknown_fields, default)]
 pub struct SipSection {
     /// Address the SIP listener binds to, as `ip:port`.
-    /// Default: `"0.0.0.0:5060"` (all interfaces, so it also answers on the VIP).
+    /// Default: `"0.0.0.0:5060"`: with a `[vip]` and `net.ipv4.ip_nonlocal_bind = 1`
+    /// the VIP itself (replies and RTP leave from it), else all interfaces.
     pub listen: String,
     /// UDP port range for RTP media, as `"LOW-HIGH"`: LOW even (RTP uses even
     /// ports, RTCP the odd one above), LOW < HIGH, both within 1024-65535.

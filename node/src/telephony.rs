@@ -490,6 +490,41 @@ impl SipRuntime {
     }
 }
 
+/// The address the SIP listener and the RTP relay bind to. With a VIP and the
+/// unspecified `[sip] listen` (the default 0.0.0.0), the VIP itself, when the
+/// kernel lets this node bind an address it does not hold yet
+/// (`net.ipv4.ip_nonlocal_bind = 1`, which the appliance sets): then replies
+/// to phones, requests to them and relayed RTP leave from the VIP, the address
+/// the phones sent to. On 0.0.0.0 the kernel picks the node's own address as
+/// their source, which phones behind NAT never receive (RFC 3581 §4: a response
+/// leaves from the address the request was sent to).
+fn vip_listen(
+    listen: std::net::SocketAddr,
+    vip: Option<IpAddr>,
+    nonlocal_bind: impl Fn(IpAddr) -> bool,
+) -> std::net::SocketAddr {
+    match vip {
+        Some(vip) if listen.ip().is_unspecified() && nonlocal_bind(vip) => {
+            std::net::SocketAddr::new(vip, listen.port())
+        }
+        Some(vip) if listen.ip().is_unspecified() => {
+            tracing::warn!(%vip, %listen, "SIP replies and RTP leave from this node's own address, not the VIP: phones behind NAT will not receive them; set net.ipv4.ip_nonlocal_bind = 1 (net.ipv6 for an IPv6 VIP; the appliance's sysctl.d/60-tandem.conf does)");
+            listen
+        }
+        _ => listen,
+    }
+}
+
+/// Does the kernel let this process bind `ip` while it is not on an interface
+/// (`ip_nonlocal_bind`, read in this process's network namespace)?
+fn nonlocal_bind_allowed(ip: IpAddr) -> bool {
+    let knob = match ip {
+        IpAddr::V4(_) => "/proc/sys/net/ipv4/ip_nonlocal_bind",
+        IpAddr::V6(_) => "/proc/sys/net/ipv6/ip_nonlocal_bind",
+    };
+    std::fs::read_to_string(knob).is_ok_and(|v| v.trim() == "1")
+}
+
 /// Start the telephony service on a data node: SIP on `[sip] listen`, media ports
 /// from `[sip] rtp_ports`, addresses advertised as the VIP (or the listen address).
 /// It answers only while this node is master. A failure to start is logged and
@@ -513,6 +548,7 @@ pub async fn start(
         Ok(a) => a,
         Err(e) => return failed(format!("sip.listen {:?}: {e}", cfg.sip.listen)),
     };
+    let listen = vip_listen(listen, cfg.vip_address(), nonlocal_bind_allowed);
     // The address phones are given: the VIP, else the listen address, else the
     // node's cluster address.
     let advertised_ip = cfg.vip_address().unwrap_or_else(|| {
@@ -571,7 +607,10 @@ pub async fn start(
         relay: Some(relay),
         error: None,
     });
-    // Answer only as master.
+    // Answer only as master. The role is read every 5 ms: the VIP is added a
+    // few ms after the role changes, and whatever reaches an inactive service
+    // is dropped (with 50 ms, a phone's first INVITE after a failover was often
+    // lost and only its retransmission 500 ms later was answered).
     let weak = Arc::downgrade(&rt);
     tokio::spawn(async move {
         loop {
@@ -580,9 +619,27 @@ pub async fn start(
                 h.set_active(roles.role() == tandem_failover::controller::Role::Master);
             }
             drop(rt);
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     });
     tokio::spawn(expire_bindings(replica));
     rt
+}
+
+#[cfg(test)]
+mod tests {
+    use super::vip_listen;
+    use std::net::{IpAddr, SocketAddr};
+
+    #[test]
+    fn the_default_listen_address_becomes_the_vip_when_it_can_be_bound() {
+        let any: SocketAddr = "0.0.0.0:5060".parse().unwrap();
+        let vip: IpAddr = "198.18.0.200".parse().unwrap();
+        let on_vip: SocketAddr = "198.18.0.200:5060".parse().unwrap();
+        assert_eq!(vip_listen(any, Some(vip), |_| true), on_vip);
+        assert_eq!(vip_listen(any, Some(vip), |_| false), any);
+        assert_eq!(vip_listen(any, None, |_| true), any);
+        let own: SocketAddr = "198.18.0.1:5080".parse().unwrap();
+        assert_eq!(vip_listen(own, Some(vip), |_| true), own);
+    }
 }

@@ -20,6 +20,8 @@ use chaos_tests::topology::{self, fmt_mac, Topology};
 use chaos_tests::{netns::NsExecutor, registry};
 use rand::Rng;
 
+mod sip;
+
 /// Run one scenario alone, on its own runtime, within `limit`.
 fn scenario_test<F, Fut>(name: &str, limit: Duration, steps: F)
 where
