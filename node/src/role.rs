@@ -29,6 +29,9 @@ use crate::config::{Config, NodeRole};
 /// What the rest of the node reads about roles (health, status, metrics).
 pub struct RoleState {
     role: Mutex<Role>,
+    /// The same role, for tasks that must react at once to a change (the SIP
+    /// service starts answering the moment this node becomes master).
+    role_watch: tokio::sync::watch::Sender<Role>,
     vip_held: AtomicBool,
     maintenance: AtomicBool,
     pub role_changes: AtomicU64,
@@ -42,6 +45,10 @@ pub struct RoleState {
 impl RoleState {
     pub fn role(&self) -> Role {
         *self.role.lock().expect("role lock")
+    }
+    /// A receiver that wakes on every role change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Role> {
+        self.role_watch.subscribe()
     }
     pub fn vip_held(&self) -> bool {
         self.vip_held.load(Ordering::SeqCst)
@@ -119,6 +126,7 @@ pub async fn start(replica: Arc<Replica>, cfg: &Config) -> anyhow::Result<Arc<Ro
     });
     let state = Arc::new(RoleState {
         role: Mutex::new(controller.role()),
+        role_watch: tokio::sync::watch::Sender::new(controller.role()),
         vip_held: AtomicBool::new(false),
         maintenance: AtomicBool::new(false),
         role_changes: AtomicU64::new(0),
@@ -446,6 +454,7 @@ impl Driver {
                 Action::SetElect(allowed) => self.replica.set_elect(allowed),
                 Action::RoleChanged { from, to, reason } => {
                     *self.state.role.lock().expect("role lock") = to;
+                    self.state.role_watch.send_replace(to);
                     self.state.role_changes.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(%from, %to, ?reason, node = self.replica.id, "role changed");
                 }

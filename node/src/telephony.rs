@@ -607,19 +607,26 @@ pub async fn start(
         relay: Some(relay),
         error: None,
     });
-    // Answer only as master. The role is read every 5 ms: the VIP is added a
-    // few ms after the role changes, and whatever reaches an inactive service
-    // is dropped (with 50 ms, a phone's first INVITE after a failover was often
-    // lost and only its retransmission 500 ms later was answered).
+    // Answer only as master, from the moment the role changes: the VIP is added a
+    // few ms after the role changes, and whatever reaches an inactive service is
+    // dropped (polling the role every 50 ms lost a phone's first INVITE after a
+    // failover; only its retransmission 500 ms later was answered).
     let weak = Arc::downgrade(&rt);
+    let mut role = roles.subscribe();
     tokio::spawn(async move {
         loop {
             let Some(rt) = weak.upgrade() else { return };
             if let Some(h) = &rt.handle {
-                h.set_active(roles.role() == tandem_failover::controller::Role::Master);
+                h.set_active(
+                    *role.borrow_and_update() == tandem_failover::controller::Role::Master,
+                );
             }
             drop(rt);
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            // Woken by a role change; the timeout only notices a stopped service.
+            match tokio::time::timeout(std::time::Duration::from_secs(1), role.changed()).await {
+                Ok(Err(_)) => return, // the role controller is gone: shutting down
+                Ok(Ok(())) | Err(_) => {}
+            }
         }
     });
     tokio::spawn(expire_bindings(replica));
