@@ -32,8 +32,8 @@
 //! to the queue, packets pass untouched (a dead impairer cannot fake a
 //! partition; the scenario's checks of the figures catch an inactive one).
 
-use std::collections::BinaryHeap;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -187,7 +187,10 @@ impl<T> Impairer<T> {
         } else {
             let lo = d.saturating_sub(j);
             let hi = d + j;
-            Duration::from_nanos(self.rng.gen_range(lo.as_nanos() as u64..hi.as_nanos() as u64))
+            Duration::from_nanos(
+                self.rng
+                    .gen_range(lo.as_nanos() as u64..hi.as_nanos() as u64),
+            )
         };
         self.seq += 1;
         self.held.push(Reverse(Held {
@@ -218,7 +221,8 @@ impl<T> Impairer<T> {
     pub fn release_all(&mut self, now: Instant) -> Vec<T> {
         let mut out = Vec::new();
         while let Some(Reverse(h)) = self.held.pop() {
-            self.delays.record(now.saturating_duration_since(h.received));
+            self.delays
+                .record(now.saturating_duration_since(h.received));
             out.push(h.pkt);
         }
         out
@@ -344,8 +348,9 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<Stats> {
     spawn_signal_watch(stop.clone())?;
 
     let q = opts.queue;
-    let mut nfq = nfq::Queue::open()
-        .context("opening a netfilter queue socket (needs root and CONFIG_NETFILTER_NETLINK_QUEUE)")?;
+    let mut nfq = nfq::Queue::open().context(
+        "opening a netfilter queue socket (needs root and CONFIG_NETFILTER_NETLINK_QUEUE)",
+    )?;
     nfq.bind(q).with_context(|| {
         format!("binding NFQUEUE {q} (is another impairer bound to it in this namespace?)")
     })?;
@@ -495,7 +500,11 @@ mod tests {
         assert!(s.delay_ms_max <= 151, "{s:?}");
         assert!(s.late_ms_p99 <= 1, "{s:?}");
         let h = &imp.delays;
-        assert!(h.quantile_ms(0.0).unwrap() >= 50, "{:?}", h.quantile_ms(0.0));
+        assert!(
+            h.quantile_ms(0.0).unwrap() >= 50,
+            "{:?}",
+            h.quantile_ms(0.0)
+        );
     }
 
     #[test]
@@ -513,7 +522,11 @@ mod tests {
         assert!(order.windows(2).any(|w| w[0] > w[1]), "no reordering");
         let mut sorted = order.clone();
         sorted.sort();
-        assert_eq!(sorted, (0..200).collect::<Vec<_>>(), "a packet lost or duplicated");
+        assert_eq!(
+            sorted,
+            (0..200).collect::<Vec<_>>(),
+            "a packet lost or duplicated"
+        );
     }
 
     #[test]
