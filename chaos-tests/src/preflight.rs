@@ -58,7 +58,15 @@ impl Host {
     }
 
     /// How loss + delay is made here: netem, else NFQUEUE, else degraded.
+    /// `CHAOS_IMPAIRMENT=nfqueue` or `=degraded` picks a lesser one that
+    /// works (to exercise the impairer on a kernel with netem, or the
+    /// degraded path anywhere).
     pub fn loss_delay(&self) -> LossDelay {
+        match std::env::var("CHAOS_IMPAIRMENT").as_deref() {
+            Ok("degraded") => return LossDelay::Degraded,
+            Ok("nfqueue") if self.nfqueue.is_ok() => return LossDelay::Nfqueue,
+            _ => {}
+        }
         if self.netem.is_ok() {
             LossDelay::Netem
         } else if self.nfqueue.is_ok() {

@@ -448,7 +448,7 @@ fn loss_and_jitter_cause_no_role_change() {
                 }
                 s.figure(
                     "degraded",
-                    "neither tc netem nor NFQUEUE here: 5% loss only (nftables numgen), NO delay/jitter",
+                    "5% loss only (nftables numgen), NO delay/jitter: neither tc netem nor NFQUEUE works here (or CHAOS_IMPAIRMENT=degraded)",
                 );
                 "5% random loss (nftables) on every node, no delay".to_string()
             }
