@@ -197,11 +197,33 @@ fn find_tandem() -> anyhow::Result<PathBuf> {
     let bin = target.join("debug").join("tandem");
     if std::env::var_os("CHAOS_NO_BUILD").is_none() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(&cargo)
+        let mut build = Command::new(&cargo);
+        build
             .args(["build", "-q", "-p", "tandem"])
             .current_dir(&workspace)
-            .stdin(Stdio::null())
-            .status();
+            .stdin(Stdio::null());
+        // Under `cargo test` this process carries the variables cargo sets for
+        // the crate under test (CARGO_PKG_NAME=chaos-tests, …). Build scripts
+        // that watch them (ring's `rerun-if-env-changed=CARGO_PKG_NAME`) would
+        // see a change and rebuild ring, rustls, … here, and again at the next
+        // plain `cargo test`: minutes per run, inside the scenario's time bound.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_MANIFEST_")
+                || k.starts_with("CARGO_BIN_EXE_")
+                || [
+                    "CARGO_CRATE_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "OUT_DIR",
+                ]
+                .contains(&k.as_ref())
+            {
+                build.env_remove(k.as_ref());
+            }
+        }
+        let status = build.status();
         match status {
             Ok(s) if s.success() => {}
             other if bin.is_file() => eprintln!(
@@ -575,6 +597,7 @@ impl Cluster {
     /// Stop everything and delete the namespaces (also done on drop).
     fn teardown(&mut self) {
         self.client.stop();
+        self.faults.kill_impairers();
         for n in &mut self.nodes {
             if let Some(mut c) = n.child.take() {
                 let pid = Pid::from_raw(c.id() as i32);

@@ -15,6 +15,7 @@
 //! * [`netns`]: a thread inside a namespace running a current-thread runtime.
 //! * [`cluster`]: configs, bootstrap, node processes, health; the cleanup guard.
 //! * [`faults`]: injectors and their heals.
+//! * [`impair`]: the NFQUEUE packet impairer (netem's loss + delay in userspace).
 //! * [`invariants`]: single answerer, no lost write, failover time.
 //! * [`phones`]: baresip phones in the client namespace, tones and recordings.
 //! * [`scenario`]: the run of one scenario and its report.
@@ -23,6 +24,7 @@ pub mod api;
 pub mod cluster;
 pub mod cmd;
 pub mod faults;
+pub mod impair;
 pub mod invariants;
 pub mod netns;
 pub mod phones;

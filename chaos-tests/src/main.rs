@@ -6,6 +6,10 @@
 //!   non-zero on any violation.
 //! * `chaos-tests cleanup`: remove namespaces, processes and directories left
 //!   by runs whose process is gone.
+//! * `chaos-tests impair --queue N --loss 5 --delay-ms 100 --jitter-ms 50`:
+//!   the userspace netem (see `chaos_tests::impair`), started by the fault
+//!   injector with `ip netns exec <node ns>`; prints `impair-stats {json}` on
+//!   SIGTERM.
 //!
 //! Ctrl-C or SIGTERM stops a soak and removes everything it created.
 
@@ -45,11 +49,69 @@ enum Cmd {
         #[arg(long)]
         logs: bool,
     },
+    /// Drop and delay the packets of an NFQUEUE (netem's loss + delay in
+    /// userspace); run inside the namespace, with an iptables-legacy
+    /// `-j NFQUEUE --queue-num N` rule. Prints its figures on SIGTERM.
+    Impair {
+        /// NFQUEUE number to bind (in this network namespace).
+        #[arg(long, default_value_t = 0)]
+        queue: u16,
+        /// Loss, percent of the packets.
+        #[arg(long, default_value_t = 0.0)]
+        loss: f64,
+        /// Mean delay of the packets not lost, ms.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+        /// Jitter: delays are uniform in delay ± jitter, ms.
+        #[arg(long, default_value_t = 0)]
+        jitter_ms: u64,
+        /// RNG seed (random if not given; printed either way).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Most packets held at once (kernel queue length); beyond it the
+        /// kernel drops and the drops are reported as `overflow_drops`.
+        #[arg(long, default_value_t = 8192)]
+        capacity: u32,
+        /// Exit by itself after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        max_secs: u64,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Cmd::Impair {
+            queue,
+            loss,
+            delay_ms,
+            jitter_ms,
+            seed,
+            capacity,
+            max_secs,
+        } => {
+            let opts = chaos_tests::impair::RunOptions {
+                queue,
+                params: chaos_tests::impair::Params {
+                    loss_percent: loss,
+                    delay: Duration::from_millis(delay_ms),
+                    jitter: Duration::from_millis(jitter_ms),
+                },
+                seed: seed.unwrap_or_else(rand::random),
+                capacity,
+                max_run: Duration::from_secs(max_secs),
+            };
+            match chaos_tests::impair::run(&opts) {
+                Ok(stats) => {
+                    println!("{}", stats.line());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("impair: FAILED: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Cleanup { logs } => {
             let r = registry::remove_leftovers();
             println!("cleanup: {}", r.summary());

@@ -115,7 +115,8 @@ impl Drop for NsExecutor {
     }
 }
 
-fn enter(ns: &str) -> anyhow::Result<()> {
+/// Move the calling thread into network namespace `ns`.
+pub(crate) fn enter(ns: &str) -> anyhow::Result<()> {
     let path = format!("/var/run/netns/{ns}");
     let f = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
     setns(f.as_fd(), CloneFlags::CLONE_NEWNET).with_context(|| format!("setns into {path}"))?;

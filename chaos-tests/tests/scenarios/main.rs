@@ -12,9 +12,9 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use chaos_tests::cluster::{describe, ClusterSpec, Timers};
-use chaos_tests::faults::Endpoint;
+use chaos_tests::faults::{Endpoint, Netem};
 use chaos_tests::invariants::single_answerer::{self, answered_by, Probe};
-use chaos_tests::preflight::{Host, Needs};
+use chaos_tests::preflight::{Host, LossDelay, Needs};
 use chaos_tests::scenario::{bounded, ms, serial, Scenario};
 use chaos_tests::topology::{self, fmt_mac, Topology};
 use chaos_tests::{netns::NsExecutor, registry};
@@ -381,18 +381,24 @@ fn one_way_partition_master_cannot_receive() {
 /// no role change at all. With the appliance's default timers: the fast test
 /// timers (lease 300 ms) are below what a lossy TCP path needs (one lost
 /// segment costs a 200 ms minimum RTO). `CHAOS_LOSS_TIMERS=fast` uses them
-/// anyway. Without netem (kernel without sch_netem) the loss is made with
-/// nftables and there is no delay; the report says so (`degraded`).
+/// anyway. The impairment is tc netem where the kernel has sch_netem, else the
+/// NFQUEUE impairer (`chaos-tests impair`, same loss and delay in userspace),
+/// else (`degraded`) nftables loss without delay. The report says which, and
+/// the impairment is checked to have happened: TCP handshakes from the client
+/// to each node measured during the fault (the node's SYN-ACK is delayed), and
+/// the impairers' own counts (drop rate, measured delay, no queue overflow).
 #[test]
 fn loss_and_jitter_cause_no_role_change() {
+    chaos_tests::faults::set_impairer_bin(env!("CARGO_BIN_EXE_chaos-tests"));
     scenario_test("loss_and_jitter", Duration::from_secs(300), || async {
         let host = Host::get();
-        let netem = host.netem.is_ok();
-        if !netem && host.nft.is_err() {
+        let how = host.loss_delay();
+        if how == LossDelay::Degraded && host.nft.is_err() {
             println!("=== chaos scenario loss_and_jitter ===");
             println!(
-                "loss_and_jitter: skipped: neither tc netem ({}) nor nftables ({}) works here",
+                "loss_and_jitter: skipped: neither tc netem ({}), NFQUEUE ({}) nor nftables ({}) works here",
                 host.netem.clone().err().unwrap_or_default(),
+                host.nfqueue.clone().err().unwrap_or_default(),
                 host.nft.clone().err().unwrap_or_default()
             );
             return Ok(());
@@ -414,28 +420,48 @@ fn loss_and_jitter_cause_no_role_change() {
         let before = s.cluster.healths().await;
         let term_before = before[m as usize - 1].as_ref().map(|h| h.term).unwrap_or(0);
         let ids: Vec<u64> = s.cluster.nodes.iter().map(|n| n.id).collect();
-        let at = Instant::now();
-        let what = if netem {
-            for id in &ids {
-                s.cluster
-                    .netem(*id, &["loss", "5%", "delay", "100ms", "50ms"])?;
+        let netem = Netem {
+            loss_percent: 5,
+            delay_ms: 100,
+            jitter_ms: 50,
+        };
+        s.figure("impairment", how.name());
+        let mut at = Instant::now();
+        let what = match how {
+            LossDelay::Netem | LossDelay::Nfqueue => {
+                for id in &ids {
+                    let seed: u64 = s.rng.gen();
+                    at = s.cluster.netem(*id, &netem, seed)?;
+                    if how == LossDelay::Nfqueue {
+                        s.say(format!("node {id}: impairer seed {seed}"));
+                    }
+                }
+                if how == LossDelay::Netem {
+                    format!("tc netem {netem} on every node")
+                } else {
+                    format!(
+                        "NFQUEUE impairer {netem} on every node's eth0 output (no sch_netem here)"
+                    )
+                }
             }
-            "tc netem loss 5% delay 100ms 50ms on every node"
-        } else {
-            for id in &ids {
-                s.cluster.nft_loss(*id, 5)?;
+            LossDelay::Degraded => {
+                for id in &ids {
+                    at = s.cluster.nft_loss(*id, netem.loss_percent)?;
+                }
+                s.figure(
+                    "degraded",
+                    "5% loss only (nftables numgen), NO delay/jitter: neither tc netem nor NFQUEUE works here (or CHAOS_IMPAIRMENT=degraded)",
+                );
+                "5% random loss (nftables) on every node, no delay".to_string()
             }
-            s.figure(
-                "degraded",
-                "tc netem unavailable here: 5% loss only (nftables numgen), NO delay/jitter",
-            );
-            "5% random loss (nftables) on every node, no delay"
         };
         s.fault(&format!("{what} for {secs} s"), at);
         // Sample every node's view; any change of role, leader or term counts.
         let mut last: Vec<Option<(String, Option<u64>, u64)>> = vec![None; ids.len()];
         let mut changes = Vec::new();
         let mut samples = 0;
+        let mut handshakes: Vec<Vec<Duration>> = vec![Vec::new(); ids.len()];
+        let mut round = 0usize;
         while at.elapsed() < Duration::from_secs(secs) {
             for (i, h) in s.cluster.healths().await.into_iter().enumerate() {
                 let Some(h) = h else { continue };
@@ -458,6 +484,27 @@ fn loss_and_jitter_cause_no_role_change() {
                 }
                 last[i] = Some(now);
             }
+            // One TCP handshake to one node per round: its SYN-ACK crosses
+            // the node's impaired output, so the connect time is one delay.
+            let i = round % ids.len();
+            round += 1;
+            let ip = s.cluster.node(ids[i]).ip;
+            let rtt = s
+                .cluster
+                .client
+                .run(move || async move {
+                    let t = Instant::now();
+                    let c = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        tokio::net::TcpStream::connect((ip, 8080)),
+                    )
+                    .await;
+                    matches!(c, Ok(Ok(_))).then(|| t.elapsed())
+                })
+                .await?;
+            if let Some(d) = rtt {
+                handshakes[i].push(d);
+            }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         let during = s.probes();
@@ -474,12 +521,12 @@ fn loss_and_jitter_cause_no_role_change() {
             .iter()
             .filter(|p| p.at >= at && p.macs.is_empty() && p.error.is_none())
             .count();
-        if netem {
-            s.cluster.heal_netem()?;
-        } else {
-            s.cluster.heal_nft()?;
-        }
+        match how {
+            LossDelay::Netem | LossDelay::Nfqueue => s.cluster.heal_netem()?,
+            LossDelay::Degraded => s.cluster.heal_nft()?,
+        };
         s.say("healed");
+        check_impairment(&mut s, how, &netem, &mut handshakes);
         tokio::time::sleep(Duration::from_secs(2)).await;
         let after = s.cluster.healths().await;
         let m_after = s
@@ -517,6 +564,131 @@ fn loss_and_jitter_cause_no_role_change() {
         );
         s.finish().await
     });
+}
+
+/// Median of `v` (sorted in place); `None` when empty.
+fn median(v: &mut [Duration]) -> Option<Duration> {
+    v.sort();
+    v.get(v.len() / 2).copied()
+}
+
+/// The figures of the loss + delay fault, and checks that it really
+/// happened: an impairment that is silently inactive fails the scenario.
+fn check_impairment(s: &mut Scenario, how: LossDelay, n: &Netem, hs: &mut [Vec<Duration>]) {
+    let delayed = how != LossDelay::Degraded;
+    for (i, v) in hs.iter_mut().enumerate() {
+        let count = v.len();
+        let p50 = median(v);
+        s.figure(
+            &format!("handshake_ms_n{}", i + 1),
+            format!(
+                "p50 {} over {count} TCP connects from the client during the fault",
+                p50.map_or("-".into(), |d| ms(d).to_string())
+            ),
+        );
+        if delayed {
+            // One delay (uniform 50..150 ms) plus a little; a lost SYN-ACK
+            // (5 %) costs a 1 s retransmission but moves the median little.
+            let lo = n.delay_ms.saturating_sub(n.jitter_ms / 2);
+            let hi = n.delay_ms + n.jitter_ms + 10;
+            s.check(
+                p50.is_some_and(|d| (lo..=hi).contains(&(ms(d) as u64))),
+                format!(
+                    "node {}: TCP handshake p50 {} not within {lo}..={hi} ms: the delay did not apply",
+                    i + 1,
+                    p50.map_or("none (no connect succeeded)".into(), |d| format!("{:.1} ms", d.as_secs_f64() * 1000.0))
+                ),
+            );
+        }
+    }
+    if how != LossDelay::Nfqueue {
+        return;
+    }
+    let stats = s.cluster.take_impairer_stats();
+    let (mut seen, mut dropped) = (0u64, 0u64);
+    for (id, st) in &stats {
+        match st {
+            Ok(st) => {
+                seen += st.seen;
+                dropped += st.dropped;
+                s.figure(
+                    &format!("impairer_n{id}"),
+                    format!(
+                        "{} packets, {} dropped ({:.2} %), delay p50 {} p90 {} p99 {} max {} ms, late p99 {} ms, max held {}, overflow drops {}",
+                        st.seen, st.dropped, st.drop_percent, st.delay_ms_p50, st.delay_ms_p90,
+                        st.delay_ms_p99, st.delay_ms_max, st.late_ms_p99, st.max_held, st.overflow_drops
+                    ),
+                );
+                s.check(
+                    st.seen >= 100,
+                    format!(
+                        "impairer of node {id} saw only {} packets: is its NFQUEUE rule in place?",
+                        st.seen
+                    ),
+                );
+                // The median of U[D-J, D+J] is D; allow J/5 either side, and 10 ms
+                // more above for the impairer's scheduling lateness on a loaded host.
+                let (lo, hi) = (
+                    n.delay_ms - n.jitter_ms / 5,
+                    n.delay_ms + n.jitter_ms / 5 + 10,
+                );
+                s.check(
+                    (lo..=hi).contains(&st.delay_ms_p50),
+                    format!(
+                        "impairer of node {id}: delay p50 {} ms not within {lo}..={hi} ms",
+                        st.delay_ms_p50
+                    ),
+                );
+                let p99_max = n.delay_ms + n.jitter_ms + 30;
+                s.check(
+                    st.delay_ms_p99 <= p99_max,
+                    format!("impairer of node {id}: delay p99 {} ms over {p99_max} ms (impairer too slow)", st.delay_ms_p99),
+                );
+                s.check(
+                    st.overflow_drops == 0,
+                    format!("impairer of node {id}: the kernel dropped {} packets on a full queue (loss above {} %)", st.overflow_drops, n.loss_percent),
+                );
+            }
+            Err(e) => s.fail(format!("impairer of node {id}: {e}")),
+        }
+    }
+    s.check(
+        stats.len() == hs.len(),
+        format!(
+            "figures from {} impairers for {} nodes",
+            stats.len(),
+            hs.len()
+        ),
+    );
+    // Binomial band: 4 standard deviations (at least 1 point) around L.
+    let p = f64::from(n.loss_percent) / 100.0;
+    let rate = if seen == 0 {
+        0.0
+    } else {
+        100.0 * dropped as f64 / seen as f64
+    };
+    let band = (400.0 * (p * (1.0 - p) / seen.max(1) as f64).sqrt()).max(1.0);
+    s.figure(
+        "impairer_total",
+        format!(
+            "{seen} packets, {dropped} dropped ({rate:.2} %; accepted band {:.2}..{:.2} %)",
+            100.0 * p - band,
+            100.0 * p + band
+        ),
+    );
+    if seen < 1000 {
+        s.fail(format!(
+            "the impairers saw only {seen} packets in all (need ≥ 1000 to judge the drop rate)"
+        ));
+    } else {
+        s.check(
+            (rate - 100.0 * p).abs() <= band,
+            format!(
+                "impairers dropped {rate:.2} % of {seen} packets, want {} % ± {band:.2}",
+                n.loss_percent
+            ),
+        );
+    }
 }
 
 /// Two data nodes and a witness: kill -9 of the master data node → the other
