@@ -35,6 +35,8 @@ use tokio::sync::mpsc;
 
 use crate::netns::NsExecutor;
 
+pub use tandem_media::testing::dominant_hz;
+
 /// Is baresip installed (Debian package `baresip-core`)?
 pub fn have_baresip() -> bool {
     crate::cmd::on_path("baresip")
@@ -542,33 +544,6 @@ impl Wav {
             .collect();
         dominant_hz(&x, f64::from(self.rate))
     }
-}
-
-/// Goertzel power of `hz` in `x`.
-fn goertzel(x: &[f64], rate: f64, hz: f64) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * hz / rate;
-    let c = 2.0 * w.cos();
-    let (mut s1, mut s2) = (0.0, 0.0);
-    for v in x {
-        let s = v + c * s1 - s2;
-        s2 = s1;
-        s1 = s;
-    }
-    s1 * s1 + s2 * s2 - c * s1 * s2
-}
-
-/// The strongest frequency of `x` on a 50 Hz grid from 200 to 3400 Hz.
-pub fn dominant_hz(x: &[f64], rate: f64) -> f64 {
-    let mut best = (0.0, 0.0);
-    let mut hz = 200.0;
-    while hz <= 3400.0 {
-        let p = goertzel(x, rate, hz);
-        if p > best.1 {
-            best = (hz, p);
-        }
-        hz += 50.0;
-    }
-    best.0
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! An in-memory [`Backend`] for tests and the load benchmark: users, bindings and
-//! CDRs in mutexes, with a channel announcing each ended call.
+//! CDRs in mutexes, with a channel announcing each ended call; and [`dominant_hz`],
+//! the tone check the interop and chaos tests apply to recordings.
 
 use crate::backend::{Backend, Binding, CallRecord, SipUser};
 use crate::error::BackendError;
@@ -136,5 +137,46 @@ impl Backend for MemoryBackend {
 
     fn now_unix(&self) -> i64 {
         chrono::Utc::now().timestamp() + *self.inner.clock_offset.lock().unwrap()
+    }
+}
+
+/// Goertzel power of `hz` in `x` (samples at `rate` Hz).
+fn goertzel(x: &[f64], rate: f64, hz: f64) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * hz / rate;
+    let c = 2.0 * w.cos();
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for v in x {
+        let s = v + c * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    s1 * s1 + s2 * s2 - c * s1 * s2
+}
+
+/// The strongest frequency of `x` (samples at `rate` Hz) on a 50 Hz grid from 200 to
+/// 3400 Hz, the telephone band: tests play a known tone and look for it here.
+pub fn dominant_hz(x: &[f64], rate: f64) -> f64 {
+    let mut best = (0.0, 0.0);
+    let mut hz = 200.0;
+    while hz <= 3400.0 {
+        let p = goertzel(x, rate, hz);
+        if p > best.1 {
+            best = (hz, p);
+        }
+        hz += 50.0;
+    }
+    best.0
+}
+
+#[cfg(test)]
+mod tone_tests {
+    #[test]
+    fn a_pure_tone_is_found_on_the_grid() {
+        for hz in [600.0, 1000.0, 3400.0] {
+            let x: Vec<f64> = (0..8000)
+                .map(|i| (2.0 * std::f64::consts::PI * hz * f64::from(i) / 8000.0).sin())
+                .collect();
+            assert_eq!(super::dominant_hz(&x, 8000.0), hz);
+        }
     }
 }

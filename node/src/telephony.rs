@@ -623,9 +623,9 @@ pub async fn start(
             }
             drop(rt);
             // Woken by a role change; the timeout only notices a stopped service.
-            match tokio::time::timeout(std::time::Duration::from_secs(1), role.changed()).await {
-                Ok(Err(_)) => return, // the role controller is gone: shutting down
-                Ok(Ok(())) | Err(_) => {}
+            let wait = tokio::time::timeout(std::time::Duration::from_secs(1), role.changed());
+            if let Ok(Err(_)) = wait.await {
+                return; // the role controller is gone: shutting down
             }
         }
     });

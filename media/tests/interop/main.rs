@@ -88,19 +88,6 @@ fn read_wav(path: &Path) -> (u32, u16, Vec<i16>) {
     panic!("no data chunk in {}", path.display());
 }
 
-/// Goertzel power of `hz` in `x`.
-fn goertzel(x: &[f64], rate: f64, hz: f64) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * hz / rate;
-    let c = 2.0 * w.cos();
-    let (mut s1, mut s2) = (0.0, 0.0);
-    for v in x {
-        let s = v + c * s1 - s2;
-        s2 = s1;
-        s1 = s;
-    }
-    s1 * s1 + s2 * s2 - c * s1 * s2
-}
-
 /// The strongest frequency of a channel on a 50 Hz grid from 200 to 3400 Hz.
 fn dominant_hz(samples: &[i16], channels: u16, ch: usize, rate: u32) -> f64 {
     let x: Vec<f64> = samples
@@ -112,16 +99,7 @@ fn dominant_hz(samples: &[i16], channels: u16, ch: usize, rate: u32) -> f64 {
         "recording too short: {} samples",
         x.len()
     );
-    let mut best = (0.0, 0.0);
-    let mut hz = 200.0;
-    while hz <= 3400.0 {
-        let p = goertzel(&x, f64::from(rate), hz);
-        if p > best.1 {
-            best = (hz, p);
-        }
-        hz += 50.0;
-    }
-    best.0
+    tandem_media::testing::dominant_hz(&x, f64::from(rate))
 }
 
 /// One headless baresip process with its own config dir; killed on drop.
