@@ -53,6 +53,10 @@ pub struct BenchArgs {
     /// Skip the standby query benchmark.
     #[arg(long)]
     pub skip_query: bool,
+    /// sled page cache of every benchmark node, MiB (`[cluster] cache_mb`; default:
+    /// the node's default, 64).
+    #[arg(long)]
+    pub cache_mb: Option<u64>,
     #[command(flatten)]
     pub rec: crate::bench_recordings::RecordingBenchArgs,
 }
@@ -105,6 +109,9 @@ pub async fn run(args: BenchArgs, json: bool) -> anyhow::Result<()> {
 fn check_args(args: &BenchArgs) -> anyhow::Result<()> {
     if args.seconds == 0 || args.seconds > 3600 {
         bail!("--seconds must be between 1 and 3600");
+    }
+    if args.cache_mb.is_some_and(|mb| mb == 0 || mb > 65_536) {
+        bail!("--cache-mb must be between 1 and 65536 (MiB)");
     }
     if args.writers.is_empty() || args.writers.iter().any(|w| *w == 0 || *w > 4096) {
         bail!("--writers: each writer count must be between 1 and 4096");
@@ -349,13 +356,21 @@ async fn write_phase(
 }
 
 /// Start an `n`-node cluster on loopback and return it with the master's index.
-async fn start_cluster(exe: &Path, n: usize, out: &Out) -> anyhow::Result<(LocalCluster, usize)> {
+async fn start_cluster(
+    exe: &Path,
+    n: usize,
+    cache_mb: Option<u64>,
+    out: &Out,
+) -> anyhow::Result<(LocalCluster, usize)> {
     let ips: &[&str] = if n == 1 {
         &LOOPBACK_3[..1]
     } else {
         &LOOPBACK_3
     };
-    let mut cluster = LocalCluster::prepare(exe.to_path_buf(), n, ips, "")?;
+    let extra = cache_mb
+        .map(|mb| format!("cache_mb = {mb}"))
+        .unwrap_or_default();
+    let mut cluster = LocalCluster::prepare(exe.to_path_buf(), n, ips, &extra)?;
     out.progress(format!(
         "▶ starting a {n}-node cluster on {} (data under {})",
         ips.join(", "),
@@ -1179,7 +1194,7 @@ async fn bench(args: BenchArgs, json_mode: bool) -> anyhow::Result<()> {
     let mut failure: Option<anyhow::Error> = None;
     let mut one_node_res = Vec::new();
     if !args.skip_writes {
-        let (cluster, master) = start_cluster(&exe, 1, &out).await?;
+        let (cluster, master) = start_cluster(&exe, 1, args.cache_mb, &out).await?;
         let client = Arc::new(cluster.nodes[master].client()?);
         phases.extend(write_phases(&cluster, &client, 1, &args, &out).await?);
         one_node_res = resources(&cluster);
@@ -1188,7 +1203,7 @@ async fn bench(args: BenchArgs, json_mode: bool) -> anyhow::Result<()> {
     }
 
     if !(args.skip_writes && args.skip_lag && args.skip_query) {
-        let (cluster, master) = start_cluster(&exe, 3, &out).await?;
+        let (cluster, master) = start_cluster(&exe, 3, args.cache_mb, &out).await?;
         let client = Arc::new(cluster.nodes[master].client()?);
         if !args.skip_writes {
             phases.extend(write_phases(&cluster, &client, 3, &args, &out).await?);
