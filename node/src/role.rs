@@ -195,6 +195,8 @@ pub const TAKEOVER_STAGGER: Duration = Duration::from_millis(80);
 /// Election timeouts without a leader after which a witness campaigns to rescue the
 /// data nodes (see `witness_rescue_due`).
 pub const WITNESS_RESCUE_AFTER: u32 = 3;
+/// Pause between two rescue campaigns of a witness.
+pub const WITNESS_RESCUE_RETRY: Duration = Duration::from_millis(150);
 
 impl Driver {
     /// On the master: which members stopped answering (no RPC answer for twice the
@@ -337,9 +339,12 @@ impl Driver {
         if silence < self.election_max * WITNESS_RESCUE_AFTER {
             return false;
         }
+        // Retried soon: a failed attempt (the data node, still campaigning, was at a
+        // higher term) taught this witness that term, and the next attempt must come
+        // before the data node's own next campaign raises it again.
         if self
             .last_fast_elect
-            .is_some_and(|t| now.duration_since(t) < self.election_max * 2)
+            .is_some_and(|t| now.duration_since(t) < WITNESS_RESCUE_RETRY)
         {
             return false;
         }

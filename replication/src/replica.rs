@@ -1065,6 +1065,7 @@ async fn leader_duties(replica: std::sync::Weak<Replica>) {
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let mut last_promote = Instant::now();
     let mut last_handover = Instant::now() - Duration::from_secs(1);
+    let handover_busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         tick.tick().await;
         let Some(r) = replica.upgrade() else { return };
@@ -1073,18 +1074,42 @@ async fn leader_duties(replica: std::sync::Weak<Replica>) {
             continue;
         }
         // A witness leads only to bring the data nodes up to date (see the node's
-        // witness rescue): it hands leadership to a data node at once.
-        if r.info.kind == MemberKind::Witness && last_handover.elapsed() >= Duration::from_secs(1) {
-            last_handover = Instant::now();
-            let r2 = r.clone();
-            tokio::spawn(async move {
-                match r2.switchover(None).await {
-                    Ok(to) => tracing::info!(to, "witness handed leadership to a data node"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "witness could not hand leadership over yet; will retry")
+        // witness rescue): it hands leadership to the most up-to-date data voter it
+        // reaches, one hand-over at a time.
+        if r.info.kind == MemberKind::Witness
+            && !handover_busy.load(std::sync::atomic::Ordering::SeqCst)
+            && last_handover.elapsed() >= Duration::from_secs(1)
+        {
+            let membership = m.membership_config.membership();
+            let last = m.last_log_index.unwrap_or(0);
+            let best = membership
+                .voter_ids()
+                .filter(|id| *id != r.id)
+                .filter(|id| {
+                    membership
+                        .get_node(id)
+                        .is_some_and(|n| n.kind == MemberKind::Data)
+                })
+                .filter_map(|id| {
+                    let matched = m.replication.as_ref()?.get(&id).copied().flatten()?;
+                    Some((matched.index, id))
+                })
+                .filter(|(index, _)| last.saturating_sub(*index) <= PROMOTE_WITHIN)
+                .max();
+            if let Some((_, to)) = best {
+                last_handover = Instant::now();
+                handover_busy.store(true, std::sync::atomic::Ordering::SeqCst);
+                let (r2, busy) = (r.clone(), handover_busy.clone());
+                tokio::spawn(async move {
+                    match r2.switchover(Some(to)).await {
+                        Ok(to) => tracing::info!(to, "witness handed leadership to a data node"),
+                        Err(e) => {
+                            tracing::warn!(to, error = %e, "witness could not hand leadership over yet; will retry")
+                        }
                     }
-                }
-            });
+                    busy.store(false, std::sync::atomic::Ordering::SeqCst);
+                });
+            }
         }
         r.clock
             .record(m.last_log_index.unwrap_or(0), Instant::now());
