@@ -28,15 +28,24 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    if let Err(e) = run_alone(name, limit, steps()) {
+        panic!("{e:#}");
+    }
+}
+
+/// Run `steps` alone (the process-wide scenario lock), on a runtime of its own.
+fn run_alone(
+    name: &str,
+    limit: Duration,
+    steps: impl Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
     let _one_at_a_time = serial();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("tokio runtime");
-    if let Err(e) = rt.block_on(bounded(name, limit, steps())) {
-        panic!("{e:#}");
-    }
+    rt.block_on(bounded(name, limit, steps))
 }
 
 /// Words of the failures that break a safety invariant (a lost acknowledged write, two
@@ -56,16 +65,9 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let first = {
-        let _one_at_a_time = serial();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        rt.block_on(bounded(name, limit, steps()))
+    let Err(e) = run_alone(name, limit, steps()) else {
+        return;
     };
-    let Err(e) = first else { return };
     let text = format!("{e:#}");
     if SAFETY_FAILURES.iter().any(|w| text.contains(w)) {
         panic!("{text}");
@@ -726,6 +728,25 @@ fn check_impairment(s: &mut Scenario, how: LossDelay, n: &Netem, hs: &mut [Vec<D
     }
 }
 
+/// Wait `within` for a master other than the dead `old` and check it is data node
+/// `want`; true when one was found.
+async fn expect_new_master(s: &mut Scenario, old: u64, want: u64, within: Duration) -> bool {
+    match s.cluster.wait_master(within, &[old]).await {
+        Ok(n) => {
+            s.figure("new_master", format!("node {n}"));
+            s.check(
+                n == want,
+                format!("node {n} became master, expected data node {want}"),
+            );
+            true
+        }
+        Err(e) => {
+            s.fail(format!("{e:#}"));
+            false
+        }
+    }
+}
+
 /// Two data nodes and a witness: kill -9 of the master data node → the other
 /// data node takes over (the witness gives it the majority).
 #[test]
@@ -747,16 +768,7 @@ fn witness_cluster_kill_master() {
         let at = s.cluster.kill9(m)?;
         s.fault(&format!("kill -9 of master data node {m}"), at);
         s.await_failover(at, Some(m), Duration::from_secs(15)).await;
-        match s.cluster.wait_master(Duration::from_secs(10), &[m]).await {
-            Ok(n) => {
-                s.figure("new_master", format!("node {n}"));
-                s.check(
-                    n == other,
-                    format!("node {n} became master, expected data node {other}"),
-                );
-            }
-            Err(e) => s.fail(format!("{e:#}")),
-        }
+        expect_new_master(&mut s, m, other, Duration::from_secs(10)).await;
         s.cluster
             .restart_as_standby(m, Duration::from_secs(60))
             .await?;
@@ -796,16 +808,8 @@ fn witness_hands_its_log_to_a_lagging_standby() {
             at,
         );
         s.await_failover(at, Some(m), Duration::from_secs(30)).await;
-        match s.cluster.wait_master(Duration::from_secs(30), &[m]).await {
-            Ok(n) => {
-                s.figure("new_master", format!("node {n}"));
-                s.figure("kill_to_master_ms", ms(at.elapsed()));
-                s.check(
-                    n == other,
-                    format!("node {n} became master, expected data node {other}"),
-                );
-            }
-            Err(e) => s.fail(format!("{e:#}")),
+        if expect_new_master(&mut s, m, other, Duration::from_secs(30)).await {
+            s.figure("kill_to_master_ms", ms(at.elapsed()));
         }
         s.cluster
             .restart_as_standby(m, Duration::from_secs(60))
