@@ -45,6 +45,15 @@ impl Timers {
         election_timeout_min_ms: 450,
         election_timeout_max_ms: 600,
     };
+    /// Sized for a link of up to ~300 ms round trip (docs/failover.md, "Sizing the
+    /// timers"): a peer has `lease_ms / 2` to answer an AppendEntries, which must be
+    /// at least twice the worst round trip.
+    pub const SLOW_LINK: Timers = Timers {
+        heartbeat_ms: 200,
+        lease_ms: 1200,
+        election_timeout_min_ms: 1600,
+        election_timeout_max_ms: 2400,
+    };
     /// The appliance defaults (`appliance/tandem.toml`).
     pub const DEFAULT: Timers = Timers {
         heartbeat_ms: 100,
@@ -478,6 +487,22 @@ impl Cluster {
             .await
             .ok()
             .flatten()
+    }
+
+    /// The value of an unlabelled gauge or counter in node `id`'s `/metrics`.
+    pub async fn metric(&self, id: u64, name: &str) -> anyhow::Result<f64> {
+        let ip = self.node(id).ip;
+        let (status, body) = self
+            .client
+            .run(move || async move {
+                api::get_bytes(&format!("{}/metrics", api::base(ip)), None, HEALTH_TIMEOUT).await
+            })
+            .await??;
+        anyhow::ensure!(status == 200, "node {id}: GET /metrics answered {status}");
+        let text = String::from_utf8_lossy(&body);
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("node {id}: no metric {name} in /metrics"))
     }
 
     /// `/health` of every node, asked concurrently; index `id - 1`.

@@ -190,21 +190,21 @@ impl Controller {
         self.maintenance
     }
 
+    /// How long ago, at `now`, a quorum last acknowledged this leader: `None` when
+    /// this node is not a leader with other voters, or has no acknowledgement yet.
+    pub fn lease_age(&self, now: Instant) -> Option<Duration> {
+        let (v, seen) = (self.raft?, self.raft_seen?);
+        if v.state != RaftState::Leader || v.voters <= 1 {
+            return None;
+        }
+        Some(v.quorum_ack_age? + now.saturating_duration_since(seen))
+    }
+
     /// Does the leader hold a valid lease at `now`?
     fn lease_valid(&self, now: Instant) -> bool {
-        let (Some(v), Some(seen)) = (self.raft, self.raft_seen) else {
-            return false;
-        };
-        if v.state != RaftState::Leader {
-            return false;
-        }
-        if v.voters <= 1 {
-            // Nobody else can be elected.
-            return true;
-        }
-        match v.quorum_ack_age {
-            Some(age) => age + now.saturating_duration_since(seen) < self.cfg.lease,
-            None => false,
+        match self.raft {
+            Some(v) if v.state == RaftState::Leader && v.voters <= 1 => true, // nobody else can be elected
+            _ => self.lease_age(now).is_some_and(|age| age < self.cfg.lease),
         }
     }
 
@@ -385,6 +385,20 @@ mod tests {
         let a = c.handle(leader(5), t0 + MS(400));
         assert_eq!(changed(&a), Some((Role::Fenced, Role::Master)));
         assert!(a.contains(&Action::AcquireVip));
+    }
+
+    #[test]
+    fn lease_age_grows_between_reports_and_only_on_a_leader() {
+        let t0 = Instant::now();
+        let (mut c, _) = Controller::new(cfg(Kind::Data));
+        assert_eq!(c.lease_age(t0), None, "no Raft report yet");
+        c.handle(leader(50), t0);
+        assert_eq!(c.lease_age(t0), Some(MS(50)));
+        assert_eq!(c.lease_age(t0 + MS(120)), Some(MS(170)));
+        c.handle(leader(10), t0 + MS(130));
+        assert_eq!(c.lease_age(t0 + MS(140)), Some(MS(20)));
+        c.handle(with_state(RaftState::Follower), t0 + MS(150));
+        assert_eq!(c.lease_age(t0 + MS(150)), None, "a follower has no lease");
     }
 
     #[test]

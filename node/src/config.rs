@@ -275,6 +275,15 @@ impl Default for ClusterSection {
     }
 }
 
+impl ClusterSection {
+    /// How long a peer has to answer an AppendEntries: half the lease (an answer
+    /// within it still renews the lease), never below `heartbeat_ms`. Not a key of
+    /// its own: it follows from the lease.
+    pub fn rpc_timeout_ms(&self) -> u64 {
+        (self.lease_ms / 2).max(self.heartbeat_ms)
+    }
+}
+
 /// `[vip]` section.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]

@@ -38,6 +38,7 @@ pub fn replica_config(cfg: &Config) -> ReplicaConfig {
         data_dir: cfg.node.data_dir.clone(),
         listen: cfg.cluster.listen.clone(),
         heartbeat_ms: cfg.cluster.heartbeat_ms,
+        rpc_timeout_ms: cfg.cluster.rpc_timeout_ms(),
         election_timeout_min_ms: cfg.cluster.election_timeout_min_ms,
         election_timeout_max_ms: cfg.cluster.election_timeout_max_ms,
         snapshot_logs: cfg.cluster.snapshot_logs,

@@ -34,6 +34,8 @@ pub struct Metrics {
     mails_failed: IntGauge,
     mails_queued: IntGauge,
     role_changes: IntGauge,
+    lease_age_max: IntGauge,
+    hedged_appends: IntGauge,
     vip_acquired: IntGauge,
     role: IntGaugeVec,
     /// Recordings accepted by this node's upload endpoint.
@@ -204,6 +206,16 @@ impl Metrics {
                 "tandem_role_changes_total",
                 "Role changes of this node since start",
             ),
+            lease_age_max: gauge(
+                &r,
+                "tandem_lease_age_max_ms",
+                "Longest wait, in ms, for a quorum acknowledgement while master since start (the lease lapses at lease_ms)",
+            ),
+            hedged_appends: gauge(
+                &r,
+                "tandem_peer_appends_hedged_total",
+                "AppendEntries sent again on a second connection because the first was not answered in time, since start",
+            ),
             vip_acquired: gauge(
                 &r,
                 "tandem_vip_acquired_total",
@@ -270,6 +282,9 @@ impl Metrics {
         self.vip_held.set(i64::from(roles.vip_held()));
         self.role_changes
             .set(roles.role_changes.load(Ordering::Relaxed) as i64);
+        self.lease_age_max
+            .set(roles.lease_age_max_ms.load(Ordering::Relaxed) as i64);
+        self.hedged_appends.set(r.hedged_appends() as i64);
         self.vip_acquired
             .set(roles.vip_acquired.load(Ordering::Relaxed) as i64);
         for role in ["master", "standby", "witness", "candidate", "fenced"] {

@@ -36,6 +36,10 @@ pub struct RoleState {
     maintenance: AtomicBool,
     pub role_changes: AtomicU64,
     pub vip_acquired: AtomicU64,
+    /// Longest time, in ms, this node went as master without a quorum
+    /// acknowledgement (the lease lapses at `lease_ms`): the margin a degraded
+    /// network leaves. Since start.
+    pub lease_age_max_ms: AtomicU64,
     pub has_vip: bool,
     /// Members the master cannot reach (alarm events `cluster.node_down` /
     /// `cluster.witness_lost` are logged on every change).
@@ -131,6 +135,7 @@ pub async fn start(replica: Arc<Replica>, cfg: &Config) -> anyhow::Result<Arc<Ro
         maintenance: AtomicBool::new(false),
         role_changes: AtomicU64::new(0),
         vip_acquired: AtomicU64::new(0),
+        lease_age_max_ms: AtomicU64::new(0),
         has_vip: spec.is_some(),
         unreachable: Mutex::new(Default::default()),
     });
@@ -324,8 +329,10 @@ impl Driver {
     /// entries that the surviving data node lacks (the dead master replicated them to
     /// the witness first): that data node can then never win the witness's vote
     /// (Raft §5.4.1), and without the witness it has no majority. When no leader has
-    /// been heard for `WITNESS_RESCUE_AFTER` election timeouts — the data nodes had
-    /// their chance — the witness campaigns itself; as leader it only brings the data
+    /// been heard for one election timeout and a data node has just asked for this
+    /// witness's vote with a log behind the witness's (refused: it cannot win), or
+    /// for `WITNESS_RESCUE_AFTER` election timeouts in any case, the witness
+    /// campaigns itself; as leader it only brings the data
     /// nodes up to date and hands leadership to one of them at once (replica
     /// `leader_duties`). It never holds the VIP or runs the telephony service.
     fn witness_rescue_due(&mut self, now: Instant) -> bool {
@@ -336,7 +343,19 @@ impl Driver {
         let Some(silence) = self.replica.since_leader_contact(now) else {
             return false;
         };
-        if silence < self.election_max * WITNESS_RESCUE_AFTER {
+        // A data node that asked for this witness's vote with a log behind the
+        // witness's cannot win: rescue at once. Otherwise give the data nodes
+        // WITNESS_RESCUE_AFTER election timeouts (one may still be on its way).
+        let stale_candidate = self
+            .replica
+            .since_stale_candidate(now)
+            .is_some_and(|d| d < self.election_max);
+        let wait = if stale_candidate {
+            self.election_max
+        } else {
+            self.election_max * WITNESS_RESCUE_AFTER
+        };
+        if silence < wait {
             return false;
         }
         // Retried soon: a failed attempt (the data node, still campaigning, was at a
@@ -391,6 +410,15 @@ impl Driver {
             if sd != stepping_down {
                 stepping_down = sd;
                 actions.extend(self.controller.handle(Event::SteppingDown(sd), now));
+            }
+            // Measured before the event, which may be the acknowledgement that ends
+            // the wait: the age just before it is the longest of that wait.
+            if self.controller.role() == Role::Master {
+                if let Some(age) = self.controller.lease_age(now) {
+                    self.state
+                        .lease_age_max_ms
+                        .fetch_max(age.as_millis() as u64, Ordering::Relaxed);
+                }
             }
             actions.extend(self.controller.handle(event, now));
             self.perform(actions).await;

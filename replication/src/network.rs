@@ -8,9 +8,11 @@
 //! connections (openraft opens one client per replication stream; forwarded writes
 //! use a small pool). A client without a certificate may only send `Join`.
 
+use std::collections::VecDeque;
 use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -149,10 +151,8 @@ pub enum RpcResponse {
     Refused(String),
 }
 
-pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
-    w: &mut W,
-    msg: &T,
-) -> io::Result<()> {
+/// `msg` as one frame: length, protocol version, bincode.
+pub fn encode_frame<T: Serialize>(msg: &T) -> io::Result<Vec<u8>> {
     let body = bincode::serialize(msg).map_err(io::Error::other)?;
     if body.len() + 1 > MAX_FRAME {
         return Err(io::Error::new(
@@ -164,6 +164,14 @@ pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
     buf.extend_from_slice(&((body.len() + 1) as u32).to_le_bytes());
     buf.push(PROTOCOL_VERSION);
     buf.extend_from_slice(&body);
+    Ok(buf)
+}
+
+pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
+    w: &mut W,
+    msg: &T,
+) -> io::Result<()> {
+    let buf = encode_frame(msg)?;
     w.write_all(&buf).await?;
     w.flush().await
 }
@@ -220,17 +228,39 @@ pub async fn exchange(
     req: &RpcRequest,
     timeout: Duration,
 ) -> io::Result<RpcResponse> {
+    exchange_frame(stream, &encode_frame(req)?, req.name(), timeout).await
+}
+
+/// [`exchange`] of an already encoded request.
+async fn exchange_frame(
+    stream: &mut TlsClientStream,
+    frame: &[u8],
+    name: &str,
+    timeout: Duration,
+) -> io::Result<RpcResponse> {
     tokio::time::timeout(timeout, async {
-        write_frame(stream, req).await?;
+        stream.write_all(frame).await?;
+        stream.flush().await?;
         read_frame(stream).await
     })
     .await
     .map_err(|_| {
         io::Error::new(
             io::ErrorKind::TimedOut,
-            format!("{} timed out after {timeout:?}", req.name()),
+            format!("{name} timed out after {timeout:?}"),
         )
     })?
+}
+
+/// A refusal from the peer is an error of the call, like a transport error.
+fn refused_is_error(addr: &str, resp: RpcResponse) -> io::Result<RpcResponse> {
+    match resp {
+        RpcResponse::Refused(why) => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("peer {addr} refused: {why}"),
+        )),
+        resp => Ok(resp),
+    }
 }
 
 /// A client connection to one peer that reconnects on demand.
@@ -240,23 +270,94 @@ pub struct PeerClient {
     tls: Arc<rustls::ClientConfig>,
     stream: Option<TlsClientStream>,
     contacts: Option<Contacts>,
+    /// Set on Raft replication streams: small AppendEntries are hedged.
+    hedge: Option<Hedge>,
 }
 
 /// When each peer last answered an RPC of ours (the leader's view of reachability:
-/// heartbeats answer every `heartbeat_ms`, even when no entry is replicated).
+/// heartbeats answer every `heartbeat_ms`, even when no entry is replicated), and
+/// how many AppendEntries were hedged.
 #[derive(Clone, Default)]
-pub struct Contacts(Arc<std::sync::Mutex<std::collections::HashMap<NodeId, std::time::Instant>>>);
+pub struct Contacts {
+    last: Arc<std::sync::Mutex<std::collections::HashMap<NodeId, Instant>>>,
+    hedged: Arc<AtomicU64>,
+}
 
 impl Contacts {
     pub fn record(&self, peer: NodeId) {
-        self.0
+        self.last
             .lock()
             .expect("contacts lock")
-            .insert(peer, std::time::Instant::now());
+            .insert(peer, Instant::now());
     }
 
-    pub fn last(&self, peer: NodeId) -> Option<std::time::Instant> {
-        self.0.lock().expect("contacts lock").get(&peer).copied()
+    pub fn last(&self, peer: NodeId) -> Option<Instant> {
+        self.last.lock().expect("contacts lock").get(&peer).copied()
+    }
+
+    /// AppendEntries sent a second time, on another connection, since start.
+    pub fn hedged(&self) -> u64 {
+        self.hedged.load(Ordering::Relaxed)
+    }
+}
+
+/// Largest AppendEntries frame that is hedged (heartbeats and small batches; a big
+/// batch is never sent twice).
+pub const HEDGE_MAX_FRAME: usize = 64 * 1024;
+/// Idle connections a replication stream keeps to its peer.
+const HEDGE_IDLE: usize = 2;
+
+/// Hedged AppendEntries: when the answer is later than this peer's usual round trip
+/// (see [`RttEstimate::hedge_after`]), the same request goes out on a second
+/// connection and the first answer wins.
+///
+/// Why: one replication stream carries one request at a time, on one TCP
+/// connection. A lost segment stalls that connection for a retransmission timeout,
+/// which on a 200 ms-RTT link with jitter is 300–800 ms, longer than openraft waits
+/// (`heartbeat_ms`); two followers stalled at once and the leader's lease (quorum
+/// acknowledgement) lapses. A second
+/// connection has its own segments and its own timer. Sending an AppendEntries
+/// twice is harmless: the follower finds the entries already present and answers
+/// the same, and the late answer is dropped.
+struct Hedge {
+    /// Idle connections, oldest first: calls take turns on them, so each keeps a
+    /// current RTT estimate in the kernel and none sits idle long.
+    idle: Arc<std::sync::Mutex<VecDeque<TlsClientStream>>>,
+    connecting: Arc<AtomicBool>,
+    /// Updated by every exchange that gets its answer, even one openraft stopped
+    /// waiting for (so a slower network is learnt).
+    rtt: Arc<std::sync::Mutex<RttEstimate>>,
+}
+
+/// Smoothed round trip of one peer's answers (RFC 6298 gains).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RttEstimate {
+    srtt: Option<Duration>,
+    rttvar: Duration,
+}
+
+impl RttEstimate {
+    pub fn observe(&mut self, sample: Duration) {
+        match self.srtt {
+            None => {
+                self.srtt = Some(sample);
+                self.rttvar = sample / 2;
+            }
+            Some(srtt) => {
+                let dev = srtt.abs_diff(sample);
+                self.rttvar = (self.rttvar * 3 + dev) / 4;
+                self.srtt = Some((srtt * 7 + sample) / 8);
+            }
+        }
+    }
+
+    /// When to send a second copy of a request that has not been answered, given
+    /// the time openraft waits for the answer (`heartbeat_ms`): the usual round trip
+    /// plus two deviations, but within a quarter to a half of that wait, so that the
+    /// second copy still has time to be answered.
+    pub fn hedge_after(&self, wait: Duration) -> Duration {
+        let usual = self.srtt.map(|s| s + self.rttvar * 2).unwrap_or(wait);
+        usual.clamp(wait / 4, wait / 2)
     }
 }
 
@@ -268,34 +369,150 @@ impl PeerClient {
             tls,
             stream: None,
             contacts: None,
+            hedge: None,
         }
     }
 
     /// Send one request; on any error the connection is dropped and re-opened next time.
+    ///
+    /// Cancellation-safe: the connection is held by the call while it runs and comes
+    /// back only with the answer. A call dropped half-way (openraft cancels an
+    /// AppendEntries after `heartbeat_ms`) takes its connection with it, so the next
+    /// call can never read the answer meant for the dropped one.
     pub async fn call(&mut self, req: &RpcRequest, timeout: Duration) -> io::Result<RpcResponse> {
-        if self.stream.is_none() {
-            self.stream = Some(connect(&self.addr, self.tls.clone(), timeout).await?);
+        let mut stream = match self.stream.take() {
+            Some(s) => s,
+            None => connect(&self.addr, self.tls.clone(), timeout).await?,
+        };
+        let resp = exchange(&mut stream, req, timeout)
+            .await
+            .and_then(|r| refused_is_error(&self.addr, r))?;
+        self.stream = Some(stream);
+        self.answered();
+        Ok(resp)
+    }
+
+    fn answered(&self) {
+        if let Some(c) = &self.contacts {
+            c.record(self.target);
         }
-        let stream = self.stream.as_mut().expect("connected above");
-        match exchange(stream, req, timeout).await {
-            Ok(RpcResponse::Refused(why)) => {
-                self.stream = None;
-                Err(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!("peer {} refused: {why}", self.addr),
-                ))
-            }
-            Ok(resp) => {
-                if let Some(c) = &self.contacts {
-                    c.record(self.target);
+    }
+
+    /// Send an AppendEntries, hedged when it is small (see [`Hedge`]). The exchange
+    /// runs in a task of its own: when openraft stops waiting, it still finishes
+    /// and its connection is reused, never read by another call half-way.
+    async fn call_append(
+        &mut self,
+        req: &RpcRequest,
+        timeout: Duration,
+        heartbeat: Duration,
+    ) -> io::Result<RpcResponse> {
+        if self.hedge.is_none() {
+            return self.call(req, timeout).await;
+        }
+        let frame: Arc<[u8]> = encode_frame(req)?.into();
+        let hedgeable = frame.len() <= HEDGE_MAX_FRAME;
+        let t0 = Instant::now();
+        let hedge_after = {
+            let h = self.hedge.as_ref().expect("checked");
+            h.rtt.lock().expect("rtt lock").hedge_after(heartbeat)
+        };
+        let first = match self.take_idle() {
+            Some(stream) => stream,
+            None => connect(&self.addr, self.tls.clone(), timeout).await?,
+        };
+        let mut first = self.spawn_exchange(first, frame.clone(), timeout);
+        let result = tokio::select! {
+            r = &mut first => flatten(r),
+            _ = tokio::time::sleep(hedge_after), if hedgeable => match self.take_idle() {
+                Some(stream) => {
+                    if let Some(c) = &self.contacts {
+                        c.hedged.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let left = timeout.saturating_sub(t0.elapsed());
+                    let second = self.spawn_exchange(stream, frame, left);
+                    first_success(first, second).await
                 }
-                Ok(resp)
+                // No spare connection yet (one is being opened): wait for the first.
+                None => flatten(first.await),
+            },
+        };
+        self.keep_warm();
+        let resp = result?;
+        self.answered();
+        Ok(resp)
+    }
+
+    fn take_idle(&self) -> Option<TlsClientStream> {
+        let h = self.hedge.as_ref()?;
+        h.idle.lock().expect("idle lock").pop_front()
+    }
+
+    /// Run one exchange in a task of its own (a hedged call may stop waiting for
+    /// it); the connection goes back to the idle list when it answered.
+    fn spawn_exchange(
+        &self,
+        mut stream: TlsClientStream,
+        frame: Arc<[u8]>,
+        timeout: Duration,
+    ) -> tokio::task::JoinHandle<io::Result<RpcResponse>> {
+        let hedge = self.hedge.as_ref().map(|h| (h.idle.clone(), h.rtt.clone()));
+        let addr = self.addr.clone();
+        tokio::spawn(async move {
+            let t0 = Instant::now();
+            let resp = exchange_frame(&mut stream, &frame, "append_entries", timeout)
+                .await
+                .and_then(|r| refused_is_error(&addr, r))?;
+            if let Some((idle, rtt)) = hedge {
+                rtt.lock().expect("rtt lock").observe(t0.elapsed());
+                let mut idle = idle.lock().expect("idle lock");
+                if idle.len() < HEDGE_IDLE + 1 {
+                    idle.push_back(stream);
+                }
             }
-            Err(e) => {
-                self.stream = None;
-                Err(e)
-            }
+            Ok(resp)
+        })
+    }
+
+    /// Open a spare connection in the background when fewer than [`HEDGE_IDLE`]
+    /// are idle, so that a hedge never waits for a handshake.
+    fn keep_warm(&self) {
+        let Some(h) = &self.hedge else { return };
+        if h.idle.lock().expect("idle lock").len() >= HEDGE_IDLE
+            || h.connecting.swap(true, Ordering::SeqCst)
+        {
+            return;
         }
+        let (idle, connecting) = (h.idle.clone(), h.connecting.clone());
+        let (addr, tls) = (self.addr.clone(), self.tls.clone());
+        tokio::spawn(async move {
+            match connect(&addr, tls, Duration::from_secs(5)).await {
+                Ok(stream) => idle.lock().expect("idle lock").push_back(stream),
+                Err(e) => tracing::debug!(%addr, error = %e, "spare peer connection failed"),
+            }
+            connecting.store(false, Ordering::SeqCst);
+        });
+    }
+}
+
+fn flatten(r: Result<io::Result<RpcResponse>, tokio::task::JoinError>) -> io::Result<RpcResponse> {
+    r.map_err(io::Error::other)?
+}
+
+/// The first of two exchanges to succeed; the error of the first if both fail.
+async fn first_success(
+    mut a: tokio::task::JoinHandle<io::Result<RpcResponse>>,
+    mut b: tokio::task::JoinHandle<io::Result<RpcResponse>>,
+) -> io::Result<RpcResponse> {
+    tokio::select! {
+        r = &mut a => match flatten(r) {
+            Ok(resp) => Ok(resp),
+            Err(e) => flatten(b.await).map_err(|_| e),
+        },
+        r = &mut b => match flatten(r) {
+            Ok(resp) => Ok(resp),
+            Err(e) => flatten(a.await).map_err(|_| e),
+        },
     }
 }
 
@@ -312,6 +529,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerClient {
         let mut c = PeerClient::new(target, node.addr.clone(), self.tls.clone());
         c.contacts = Some(self.contacts.clone());
+        c.hedge = Some(Hedge {
+            idle: Default::default(),
+            connecting: Default::default(),
+            rtt: Default::default(),
+        });
         c
     }
 }
@@ -342,7 +564,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         // entries on a loaded machine. Give payloads at least a second.
         let ttl = option.hard_ttl().max(APPEND_TIMEOUT_FLOOR);
         match self
-            .call(&RpcRequest::AppendEntries(rpc), ttl)
+            .call_append(&RpcRequest::AppendEntries(rpc), ttl, option.hard_ttl())
             .await
             .map_err(to_rpc_err)?
         {
@@ -466,5 +688,166 @@ pub async fn serve<H: RpcHandler>(
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::Vote;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A peer whose answers echo the request (vote term; for AppendEntries the
+    /// arrival number, in a `HigherVote` term) after a delay chosen per arrival.
+    struct SlowPeer {
+        arrivals: AtomicUsize,
+        delay_of: fn(usize) -> Duration,
+    }
+
+    impl RpcHandler for SlowPeer {
+        async fn handle(&self, _peer: Option<NodeId>, req: RpcRequest) -> RpcResponse {
+            let n = self.arrivals.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep((self.delay_of)(n)).await;
+            match req {
+                RpcRequest::Vote(v) => RpcResponse::Vote(Ok(VoteResponse::new(v.vote, None, true))),
+                RpcRequest::AppendEntries(_) => RpcResponse::AppendEntries(Ok(
+                    AppendEntriesResponse::HigherVote(Vote::new(n as u64, 2)),
+                )),
+                _ => RpcResponse::Refused("not in this test".into()),
+            }
+        }
+    }
+
+    async fn peer(delay_of: fn(usize) -> Duration) -> (PeerClient, Arc<SlowPeer>) {
+        let ca = crate::tls::ClusterCa::generate("test").unwrap();
+        let server = crate::tls::server_config(&ca.issue_identity(2).unwrap()).unwrap();
+        let client = crate::tls::client_config(&ca.issue_identity(1).unwrap()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let handler = Arc::new(SlowPeer {
+            arrivals: AtomicUsize::new(0),
+            delay_of,
+        });
+        tokio::spawn(serve(listener, server, handler.clone()));
+        let mut network = Network {
+            tls: client,
+            contacts: Contacts::default(),
+        };
+        let info = NodeInfo {
+            addr,
+            ..Default::default()
+        };
+        (network.new_client(2, &info).await, handler)
+    }
+
+    fn vote(term: u64) -> RpcRequest {
+        RpcRequest::Vote(VoteRequest::new(Vote::new(term, 1), None))
+    }
+
+    fn voted_term(r: RpcResponse) -> u64 {
+        match r {
+            RpcResponse::Vote(Ok(v)) => v.vote.leader_id().term,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+
+    fn append() -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new(1, 1),
+            prev_log_id: None,
+            entries: Vec::new(),
+            leader_commit: None,
+        }
+    }
+
+    /// The arrival number the slow peer put in its answer.
+    fn arrival(r: AppendEntriesResponse<NodeId>) -> u64 {
+        match r {
+            AppendEntriesResponse::HigherVote(v) => v.leader_id().term,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_call_never_hands_its_answer_to_the_next_one() {
+        // The first request is answered after 300 ms, the caller gives up at 50 ms
+        // (as openraft does after heartbeat_ms); the second is answered at once.
+        let (mut c, _) = peer(|n| Duration::from_millis(if n == 0 { 300 } else { 0 })).await;
+        let t = Duration::from_secs(2);
+        let cancelled = tokio::time::timeout(Duration::from_millis(50), c.call(&vote(7), t)).await;
+        assert!(cancelled.is_err(), "the first call must still be waiting");
+        let second = c.call(&vote(8), t).await.unwrap();
+        assert_eq!(
+            voted_term(second),
+            8,
+            "the answer of the cancelled call was read"
+        );
+        assert_eq!(voted_term(c.call(&vote(9), t).await.unwrap()), 9);
+    }
+
+    #[tokio::test]
+    async fn a_slow_append_is_hedged_on_a_second_connection() {
+        // Arrival 0 (warm-up) is quick; arrival 1 is stuck for 2 s (a stalled TCP
+        // connection); its copy, arrival 2, is answered at once.
+        let (mut c, peer) = peer(|n| Duration::from_millis(if n == 1 { 2000 } else { 0 })).await;
+        let wait = Duration::from_millis(400);
+        let opt = || RPCOption::new(wait);
+        assert_eq!(arrival(c.append_entries(append(), opt()).await.unwrap()), 0);
+        // Let the spare connection open, so that the hedge does not wait for one.
+        for _ in 0..100 {
+            if c.hedge.as_ref().unwrap().idle.lock().unwrap().len() >= HEDGE_IDLE {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let t0 = Instant::now();
+        let answer = tokio::time::timeout(wait, c.append_entries(append(), opt()))
+            .await
+            .expect("the hedged copy must be answered before openraft gives up")
+            .unwrap();
+        assert_eq!(arrival(answer), 2, "the second copy's answer wins");
+        assert!(t0.elapsed() < wait);
+        assert_eq!(c.contacts.as_ref().unwrap().hedged(), 1);
+        // Later calls get their own answers (the stuck one finishes in the
+        // background and never answers for another call).
+        assert_eq!(arrival(c.append_entries(append(), opt()).await.unwrap()), 3);
+        assert_eq!(arrival(c.append_entries(append(), opt()).await.unwrap()), 4);
+        assert_eq!(peer.arrivals.load(Ordering::SeqCst), 5);
+    }
+
+    #[test]
+    fn the_hedge_delay_follows_the_round_trip_within_bounds() {
+        let wait = Duration::from_millis(100);
+        let mut r = RttEstimate::default();
+        assert_eq!(
+            r.hedge_after(wait),
+            Duration::from_millis(50),
+            "no sample yet"
+        );
+        for _ in 0..20 {
+            r.observe(Duration::from_millis(1));
+        }
+        assert_eq!(
+            r.hedge_after(wait),
+            Duration::from_millis(25),
+            "a LAN: the floor"
+        );
+        let mut r = RttEstimate::default();
+        for ms in [30, 34, 30, 34, 30, 34, 30, 34] {
+            r.observe(Duration::from_millis(ms));
+        }
+        let h = r.hedge_after(wait);
+        assert!(
+            h > Duration::from_millis(32) && h < Duration::from_millis(45),
+            "{h:?}"
+        );
+        for _ in 0..20 {
+            r.observe(Duration::from_millis(200));
+        }
+        assert_eq!(
+            r.hedge_after(wait),
+            Duration::from_millis(50),
+            "never past half the wait"
+        );
     }
 }

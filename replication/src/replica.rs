@@ -40,7 +40,12 @@ pub struct ReplicaConfig {
     pub data_dir: PathBuf,
     /// Where the peer server listens.
     pub listen: String,
+    /// How often the leader sends heartbeats (it renews its lease with them).
     pub heartbeat_ms: u64,
+    /// How long a peer has to answer an AppendEntries before openraft gives up on
+    /// it (openraft's `heartbeat_interval`, which 0.9 uses as that timeout). At least
+    /// `heartbeat_ms`; see `rpc_timeout_ms()` in the node's config.
+    pub rpc_timeout_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
     /// Build a snapshot (and compact the log) every this many entries.
@@ -183,6 +188,8 @@ pub struct Replica {
     clock: IndexClock,
     /// When this node last received AppendEntries (entries or heartbeat) from a leader.
     last_leader_contact: Mutex<Option<Instant>>,
+    /// When this node last refused its vote to a candidate whose log is behind its own.
+    stale_candidate_at: Mutex<Option<Instant>>,
     /// When each peer last answered this node's Raft RPCs.
     contacts: network::Contacts,
     cdr_tx: mpsc::Sender<CdrBatch>,
@@ -198,6 +205,12 @@ pub struct Replica {
 }
 
 impl Replica {
+    /// AppendEntries this node sent a second time on another connection because
+    /// the first was not answered in time (see `network::Hedge`), since start.
+    pub fn hedged_appends(&self) -> u64 {
+        self.contacts.hedged()
+    }
+
     /// Open the store, load the TLS identity, start Raft and the peer server.
     pub async fn start(cfg: ReplicaConfig) -> Result<Arc<Replica>> {
         let identity = NodeIdentity::load(&cfg.tls_dir)?;
@@ -206,7 +219,11 @@ impl Replica {
         let (log, sm) = store::open(&cfg.data_dir.join("raft"), cfg.cache_mb)?;
         let raft_config = Config {
             cluster_name: "tandem".into(),
-            heartbeat_interval: cfg.heartbeat_ms,
+            // openraft 0.9 uses heartbeat_interval both as the heartbeat period and
+            // as the time a peer has to answer an AppendEntries. tandem wants short
+            // heartbeats but patience with a slow answer, so openraft gets the longer
+            // RPC timeout and `heartbeat_pacer` sends the heartbeats.
+            heartbeat_interval: cfg.rpc_timeout_ms.max(cfg.heartbeat_ms),
             election_timeout_min: cfg.election_timeout_min_ms,
             election_timeout_max: cfg.election_timeout_max_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_logs),
@@ -284,6 +301,7 @@ impl Replica {
             lag: LagTracker::default(),
             clock: IndexClock::default(),
             last_leader_contact: Mutex::new(None),
+            stale_candidate_at: Mutex::new(None),
             contacts,
             cdr_tx,
             writes_committed: Default::default(),
@@ -306,6 +324,10 @@ impl Replica {
         ));
         tokio::spawn(cdr_batcher(Arc::downgrade(&replica), cdr_rx));
         tokio::spawn(leader_duties(Arc::downgrade(&replica)));
+        tokio::spawn(heartbeat_pacer(
+            Arc::downgrade(&replica),
+            Duration::from_millis(cfg.heartbeat_ms.max(1)),
+        ));
         tracing::info!(node = cfg.id, listen = %cfg.listen, "replica started");
         Ok(replica)
     }
@@ -642,6 +664,15 @@ impl Replica {
             .map(|t| now.saturating_duration_since(t))
     }
 
+    /// How long ago this node refused its vote to a candidate because the
+    /// candidate's log was behind this node's.
+    pub fn since_stale_candidate(&self, now: Instant) -> Option<Duration> {
+        self.stale_candidate_at
+            .lock()
+            .expect("stale lock")
+            .map(|t| now.saturating_duration_since(t))
+    }
+
     /// Whether this node may campaign (data node, not in maintenance).
     pub fn elect_allowed(&self) -> bool {
         self.elect_allowed.load(std::sync::atomic::Ordering::SeqCst)
@@ -935,7 +966,18 @@ impl RpcHandler for Handler {
                 }
                 RpcResponse::AppendEntries(r.raft.append_entries(rpc).await)
             }
-            RpcRequest::Vote(rpc) => RpcResponse::Vote(r.raft.vote(rpc).await),
+            RpcRequest::Vote(rpc) => {
+                let candidate_log = rpc.last_log_id;
+                let resp = r.raft.vote(rpc).await;
+                // Refused because the candidate's log is behind ours: that candidate
+                // cannot win this vote (what a witness rescue waits for).
+                if let Ok(v) = &resp {
+                    if !v.vote_granted && candidate_log < v.last_log_id {
+                        *r.stale_candidate_at.lock().expect("stale lock") = Some(Instant::now());
+                    }
+                }
+                RpcResponse::Vote(resp)
+            }
             RpcRequest::InstallSnapshot(rpc) => {
                 RpcResponse::InstallSnapshot(r.raft.install_snapshot(rpc).await)
             }
@@ -1061,6 +1103,24 @@ fn clone_err(e: &Error) -> Error {
 }
 
 /// Leader background work: sample the log index clock; promote caught-up learners.
+/// On the leader, a heartbeat to every follower each `every` (openraft's own
+/// heartbeat runs at the longer RPC timeout, see `ReplicaConfig::rpc_timeout_ms`).
+/// A follower busy with an earlier request gets the heartbeat right after it.
+async fn heartbeat_pacer(replica: std::sync::Weak<Replica>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(r) = replica.upgrade() else { return };
+        // Not while handing over (a switchover lets the followers' leader lease
+        // lapse so the target can win; `trigger().heartbeat()` ignores openraft's
+        // own heartbeat switch).
+        if r.is_leader() && !r.is_stepping_down() && r.raft.trigger().heartbeat().await.is_err() {
+            return; // Raft shut down
+        }
+    }
+}
+
 async fn leader_duties(replica: std::sync::Weak<Replica>) {
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let mut last_promote = Instant::now();
