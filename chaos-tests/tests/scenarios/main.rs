@@ -48,34 +48,6 @@ fn run_alone(
     rt.block_on(bounded(name, limit, steps))
 }
 
-/// Words of the failures that break a safety invariant (a lost acknowledged write, two
-/// ARP answerers): never retried.
-const SAFETY_FAILURES: [&str; 3] = [
-    "acknowledged CDR",
-    "answered by two MACs",
-    "duplicates on first write",
-];
-
-/// [`scenario_test`] for scenarios with a known, rare liveness failure (see
-/// chaos-tests/README.md, "Known issues"): a run that failed on liveness only (no
-/// master in time, a role change under loss) is run once more with a new seed, and the
-/// first failure is printed; a safety failure, or a second failure, fails the test.
-fn scenario_test_retrying_liveness<F, Fut>(name: &str, limit: Duration, steps: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
-{
-    let Err(e) = run_alone(name, limit, steps()) else {
-        return;
-    };
-    let text = format!("{e:#}");
-    if SAFETY_FAILURES.iter().any(|w| text.contains(w)) {
-        panic!("{text}");
-    }
-    println!("{name}: RETRIED once after a liveness failure (known issue, chaos-tests/README.md): {text}");
-    scenario_test(name, limit, steps);
-}
-
 /// Fail if the old master answered ARP for the VIP in any probe from `from` on.
 fn old_master_silent_from(s: &mut Scenario, old: u64, from: Instant, what: &str) {
     let mac = s.cluster.node(old).mac;
@@ -428,7 +400,7 @@ fn one_way_partition_master_cannot_receive() {
 #[test]
 fn loss_and_jitter_cause_no_role_change() {
     chaos_tests::faults::set_impairer_bin(env!("CARGO_BIN_EXE_chaos-tests"));
-    scenario_test_retrying_liveness("loss_and_jitter", Duration::from_secs(300), || async {
+    scenario_test("loss_and_jitter", Duration::from_secs(300), || async {
         let host = Host::get();
         let how = host.loss_delay();
         if how == LossDelay::Degraded && host.nft.is_err() {
@@ -773,7 +745,7 @@ async fn expect_new_master(s: &mut Scenario, old: u64, want: u64, within: Durati
 /// data node takes over (the witness gives it the majority).
 #[test]
 fn witness_cluster_kill_master() {
-    scenario_test_retrying_liveness("witness_kill_master", Duration::from_secs(180), || async {
+    scenario_test("witness_kill_master", Duration::from_secs(180), || async {
         let Some(mut s) = Scenario::setup(
             "witness_kill_master",
             ClusterSpec::two_data_one_witness(),
