@@ -277,10 +277,10 @@ impl Default for ClusterSection {
 
 impl ClusterSection {
     /// How long a peer has to answer an AppendEntries: half the lease (an answer
-    /// within it still renews the lease), never below `heartbeat_ms`. Not a key of
-    /// its own: it follows from the lease.
+    /// within it still renews the lease). Not a key of its own: it follows from the
+    /// lease. The replica never waits less than `heartbeat_ms`.
     pub fn rpc_timeout_ms(&self) -> u64 {
-        (self.lease_ms / 2).max(self.heartbeat_ms)
+        self.lease_ms / 2
     }
 }
 

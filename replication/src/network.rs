@@ -270,7 +270,8 @@ pub struct PeerClient {
     tls: Arc<rustls::ClientConfig>,
     stream: Option<TlsClientStream>,
     contacts: Option<Contacts>,
-    /// Set on Raft replication streams: small AppendEntries are hedged.
+    /// Set on Raft replication streams: AppendEntries run in tasks of their own on
+    /// a pool of connections, and small ones are hedged.
     hedge: Option<Hedge>,
 }
 
@@ -303,7 +304,7 @@ impl Contacts {
 
 /// Largest AppendEntries frame that is hedged (heartbeats and small batches; a big
 /// batch is never sent twice).
-pub const HEDGE_MAX_FRAME: usize = 64 * 1024;
+const HEDGE_MAX_FRAME: usize = 64 * 1024;
 /// Idle connections a replication stream keeps to its peer.
 const HEDGE_IDLE: usize = 2;
 
@@ -314,11 +315,11 @@ const HEDGE_IDLE: usize = 2;
 /// Why: one replication stream carries one request at a time, on one TCP
 /// connection. A lost segment stalls that connection for a retransmission timeout,
 /// which on a 200 ms-RTT link with jitter is 300–800 ms, longer than openraft waits
-/// (`heartbeat_ms`); two followers stalled at once and the leader's lease (quorum
-/// acknowledgement) lapses. A second
-/// connection has its own segments and its own timer. Sending an AppendEntries
-/// twice is harmless: the follower finds the entries already present and answers
-/// the same, and the late answer is dropped.
+/// for the answer (`ReplicaConfig::rpc_timeout_ms`); two followers stalled at once
+/// and the leader's lease (quorum acknowledgement) lapses. A second connection has
+/// its own segments and its own timer. Sending an AppendEntries twice is harmless:
+/// the follower finds the entries already present and answers the same, and the
+/// late answer is dropped.
 struct Hedge {
     /// Idle connections, oldest first: calls take turns on them, so each keeps a
     /// current RTT estimate in the kernel and none sits idle long.
@@ -331,13 +332,13 @@ struct Hedge {
 
 /// Smoothed round trip of one peer's answers (RFC 6298 gains).
 #[derive(Debug, Default, Clone, Copy)]
-pub struct RttEstimate {
+struct RttEstimate {
     srtt: Option<Duration>,
     rttvar: Duration,
 }
 
 impl RttEstimate {
-    pub fn observe(&mut self, sample: Duration) {
+    fn observe(&mut self, sample: Duration) {
         match self.srtt {
             None => {
                 self.srtt = Some(sample);
@@ -352,10 +353,10 @@ impl RttEstimate {
     }
 
     /// When to send a second copy of a request that has not been answered, given
-    /// the time openraft waits for the answer (`heartbeat_ms`): the usual round trip
-    /// plus two deviations, but within a quarter to a half of that wait, so that the
-    /// second copy still has time to be answered.
-    pub fn hedge_after(&self, wait: Duration) -> Duration {
+    /// the time openraft waits for the answer: the usual round trip plus two
+    /// deviations, but within a quarter to a half of that wait, so that the second
+    /// copy still has time to be answered.
+    fn hedge_after(&self, wait: Duration) -> Duration {
         let usual = self.srtt.map(|s| s + self.rttvar * 2).unwrap_or(wait);
         usual.clamp(wait / 4, wait / 2)
     }
@@ -376,9 +377,9 @@ impl PeerClient {
     /// Send one request; on any error the connection is dropped and re-opened next time.
     ///
     /// Cancellation-safe: the connection is held by the call while it runs and comes
-    /// back only with the answer. A call dropped half-way (openraft cancels an
-    /// AppendEntries after `heartbeat_ms`) takes its connection with it, so the next
-    /// call can never read the answer meant for the dropped one.
+    /// back only with the answer. A call dropped half-way (openraft drops a request
+    /// it stopped waiting for) takes its connection with it, so the next call can
+    /// never read the answer meant for the dropped one.
     pub async fn call(&mut self, req: &RpcRequest, timeout: Duration) -> io::Result<RpcResponse> {
         let mut stream = match self.stream.take() {
             Some(s) => s,
@@ -399,76 +400,81 @@ impl PeerClient {
     }
 
     /// Send an AppendEntries, hedged when it is small (see [`Hedge`]). The exchange
-    /// runs in a task of its own: when openraft stops waiting, it still finishes
-    /// and its connection is reused, never read by another call half-way.
+    /// runs in a task of its own: when openraft stops waiting (after `wait`), it
+    /// still finishes and its connection is reused, never read by another call
+    /// half-way.
     async fn call_append(
         &mut self,
         req: &RpcRequest,
         timeout: Duration,
-        heartbeat: Duration,
+        wait: Duration,
     ) -> io::Result<RpcResponse> {
-        if self.hedge.is_none() {
+        let Some(h) = self.hedge.as_ref() else {
             return self.call(req, timeout).await;
-        }
+        };
         let frame: Arc<[u8]> = encode_frame(req)?.into();
         let hedgeable = frame.len() <= HEDGE_MAX_FRAME;
         let t0 = Instant::now();
-        let hedge_after = {
-            let h = self.hedge.as_ref().expect("checked");
-            h.rtt.lock().expect("rtt lock").hedge_after(heartbeat)
-        };
-        let first = match self.take_idle() {
+        let hedge_after = h.rtt.lock().expect("rtt lock").hedge_after(wait);
+        let first = match h.take_idle() {
             Some(stream) => stream,
             None => connect(&self.addr, self.tls.clone(), timeout).await?,
         };
-        let mut first = self.spawn_exchange(first, frame.clone(), timeout);
+        let mut first = h.spawn_exchange(&self.addr, first, frame.clone(), timeout);
         let result = tokio::select! {
             r = &mut first => flatten(r),
-            _ = tokio::time::sleep(hedge_after), if hedgeable => match self.take_idle() {
+            _ = tokio::time::sleep(hedge_after), if hedgeable => match h.take_idle() {
                 Some(stream) => {
                     if let Some(c) = &self.contacts {
                         c.hedged.fetch_add(1, Ordering::Relaxed);
                     }
                     let left = timeout.saturating_sub(t0.elapsed());
-                    let second = self.spawn_exchange(stream, frame, left);
+                    let second = h.spawn_exchange(&self.addr, stream, frame, left);
                     first_success(first, second).await
                 }
                 // No spare connection yet (one is being opened): wait for the first.
                 None => flatten(first.await),
             },
         };
-        self.keep_warm();
+        h.keep_warm(&self.addr, &self.tls);
         let resp = result?;
         self.answered();
         Ok(resp)
     }
+}
+
+impl Hedge {
+    fn new() -> Hedge {
+        Hedge {
+            idle: Default::default(),
+            connecting: Default::default(),
+            rtt: Default::default(),
+        }
+    }
 
     fn take_idle(&self) -> Option<TlsClientStream> {
-        let h = self.hedge.as_ref()?;
-        h.idle.lock().expect("idle lock").pop_front()
+        self.idle.lock().expect("idle lock").pop_front()
     }
 
     /// Run one exchange in a task of its own (a hedged call may stop waiting for
     /// it); the connection goes back to the idle list when it answered.
     fn spawn_exchange(
         &self,
+        addr: &str,
         mut stream: TlsClientStream,
         frame: Arc<[u8]>,
         timeout: Duration,
     ) -> tokio::task::JoinHandle<io::Result<RpcResponse>> {
-        let hedge = self.hedge.as_ref().map(|h| (h.idle.clone(), h.rtt.clone()));
-        let addr = self.addr.clone();
+        let (idle, rtt, addr) = (self.idle.clone(), self.rtt.clone(), addr.to_string());
         tokio::spawn(async move {
             let t0 = Instant::now();
             let resp = exchange_frame(&mut stream, &frame, "append_entries", timeout)
                 .await
                 .and_then(|r| refused_is_error(&addr, r))?;
-            if let Some((idle, rtt)) = hedge {
-                rtt.lock().expect("rtt lock").observe(t0.elapsed());
-                let mut idle = idle.lock().expect("idle lock");
-                if idle.len() < HEDGE_IDLE + 1 {
-                    idle.push_back(stream);
-                }
+            rtt.lock().expect("rtt lock").observe(t0.elapsed());
+            let mut idle = idle.lock().expect("idle lock");
+            if idle.len() <= HEDGE_IDLE {
+                idle.push_back(stream);
             }
             Ok(resp)
         })
@@ -476,15 +482,14 @@ impl PeerClient {
 
     /// Open a spare connection in the background when fewer than [`HEDGE_IDLE`]
     /// are idle, so that a hedge never waits for a handshake.
-    fn keep_warm(&self) {
-        let Some(h) = &self.hedge else { return };
-        if h.idle.lock().expect("idle lock").len() >= HEDGE_IDLE
-            || h.connecting.swap(true, Ordering::SeqCst)
+    fn keep_warm(&self, addr: &str, tls: &Arc<rustls::ClientConfig>) {
+        if self.idle.lock().expect("idle lock").len() >= HEDGE_IDLE
+            || self.connecting.swap(true, Ordering::SeqCst)
         {
             return;
         }
-        let (idle, connecting) = (h.idle.clone(), h.connecting.clone());
-        let (addr, tls) = (self.addr.clone(), self.tls.clone());
+        let (idle, connecting) = (self.idle.clone(), self.connecting.clone());
+        let (addr, tls) = (addr.to_string(), tls.clone());
         tokio::spawn(async move {
             match connect(&addr, tls, Duration::from_secs(5)).await {
                 Ok(stream) => idle.lock().expect("idle lock").push_back(stream),
@@ -499,7 +504,7 @@ fn flatten(r: Result<io::Result<RpcResponse>, tokio::task::JoinError>) -> io::Re
     r.map_err(io::Error::other)?
 }
 
-/// The first of two exchanges to succeed; the error of the first if both fail.
+/// The first of two exchanges to succeed; if both fail, the error of the first to fail.
 async fn first_success(
     mut a: tokio::task::JoinHandle<io::Result<RpcResponse>>,
     mut b: tokio::task::JoinHandle<io::Result<RpcResponse>>,
@@ -529,11 +534,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerClient {
         let mut c = PeerClient::new(target, node.addr.clone(), self.tls.clone());
         c.contacts = Some(self.contacts.clone());
-        c.hedge = Some(Hedge {
-            idle: Default::default(),
-            connecting: Default::default(),
-            rtt: Default::default(),
-        });
+        c.hedge = Some(Hedge::new());
         c
     }
 }
@@ -560,8 +561,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
-        // openraft's TTL is the heartbeat interval: too short for a full batch of
-        // entries on a loaded machine. Give payloads at least a second.
+        // openraft's TTL is the time it waits for the answer (lease_ms / 2): too short
+        // for a full batch of entries on a loaded machine. Give payloads at least a
+        // second (an abandoned exchange finishes in its own task).
         let ttl = option.hard_ttl().max(APPEND_TIMEOUT_FLOOR);
         match self
             .call_append(&RpcRequest::AppendEntries(rpc), ttl, option.hard_ttl())

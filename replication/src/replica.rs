@@ -764,30 +764,16 @@ impl Replica {
         let result = async {
             // 1. Target catches up with everything we have.
             let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                let m = self.metrics();
-                let last = m.last_log_index.unwrap_or(0);
-                let matched = m
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(&target_id).copied().flatten())
-                    .map(|l| l.index)
-                    .unwrap_or(0);
-                if matched >= last {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    return Err(Error::Peer {
-                        peer: target_id,
-                        addr: target_info.addr.clone(),
-                        reason: format!("did not catch up ({matched} < {last}) within 5 s"),
-                    });
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            self.wait_caught_up(target_id, &target_info.addr, deadline)
+                .await?;
             // 2. Let the followers' leader lease lapse.
             self.raft.runtime_config().heartbeat(false);
             self.raft.runtime_config().elect(false);
+            // A write accepted just before the switchover started may have been
+            // appended after the check above: the target must hold it too, or the
+            // other voters refuse it their vote (its log would be behind).
+            self.wait_caught_up(target_id, &target_info.addr, deadline)
+                .await?;
             // 3. Ask the target to campaign until it wins.
             let mut client =
                 PeerClient::new(target_id, target_info.addr.clone(), self.client_tls.clone());
@@ -829,14 +815,52 @@ impl Replica {
         result
     }
 
+    /// Wait until `target` holds every entry of this leader's log.
+    async fn wait_caught_up(&self, target: NodeId, addr: &str, deadline: Instant) -> Result<()> {
+        loop {
+            let m = self.metrics();
+            let last = m.last_log_index.unwrap_or(0);
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&target).copied().flatten())
+                .map(|l| l.index)
+                .unwrap_or(0);
+            if matched >= last {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Peer {
+                    peer: target,
+                    addr: addr.to_string(),
+                    reason: format!("did not catch up ({matched} < {last}) within 5 s"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Campaign until this node is leader (asked by the leader during a switchover).
     async fn campaign(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(5);
+        let term_at_start = self.metrics().current_term;
         while Instant::now() < deadline {
             if self.is_leader() {
                 return Ok(());
             }
             let m = self.metrics();
+            // Another node won an election held since the hand-over began: stop, a
+            // new election would only take the master role away from it again.
+            if let Some(leader) = m.current_leader.filter(|l| *l != self.id) {
+                if m.current_term > term_at_start {
+                    return Err(Error::Raft {
+                        reason: format!(
+                            "node {leader} was elected instead (term {})",
+                            m.current_term
+                        ),
+                    });
+                }
+            }
             if m.state != ServerState::Candidate {
                 self.raft.trigger().elect().await.map_err(|e| Error::Raft {
                     reason: e.to_string(),
