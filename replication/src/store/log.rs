@@ -18,6 +18,7 @@ use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, RaftLogReader, 
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec;
+use super::durable::DurableDb;
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 const KEY_VOTE: &[u8] = b"vote";
@@ -52,7 +53,7 @@ enum FlushWaiter {
 }
 
 impl Flusher {
-    fn start(db: sled::Db) -> Flusher {
+    fn start(db: Arc<DurableDb>) -> Flusher {
         let (tx, mut rx) = mpsc::unbounded_channel::<FlushWaiter>();
         tokio::spawn(async move {
             let mut batch = Vec::new();
@@ -63,7 +64,7 @@ impl Flusher {
                 }
                 let db = db.clone();
                 let res = match tokio::task::spawn_blocking(move || db.flush()).await {
-                    Ok(Ok(_)) => Ok(()),
+                    Ok(Ok(())) => Ok(()),
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(e) => Err(format!("flush task failed: {e}")),
                 };
@@ -121,11 +122,11 @@ fn vote_err(e: impl std::error::Error + 'static) -> StorageError {
 
 impl LogStore {
     /// Open the log trees in `db`. Must be called inside a tokio runtime.
-    pub fn open(db: &sled::Db) -> Result<LogStore, sled::Error> {
+    pub fn open(db: Arc<DurableDb>) -> Result<LogStore, sled::Error> {
         Ok(LogStore {
-            log: db.open_tree("log")?,
-            meta: db.open_tree("raft_meta")?,
-            flusher: Arc::new(Flusher::start(db.clone())),
+            log: db.db().open_tree("log")?,
+            meta: db.db().open_tree("raft_meta")?,
+            flusher: Arc::new(Flusher::start(db)),
         })
     }
 

@@ -14,6 +14,7 @@
 
 pub mod apply;
 pub mod codec;
+pub mod durable;
 pub mod keys;
 // openraft's storage traits fix the error type (StorageError, ~224 bytes).
 #[allow(clippy::result_large_err)]
@@ -39,16 +40,19 @@ pub fn open(dir: &Path, cache_mb: u64) -> Result<(LogStore, StateMachineStore), 
         reason: e.to_string(),
     };
     std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
+    let db_dir = dir.join("db");
     let db = sled::Config::new()
-        .path(dir.join("db"))
+        .path(&db_dir)
         .cache_capacity(cache_mb.max(1) * 1024 * 1024)
         // Never rely on the background flusher for durability: every acknowledged
-        // write is flushed explicitly (see log.rs). Keep it only as a safety net.
+        // write is flushed explicitly, with an fsync of our own (durable.rs; sled's
+        // flush alone is not one). Keep it only as a safety net.
         .flush_every_ms(Some(1000))
         .mode(sled::Mode::HighThroughput)
         .open()
         .map_err(|e| err(&e))?;
-    let log = LogStore::open(&db).map_err(|e| err(&e))?;
-    let sm = StateMachineStore::open(&db, &dir.join("snapshots")).map_err(|e| err(&e))?;
+    let db = std::sync::Arc::new(durable::DurableDb::new(db, &db_dir).map_err(|e| err(&e))?);
+    let log = LogStore::open(db.clone()).map_err(|e| err(&e))?;
+    let sm = StateMachineStore::open(db, &dir.join("snapshots")).map_err(|e| err(&e))?;
     Ok((log, sm))
 }

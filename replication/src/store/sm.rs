@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::apply::apply_entries;
 use super::codec;
+use super::durable::DurableDb;
 use super::keys;
 use crate::types::{
     Entry, LogId, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -58,7 +59,7 @@ struct SnapshotIndex {
 
 /// State shared between the state machine, its snapshot builders and readers.
 pub struct SmShared {
-    db: sled::Db,
+    durable: Arc<DurableDb>,
     tree: RwLock<sled::Tree>,
     snap_dir: PathBuf,
     /// Serializes snapshot file replacement.
@@ -90,8 +91,9 @@ pub struct StateMachineStore {
 }
 
 impl StateMachineStore {
-    pub fn open(db: &sled::Db, snap_dir: &Path) -> Result<StateMachineStore, io::Error> {
+    pub fn open(durable: Arc<DurableDb>, snap_dir: &Path) -> Result<StateMachineStore, io::Error> {
         std::fs::create_dir_all(snap_dir)?;
+        let db = durable.db();
         let name = match db.get(POINTER_KEY).map_err(io::Error::other)? {
             Some(v) => String::from_utf8_lossy(&v).into_owned(),
             None => {
@@ -117,7 +119,7 @@ impl StateMachineStore {
         }
         Ok(StateMachineStore {
             shared: Arc::new(SmShared {
-                db: db.clone(),
+                durable: durable.clone(),
                 tree: RwLock::new(tree),
                 snap_dir: snap_dir.to_path_buf(),
                 snap_lock: Mutex::new(()),
@@ -254,7 +256,7 @@ fn build_blocking(
     // Persist the state machine first: once this snapshot exists the log before it
     // may be purged, so the state it covers must be on disk.
     shared
-        .db
+        .durable
         .flush()
         .map_err(|e| snap_err(ErrorVerb::Write, e))?;
     let snapshot_id = match applied {
@@ -473,7 +475,7 @@ fn install_blocking(
     meta: &SnapshotMeta,
 ) -> Result<(), StorageError> {
     let err = |e: io::Error| snap_err(ErrorVerb::Write, e);
-    let db = &shared.db;
+    let db = shared.durable.db();
     let current = db
         .get(POINTER_KEY)
         .map_err(|e| sm_err(ErrorVerb::Read, e))?
@@ -498,11 +500,17 @@ fn install_blocking(
     new_tree
         .apply_batch(batch)
         .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-    db.flush().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+    shared
+        .durable
+        .flush()
+        .map_err(|e| sm_err(ErrorVerb::Write, e))?;
     // The switch: one key, flushed.
     db.insert(POINTER_KEY, new_name.as_bytes())
         .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-    db.flush().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+    shared
+        .durable
+        .flush()
+        .map_err(|e| sm_err(ErrorVerb::Write, e))?;
     *shared.tree.write().expect("sm tree lock poisoned") = new_tree;
     shared
         .recordings_generation
