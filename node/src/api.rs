@@ -691,7 +691,18 @@ async fn cdrs_get(
                 cdrs,
                 next_cursor: next.map(|c: Cursor| c.to_hex()),
             };
-            Ok((headers, Json(page)).into_response())
+            let mut body = Vec::with_capacity(tandem_replication::cdr::json_capacity(
+                rows.iter().map(|(_, b)| b.len()),
+            ));
+            serde_json::to_writer(&mut body, &page)
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            let mut resp = Response::new(Body::from(body));
+            *resp.headers_mut() = headers;
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            Ok(resp)
         }
         Format::Csv => {
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);

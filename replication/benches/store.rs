@@ -6,11 +6,17 @@
 //!    `MAX_CDRS_PER_ENTRY`, split into its parts (id look-up, the four keys), and the
 //!    write ceiling that implies for N nodes sharing this machine's cores;
 //! 2. export: rows/s of a full scan in time order (decode only), and of the scan plus
-//!    CSV formatting, the way `GET /api/v1/cdrs?format=csv` does it.
+//!    CSV formatting, the way `GET /api/v1/cdrs?format=csv` does it;
+//! 3. flush: latency of one small write + sled's own flush (pwrite + sync_file_range)
+//!    against the same + `DurableDb::flush` (that, then fdatasync), in the same run.
 //!
 //! Run: `cargo bench -p tandem-replication --bench store [-- ROWS]` (default 200,000).
 
 use std::time::Instant;
+
+// The allocator the tandem binary uses.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use chrono::{Duration, TimeZone, Utc};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
@@ -18,6 +24,7 @@ use tandem_replication::cdr::{Cdr, CdrRef, CSV_COLUMNS};
 use tandem_replication::replica::MAX_CDRS_PER_ENTRY;
 use tandem_replication::store::apply::apply_entries;
 use tandem_replication::store::codec;
+use tandem_replication::store::durable::DurableDb;
 use tandem_replication::store::query::{self, CdrQuery};
 use tandem_replication::types::{Request, TypeConfig};
 
@@ -217,7 +224,13 @@ fn main() {
         .iter()
         .map(|b| codec::decode_borrowed(b).expect("decode"))
         .collect();
-    let view_len = serde_json::to_vec(&views).unwrap().len();
+    // Sized up front, as the API does (JSON is ~2-3x the stored bytes): growing a
+    // multi-megabyte buffer by doubling copies it each time.
+    let mut out = Vec::with_capacity(tandem_replication::cdr::json_capacity(
+        raw.iter().map(|b| b.len()),
+    ));
+    serde_json::to_writer(&mut out, &views).unwrap();
+    let view_len = out.len();
     let json_view_ms = t.elapsed().as_secs_f64() * 1e3;
     assert_eq!(owned_len, view_len, "same JSON either way");
     println!("JSON page of {page} rows (scan + serialize, one thread):");
@@ -232,5 +245,51 @@ fn main() {
     println!(
         "  scan + CSV in place{:>9.0} rows/s  (CdrRef::write_csv, as the API does)",
         rows as f64 / raw_s
+    );
+
+    flush_latency();
+}
+
+/// p50 / p99 of (one 300-byte insert + flush), sled's flush against the durable one,
+/// interleaved so that both see the same disk.
+fn flush_latency() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("db");
+    let db = sled::Config::new()
+        .path(&path)
+        .mode(sled::Mode::HighThroughput)
+        .open()
+        .expect("open sled");
+    let durable = DurableDb::new(db, &path).expect("durable");
+    let value = [7u8; 300];
+    let (mut plain, mut synced) = (Vec::new(), Vec::new());
+    for i in 0..1000u64 {
+        let t = Instant::now();
+        durable
+            .db()
+            .insert(i.to_be_bytes(), &value[..])
+            .expect("insert");
+        if i % 2 == 0 {
+            durable.db().flush().expect("flush");
+            plain.push(t.elapsed().as_secs_f64() * 1e3);
+        } else {
+            durable.flush().expect("durable flush");
+            synced.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let pct = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[((v.len() - 1) as f64 * p) as usize]
+    };
+    println!("flush (one 300-byte insert + flush, 500 of each, interleaved):");
+    println!(
+        "  sled flush only    p50 {:6.3} ms  p99 {:6.3} ms  (pwrite + sync_file_range: not durable on power loss)",
+        pct(&mut plain, 0.5),
+        pct(&mut plain, 0.99)
+    );
+    println!(
+        "  DurableDb::flush   p50 {:6.3} ms  p99 {:6.3} ms  (+ fdatasync, as tandem does)",
+        pct(&mut synced, 0.5),
+        pct(&mut synced, 0.99)
     );
 }

@@ -202,6 +202,14 @@ fn write_rfc3339(t: &DateTime<Utc>, out: &mut [u8; RFC3339_MAX]) -> Option<usize
     Some(len + 1)
 }
 
+/// Bytes to reserve for the JSON of CDRs whose stored encodings have `stored_lens`:
+/// field names and RFC 3339 times make the JSON about 2.5× the stored size. Reserving
+/// it up front saves growing a multi-megabyte page buffer by copying it again and
+/// again.
+pub fn json_capacity(stored_lens: impl Iterator<Item = usize>) -> usize {
+    stored_lens.map(|n| n * 5 / 2 + 16).sum::<usize>() + 256
+}
+
 /// A stored CDR decoded without copying its strings: the CSV export reads a million
 /// of these, and allocating every field of every row was most of its cost.
 ///

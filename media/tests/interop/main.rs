@@ -29,12 +29,23 @@ fn have_baresip() -> bool {
         .is_ok()
 }
 
+/// A port free for both UDP and TCP on 127.0.0.1 that this test process has not handed
+/// out before. baresip binds it later, so a port given twice (its SIP port equal to its
+/// ctrl_tcp port, or to the other phone's) made ctrl_tcp fail to listen ("connection
+/// refused"); the kernel may well offer the port just released again.
 fn free_port() -> u16 {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let t = std::net::TcpListener::bind(s.local_addr().unwrap());
-    let port = s.local_addr().unwrap().port();
-    drop(t);
-    port
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    for _ in 0..100 {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = s.local_addr().unwrap().port();
+        if given.contains(&port) || std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        given.push(port);
+        return port;
+    }
+    panic!("no free UDP+TCP port on 127.0.0.1 in 100 tries");
 }
 
 /// A 16-bit mono 8 kHz WAV with a sine tone.
