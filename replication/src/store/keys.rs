@@ -31,6 +31,13 @@ pub fn micros_key(micros: i64) -> [u8; 8] {
     ((micros as u64) ^ (1 << 63)).to_be_bytes()
 }
 
+/// The start time (microseconds) of a scan position (`time key + id`).
+pub fn micros_of(pos: &[u8; 24]) -> i64 {
+    let mut t = [0u8; 8];
+    t.copy_from_slice(&pos[..8]);
+    (u64::from_be_bytes(t) ^ (1 << 63)) as i64
+}
+
 pub fn recording_key(id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + id.len());
     k.push(RECORDING);

@@ -109,23 +109,8 @@ pub fn cdr_count(tree: &sled::Tree) -> usize {
     tree.scan_prefix([keys::CDR]).count()
 }
 
-/// Scan CDRs in start-time order. Each item carries the cursor that resumes after it.
-pub fn cdr_scan(
-    tree: &sled::Tree,
-    q: &CdrQuery,
-) -> impl Iterator<Item = Result<(Cursor, Cdr), QueryError>> + Send + 'static {
-    cdr_scan_raw(tree, q).map(|item| {
-        let (pos, bytes) = item?;
-        Ok((pos, codec::decode::<Cdr>(&bytes)?))
-    })
-}
-
-/// [`cdr_scan`] without decoding: the stored bytes of each CDR, for readers that
-/// decode them in place (`codec::decode_borrowed` into a `cdr::CdrRef`).
-pub fn cdr_scan_raw(
-    tree: &sled::Tree,
-    q: &CdrQuery,
-) -> impl Iterator<Item = Result<(Cursor, sled::IVec), QueryError>> + Send + 'static {
+/// The index a query scans (its prefix byte) and the key range `lo..hi` it covers.
+fn scan_bounds(q: &CdrQuery) -> (u8, Vec<u8>, Vec<u8>) {
     // Pick the narrowest index.
     let (prefix_byte, party) = match (&q.caller, &q.callee) {
         (Some(c), _) => (keys::BY_CALLER, Some(c.clone())),
@@ -147,6 +132,75 @@ pub fn cdr_scan_raw(
         Some(to) => hi.extend_from_slice(&keys::time_key(to)),
         None => hi.extend_from_slice(&[0xff; 25]),
     }
+    (prefix_byte, lo, hi)
+}
+
+/// Split `q` (no cursor) into at most `n` queries over consecutive start-time slices
+/// whose scans, one after the other, give exactly the rows of `q` in the same order:
+/// lets an export scan several slices at once. A query with a cursor, or whose rows
+/// all share one start time, stays whole.
+pub fn cdr_slices(tree: &sled::Tree, q: &CdrQuery, n: usize) -> Result<Vec<CdrQuery>, QueryError> {
+    if q.cursor.is_some() || n < 2 {
+        return Ok(vec![q.clone()]);
+    }
+    let (_, lo, hi) = scan_bounds(q);
+    if lo >= hi {
+        return Ok(vec![q.clone()]);
+    }
+    let start_of = |k: &[u8]| keys::position_of(k).map(|p| keys::micros_of(&p));
+    let mut range = tree.range(lo..hi);
+    let (first, last) = match (range.next(), range.next_back()) {
+        (Some(a), Some(b)) => (start_of(&a?.0), start_of(&b?.0)),
+        _ => return Ok(vec![q.clone()]),
+    };
+    let (Some(first), Some(last)) = (first, last) else {
+        return Ok(vec![q.clone()]);
+    };
+    // Slice i covers [first + i·step, first + (i+1)·step); the last one ends past `last`.
+    let span = (last as i128 - first as i128 + 1) as u128;
+    let step = span.div_ceil(n as u128).max(1);
+    let at = |i: u128| -> Option<DateTime<Utc>> {
+        let micros = i64::try_from(first as i128 + (i * step) as i128).ok()?;
+        DateTime::from_timestamp_micros(micros)
+    };
+    let mut slices = Vec::with_capacity(n);
+    let mut i = 0u128;
+    while (i * step) < span {
+        let (Some(from), Some(to)) = (at(i), at(i + 1)) else {
+            return Ok(vec![q.clone()]);
+        };
+        let mut part = q.clone();
+        // The outer bounds stay the query's own.
+        part.from = if i == 0 { q.from } else { Some(from) };
+        part.to = if (i + 1) * step >= span {
+            q.to
+        } else {
+            Some(to)
+        };
+        slices.push(part);
+        i += 1;
+    }
+    Ok(slices)
+}
+
+/// Scan CDRs in start-time order. Each item carries the cursor that resumes after it.
+pub fn cdr_scan(
+    tree: &sled::Tree,
+    q: &CdrQuery,
+) -> impl Iterator<Item = Result<(Cursor, Cdr), QueryError>> + Send + 'static {
+    cdr_scan_raw(tree, q).map(|item| {
+        let (pos, bytes) = item?;
+        Ok((pos, codec::decode::<Cdr>(&bytes)?))
+    })
+}
+
+/// [`cdr_scan`] without decoding: the stored bytes of each CDR, for readers that
+/// decode them in place (`codec::decode_borrowed` into a `cdr::CdrRef`).
+pub fn cdr_scan_raw(
+    tree: &sled::Tree,
+    q: &CdrQuery,
+) -> impl Iterator<Item = Result<(Cursor, sled::IVec), QueryError>> + Send + 'static {
+    let (prefix_byte, lo, hi) = scan_bounds(q);
     let callee_filter = if q.caller.is_some() {
         q.callee.clone()
     } else {
@@ -219,4 +273,108 @@ pub fn recording_scan(
 /// Number of recordings known.
 pub fn recording_count(tree: &sled::Tree) -> usize {
     tree.scan_prefix([keys::RECORDING]).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::apply::apply_entries;
+    use crate::types::{Entry, LogId, Request};
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    /// 300 CDRs over ~5 hours, several per start time, three callers and two callees.
+    fn loaded() -> sled::Tree {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("sm").unwrap();
+        let base: DateTime<Utc> = "2026-01-01T08:00:00Z".parse().unwrap();
+        let cdrs: Vec<Cdr> = (0..300i64)
+            .map(|i| {
+                // Uneven spacing, and ties: i / 3 seconds squared.
+                let start = base + chrono::Duration::seconds((i / 3) * (i / 3) * 2);
+                let end = start + chrono::Duration::seconds(30);
+                let caller = format!("10{}", i % 3);
+                let callee = format!("20{}", i % 2);
+                Cdr::new_call(&caller, &callee, start, None, end, "a")
+            })
+            .collect();
+        let entry = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
+            payload: EntryPayload::Normal(Request::AddCdrs { cdrs }),
+        };
+        let applied = apply_entries(&tree, [entry]).unwrap();
+        tree.apply_batch(applied.batch).unwrap();
+        tree
+    }
+
+    fn ids(tree: &sled::Tree, q: &CdrQuery) -> Vec<uuid::Uuid> {
+        cdr_scan(tree, q).map(|r| r.unwrap().1.id).collect()
+    }
+
+    #[test]
+    fn slices_of_a_query_scan_exactly_its_rows_in_order() {
+        let tree = loaded();
+        let t = |s: &str| Some(s.parse::<DateTime<Utc>>().unwrap());
+        let queries = [
+            CdrQuery::default(),
+            CdrQuery {
+                from: t("2026-01-01T08:30:00Z"),
+                to: t("2026-01-01T11:00:00Z"),
+                ..Default::default()
+            },
+            CdrQuery {
+                caller: Some("101".into()),
+                ..Default::default()
+            },
+            CdrQuery {
+                caller: Some("102".into()),
+                callee: Some("201".into()),
+                from: t("2026-01-01T09:00:00Z"),
+                ..Default::default()
+            },
+            CdrQuery {
+                callee: Some("200".into()),
+                to: t("2026-01-01T09:00:00Z"),
+                ..Default::default()
+            },
+        ];
+        for q in &queries {
+            let whole = ids(&tree, q);
+            assert!(!whole.is_empty(), "{q:?} finds rows");
+            for n in [2, 3, 7, 64, 1000] {
+                let slices = cdr_slices(&tree, q, n).unwrap();
+                assert!(slices.len() <= n, "{n} asked, {} given", slices.len());
+                if n >= 3 {
+                    assert!(slices.len() > 1, "{q:?} split in {n}");
+                }
+                let joined: Vec<_> = slices.iter().flat_map(|s| ids(&tree, s)).collect();
+                assert_eq!(joined, whole, "{q:?} in {n} slices");
+            }
+        }
+    }
+
+    #[test]
+    fn a_query_with_a_cursor_or_one_start_time_or_no_rows_stays_whole() {
+        let tree = loaded();
+        let first = cdr_scan(&tree, &CdrQuery::default())
+            .next()
+            .unwrap()
+            .unwrap();
+        let with_cursor = CdrQuery {
+            cursor: Some(first.0),
+            ..Default::default()
+        };
+        assert_eq!(cdr_slices(&tree, &with_cursor, 4).unwrap().len(), 1);
+        // The first three CDRs share one start time.
+        let one_time = CdrQuery {
+            to: Some(first.1.start + chrono::Duration::microseconds(1)),
+            ..Default::default()
+        };
+        assert_eq!(ids(&tree, &one_time).len(), 3);
+        assert_eq!(cdr_slices(&tree, &one_time, 4).unwrap().len(), 1);
+        let none = CdrQuery {
+            caller: Some("nobody".into()),
+            ..Default::default()
+        };
+        assert_eq!(cdr_slices(&tree, &none, 4).unwrap().len(), 1);
+    }
 }
