@@ -696,13 +696,7 @@ async fn cdrs_get(
             ));
             serde_json::to_writer(&mut body, &page)
                 .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-            let mut resp = Response::new(Body::from(body));
-            *resp.headers_mut() = headers;
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            Ok(resp)
+            Ok(with_headers(Body::from(body), headers, "application/json"))
         }
         Format::Csv => {
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
@@ -710,15 +704,22 @@ async fn cdrs_get(
             let stream = futures::stream::unfold(rx, |mut rx| async move {
                 rx.recv().await.map(|item| (item, rx))
             });
-            let mut resp = Response::new(Body::from_stream(stream));
-            *resp.headers_mut() = headers;
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/csv; charset=utf-8"),
-            );
-            Ok(resp)
+            Ok(with_headers(
+                Body::from_stream(stream),
+                headers,
+                "text/csv; charset=utf-8",
+            ))
         }
     }
+}
+
+/// A response of `body` with the freshness `headers` and a content type.
+fn with_headers(body: Body, headers: HeaderMap, content_type: &'static str) -> Response {
+    let mut resp = Response::new(body);
+    *resp.headers_mut() = headers;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
 }
 
 /// Hands CSV bytes on in ~256 KiB chunks to `send` (a bounded channel: memory stays
@@ -803,13 +804,21 @@ fn export<F: FnMut(Vec<u8>) -> std::io::Result<()>>(
         std::io::Write::flush(&mut out).map_err(|e| e.to_string())?;
         return export_slices(tree, &slices, &mut out.send);
     }
-    for (n, item) in query::cdr_scan_raw(tree, &slices[0]).enumerate() {
-        if limit.is_some_and(|l| n >= l) {
-            break;
-        }
+    write_rows(tree, &slices[0], limit, &mut w)
+}
+
+/// The CSV rows of `q` (at most `limit`), written from the stored bytes (no
+/// per-field allocation), then flushed.
+fn write_rows<W: std::io::Write>(
+    tree: &Tree,
+    q: &CdrQuery,
+    limit: Option<usize>,
+    w: &mut csv::Writer<W>,
+) -> Result<(), String> {
+    for item in query::cdr_scan_raw(tree, q).take(limit.unwrap_or(usize::MAX)) {
         let (_, bytes) = item.map_err(|e| e.to_string())?;
         let cdr: CdrRef = codec::decode_borrowed(&bytes).map_err(|e| e.to_string())?;
-        cdr.write_csv(&mut w).map_err(|e| e.to_string())?;
+        cdr.write_csv(w).map_err(|e| e.to_string())?;
     }
     w.flush().map_err(|e| e.to_string())
 }
@@ -865,18 +874,10 @@ fn export_slices(
 fn export_worker(tree: &Tree, slices: Vec<CdrQuery>, tx: std::sync::mpsc::SyncSender<Part>) {
     for q in slices {
         let chunks = tx.clone();
-        let mut w = csv::WriterBuilder::new().from_writer(ChunkSender::new(move |chunk| {
+        let mut w = csv::Writer::from_writer(ChunkSender::new(move |chunk| {
             chunks.send(Part::Chunk(chunk)).map_err(|_| client_gone())
         }));
-        let res = (|| -> Result<(), String> {
-            for item in query::cdr_scan_raw(tree, &q) {
-                let (_, bytes) = item.map_err(|e| e.to_string())?;
-                let cdr: CdrRef = codec::decode_borrowed(&bytes).map_err(|e| e.to_string())?;
-                cdr.write_csv(&mut w).map_err(|e| e.to_string())?;
-            }
-            w.flush().map_err(|e| e.to_string())
-        })();
-        let done = match res {
+        let done = match write_rows(tree, &q, None, &mut w) {
             Ok(()) => tx.send(Part::SliceDone),
             Err(e) => tx.send(Part::Failed(e)),
         };

@@ -156,31 +156,28 @@ pub fn cdr_slices(tree: &sled::Tree, q: &CdrQuery, n: usize) -> Result<Vec<CdrQu
     let (Some(first), Some(last)) = (first, last) else {
         return Ok(vec![q.clone()]);
     };
-    // Slice i covers [first + i·step, first + (i+1)·step); the last one ends past `last`.
+    // Slice i covers [first + i·step, first + (i+1)·step); the first and the last keep
+    // the query's own outer bounds.
     let span = (last as i128 - first as i128 + 1) as u128;
     let step = span.div_ceil(n as u128).max(1);
-    let at = |i: u128| -> Option<DateTime<Utc>> {
+    let count = span.div_ceil(step);
+    let bound = |i: u128| {
         let micros = i64::try_from(first as i128 + (i * step) as i128).ok()?;
         DateTime::from_timestamp_micros(micros)
     };
-    let mut slices = Vec::with_capacity(n);
-    let mut i = 0u128;
-    while (i * step) < span {
-        let (Some(from), Some(to)) = (at(i), at(i + 1)) else {
-            return Ok(vec![q.clone()]);
-        };
-        let mut part = q.clone();
-        // The outer bounds stay the query's own.
-        part.from = if i == 0 { q.from } else { Some(from) };
-        part.to = if (i + 1) * step >= span {
-            q.to
-        } else {
-            Some(to)
-        };
-        slices.push(part);
-        i += 1;
-    }
-    Ok(slices)
+    let slices: Option<Vec<CdrQuery>> = (0..count)
+        .map(|i| {
+            let mut part = q.clone();
+            if i > 0 {
+                part.from = Some(bound(i)?);
+            }
+            if i + 1 < count {
+                part.to = Some(bound(i + 1)?);
+            }
+            Some(part)
+        })
+        .collect();
+    Ok(slices.unwrap_or_else(|| vec![q.clone()]))
 }
 
 /// Scan CDRs in start-time order. Each item carries the cursor that resumes after it.
