@@ -15,4 +15,5 @@ pub mod controller;
 pub mod error;
 pub mod guard;
 pub mod hooks;
+pub mod state;
 pub mod vip;

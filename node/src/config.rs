@@ -498,6 +498,20 @@ impl Config {
             .unwrap_or_else(|| self.node.data_dir.join("tls"))
     }
 
+    /// The join token this node created with `tandem init` (`<tls_dir>/join.token`);
+    /// the error names the file and says that only the `init` node has one.
+    pub fn read_join_token(&self) -> Result<String, String> {
+        let p = self.tls_dir().join("join.token");
+        std::fs::read_to_string(&p)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| {
+                format!(
+                    "{}: no join token here (only the node that ran `tandem init` has one): {e}",
+                    p.display()
+                )
+            })
+    }
+
     /// `api.token_file`, or its default `<data_dir>/admin.token`.
     pub fn token_file(&self) -> PathBuf {
         self.api

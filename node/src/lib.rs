@@ -1,22 +1,23 @@
 //! The `tandem` node: CLI, config file, HTTP API and the wiring of all parts.
 //!
 //! ```text
-//!  main.rs (clap) ─▶ cli::*  ── HTTP ──▶ api (axum) ─▶ tandem_replication::replica::Replica
-//!                └─▶ daemon::run ─────────┘
-//!                └─▶ demo (spawns 3 `tandem run` processes on 127.0.0.1)
+//!  main.rs (clap) ─▶ cli::dispatch ─▶ cli::<noun> ── typed client (tandem-api) ──▶ http (axum)
+//!                │                                                                  │
+//!                └─▶ run::run ── the only wiring: replica, role driver, alarm mailer, │
+//!                │               telephony, retention, HTTP server ◀────────────────┘
+//!                └─▶ demo / bench (real `tandem run` processes on 127.0.0.1)
 //! ```
+//!
+//! Modules depend one way: `cli`, `demo`, `bench` → `run`, `http`, `config`;
+//! `run` → `http`, `config`; `http` → `run::role::RoleState` and `run::telephony`
+//! types only through `AppState`.
 
 pub mod alarms;
-pub mod api;
 pub mod bench;
-pub mod bench_recordings;
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod daemon;
 pub mod demo;
-pub mod https;
-pub mod metrics;
-pub mod recordings;
-pub mod role;
-pub mod telephony;
+pub mod http;
+pub mod run;
+pub mod settings;

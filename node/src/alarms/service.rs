@@ -32,7 +32,7 @@ use super::rules::{Engine, Event, Millis, Notification, RulesConfig, Silence};
 use super::smtp::{Mailer, RetryPolicy, SmtpSettings};
 use super::sources::{Observer, Snapshot};
 use crate::config::Config;
-use crate::role::RoleState;
+use tandem_failover::state::RoleState;
 
 /// Most entries kept in the history.
 const HISTORY: usize = 200;

@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub mod recordings;
+
 use anyhow::{bail, Context};
 use chrono::{DateTime, Duration as ChronoDuration, SecondsFormat, TimeZone, Utc};
 use clap::Args;
@@ -58,7 +60,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub cache_mb: Option<u64>,
     #[command(flatten)]
-    pub rec: crate::bench_recordings::RecordingBenchArgs,
+    pub rec: recordings::RecordingBenchArgs,
 }
 
 const CDRS: &str = "/api/v1/cdrs";
@@ -91,7 +93,7 @@ pub async fn run(args: BenchArgs, json: bool) -> anyhow::Result<()> {
     if args.rec.recordings {
         let exe = std::env::current_exe().context("locating the tandem binary")?;
         return tokio::select! {
-            r = crate::bench_recordings::run(&exe, &args.rec, json) => r,
+            r = recordings::run(&exe, &args.rec, json) => r,
             _ = tokio::signal::ctrl_c() => {
                 bail!("interrupted: the benchmark cluster was stopped and removed")
             }
@@ -116,10 +118,10 @@ fn check_args(args: &BenchArgs) -> anyhow::Result<()> {
     if args.writers.is_empty() || args.writers.iter().any(|w| *w == 0 || *w > 4096) {
         bail!("--writers: each writer count must be between 1 and 4096");
     }
-    if args.batch == 0 || args.batch > crate::api::MAX_BATCH {
+    if args.batch == 0 || args.batch > crate::http::MAX_BATCH {
         bail!(
             "--batch must be between 1 and {} (the API's limit per request)",
-            crate::api::MAX_BATCH
+            crate::http::MAX_BATCH
         );
     }
     if !args.skip_query && args.query_rows == 0 {

@@ -4,15 +4,21 @@
 //! request-latency histogram are updated as things happen.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::http::state::St;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 use tandem_replication::replica::Replica;
 
-use crate::role::RoleState;
+use tandem_failover::state::RoleState;
 
 pub struct Metrics {
     registry: Registry,
@@ -330,4 +336,27 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+pub(crate) async fn observe(State(st): St, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str().to_string();
+    let t0 = Instant::now();
+    let resp = next.run(req).await;
+    st.metrics
+        .observe_request(&route, &method, resp.status().as_u16(), t0.elapsed());
+    resp
+}
+
+pub(crate) async fn metrics(State(st): St) -> Response {
+    let mut text = st
+        .metrics
+        .render(&st.replica, &st.roles, st.alarms.counters());
+    if let Some(sip) = st.sip.get() {
+        text.push_str(&sip.metrics_text());
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

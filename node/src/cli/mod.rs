@@ -571,11 +571,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Demo { common, cdrs } => crate::demo::run(common.json, cdrs).await,
         Command::Bench { common, args } => crate::bench::run(args, common.json).await,
-        Command::Run { common } => crate::daemon::run(load_config(&common)?).await,
+        Command::Run { common } => crate::run::run(load_config(&common)?).await,
         Command::Init { common } => {
             let cfg = load_config(&common)?;
-            let token = crate::daemon::init(&cfg)?;
-            let admin = crate::daemon::admin_token(&cfg)?.0;
+            let token = crate::run::identity::init(&cfg)?;
+            let admin = crate::run::identity::admin_token(&cfg)?.0;
             let v = json!({"node_id": cfg.node.id, "join_token": token.to_string(), "admin_token": admin, "tls_dir": cfg.tls_dir()});
             print(&common, &v, |_| {
                 format!(
@@ -606,12 +606,15 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 &addr,
                 &token,
                 cfg.node.id,
-                crate::daemon::node_info(&cfg),
+                crate::run::identity::node_info(&cfg),
                 &cfg.tls_dir(),
             )
             .await?;
             if let Some(admin) = &acc.admin_token {
-                crate::daemon::write_private(&cfg.token_file(), format!("{admin}\n").as_bytes())?;
+                crate::run::identity::write_private(
+                    &cfg.token_file(),
+                    format!("{admin}\n").as_bytes(),
+                )?;
             }
             let v = json!({"node_id": cfg.node.id, "joined_via": addr, "members": acc.members.iter().map(|(i, n)| json!({"id": i, "addr": n.addr})).collect::<Vec<_>>()});
             print(&common, &v, |_| {
@@ -670,7 +673,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let (_, v) = c
                 .send_json(
                     reqwest::Method::PUT,
-                    &format!("/api/v1/config/{}", crate::role::maintenance_key(id)),
+                    &format!("/api/v1/config/{}", crate::settings::maintenance_key(id)),
                     &json!(on),
                 )
                 .await?;

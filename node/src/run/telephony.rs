@@ -12,7 +12,6 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
 use tandem_media::backend::{
     Backend, Binding, CallRecord, Disposition as MediaDisposition, SipUser,
 };
@@ -24,32 +23,7 @@ use tandem_replication::store::query;
 use tandem_replication::types::{RecordingMeta, Request};
 
 use crate::alarms::service::AlarmService;
-
-/// Prefix of SIP user keys.
-pub const USER_PREFIX: &str = "sip.user.";
-/// Prefix of registration keys.
-pub const BINDING_PREFIX: &str = "sip.binding.";
-
-/// Check an extension (it is part of a config key and of SIP URIs).
-pub fn check_extension(ext: &str) -> Result<(), String> {
-    if ext.is_empty()
-        || ext.len() > 32
-        || !ext
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-    {
-        return Err(format!(
-            "extension {ext:?}: use 1-32 letters, digits, '_', '-' or '.' (e.g. 201)"
-        ));
-    }
-    Ok(())
-}
-
-/// Config key of one binding: the AOR plus a short hash of the contact URI.
-pub fn binding_key(aor: &str, contact: &str) -> String {
-    let h = Sha256::digest(contact.as_bytes());
-    format!("{BINDING_PREFIX}{aor}/{}", hex::encode(&h[..8]))
-}
+use crate::settings::sip::{binding_key, StoredUser, BINDING_PREFIX, USER_PREFIX};
 
 /// [`Backend`] over this node's replica.
 pub struct NodeBackend {
@@ -92,15 +66,6 @@ impl NodeBackend {
             }
         }
     }
-}
-
-/// The stored form of a SIP user (`sip.user.<ext>`).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoredUser {
-    pub password: String,
-    #[serde(default)]
-    pub display_name: Option<String>,
 }
 
 impl Backend for NodeBackend {
@@ -237,129 +202,6 @@ pub async fn expire_bindings(replica: Arc<Replica>) {
     }
 }
 
-/// `/api/v1/sip/*`: users and status.
-pub mod api {
-    use axum::body::Bytes;
-    use axum::extract::{Path, State};
-    use axum::http::StatusCode;
-    use axum::response::{IntoResponse, Response};
-    use axum::Json;
-    use serde_json::json;
-    use tandem_replication::store::query;
-    use tandem_replication::types::{Request, Response as RaftResponse};
-
-    use super::{check_extension, StoredUser, BINDING_PREFIX, USER_PREFIX};
-    use crate::api::{ApiError, St};
-
-    /// Shortest SIP password accepted.
-    pub const MIN_PASSWORD: usize = 8;
-
-    /// `GET /api/v1/sip/users` (passwords are never shown).
-    pub async fn users_list(State(st): St) -> Result<Json<serde_json::Value>, ApiError> {
-        let tree = st.replica.tree();
-        let users: Vec<_> = query::config_list(&tree, USER_PREFIX)?
-            .into_iter()
-            .map(|e| {
-                let u: Option<StoredUser> = serde_json::from_str(&e.value).ok();
-                json!({
-                    "extension": e.key.trim_start_matches(USER_PREFIX),
-                    "display_name": u.and_then(|u| u.display_name),
-                })
-            })
-            .collect();
-        Ok(Json(json!({ "users": users })))
-    }
-
-    /// `PUT /api/v1/sip/users/{ext}` with `{"password": "...", "display_name": "..."}`.
-    pub async fn user_put(
-        State(st): St,
-        Path(ext): Path<String>,
-        body: Bytes,
-    ) -> Result<Response, ApiError> {
-        check_extension(&ext).map_err(ApiError::bad)?;
-        let user: StoredUser = serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad(format!(
-                "body must be {{\"password\": \"...\", \"display_name\": \"...\"}}: {e}"
-            ))
-        })?;
-        if user.password.len() < MIN_PASSWORD || user.password.chars().any(char::is_control) {
-            return Err(ApiError::bad(format!(
-                "password of {ext}: use at least {MIN_PASSWORD} printable characters"
-            )));
-        }
-        let value = serde_json::to_string(&user).expect("user json");
-        let (_, resp) = st
-            .replica
-            .write(Request::SetConfig {
-                key: format!("{USER_PREFIX}{ext}"),
-                value,
-            })
-            .await?;
-        let created = matches!(resp, RaftResponse::Config { existed: false, .. });
-        tracing::info!(extension = %ext, created, "SIP user saved");
-        let status = if created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        };
-        Ok((
-            status,
-            Json(json!({"extension": ext, "display_name": user.display_name})),
-        )
-            .into_response())
-    }
-
-    /// `DELETE /api/v1/sip/users/{ext}`: the user and its registrations.
-    pub async fn user_delete(State(st): St, Path(ext): Path<String>) -> Result<Response, ApiError> {
-        check_extension(&ext).map_err(ApiError::bad)?;
-        let (_, resp) = st
-            .replica
-            .write(Request::DeleteConfig {
-                key: format!("{USER_PREFIX}{ext}"),
-            })
-            .await?;
-        if !matches!(resp, RaftResponse::Config { existed: true, .. }) {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("no SIP user {ext}"),
-            ));
-        }
-        let tree = st.replica.tree();
-        for e in query::config_list(&tree, &format!("{BINDING_PREFIX}{ext}/"))? {
-            st.replica
-                .write(Request::DeleteConfig { key: e.key })
-                .await?;
-        }
-        tracing::info!(extension = %ext, "SIP user removed");
-        Ok(Json(json!({"removed": ext})).into_response())
-    }
-
-    /// `GET /api/v1/sip/status`: registrations (replicated) and, on the node that
-    /// runs the service, the calls in progress and counters.
-    pub async fn status(State(st): St) -> Result<Json<serde_json::Value>, ApiError> {
-        let now = chrono::Utc::now().timestamp();
-        let tree = st.replica.tree();
-        let regs: Vec<_> = query::config_list(&tree, BINDING_PREFIX)?
-            .into_iter()
-            .filter_map(|e| serde_json::from_str::<tandem_media::backend::Binding>(&e.value).ok())
-            .filter(|b| b.expires_at_unix > now)
-            .map(|b| {
-                json!({
-                    "extension": b.aor,
-                    "contact": b.contact,
-                    "source": b.source.to_string(),
-                    "expires_in_s": b.expires_at_unix - now,
-                })
-            })
-            .collect();
-        Ok(Json(json!({
-            "node": st.replica.id,
-            "registrations": regs,
-            "service": st.sip.get().map(|s| s.status_json()),
-        })))
-    }
-}
-
 /// The telephony service of this node, as the daemon runs it.
 pub struct SipRuntime {
     /// The running service (None if it could not start: `error` says why).
@@ -370,9 +212,9 @@ pub struct SipRuntime {
     pub error: Option<String>,
 }
 
-impl SipRuntime {
+impl crate::http::state::TelephonyStatus for SipRuntime {
     /// `service` part of `GET /api/v1/sip/status`.
-    pub fn status_json(&self) -> serde_json::Value {
+    fn status_json(&self) -> serde_json::Value {
         match &self.handle {
             Some(h) => {
                 let s = h.status();
@@ -395,7 +237,7 @@ impl SipRuntime {
     }
 
     /// Prometheus lines for the service and the relay.
-    pub fn metrics_text(&self) -> String {
+    fn metrics_text(&self) -> String {
         let mut out = String::new();
         let mut line = |name: &str, kind: &str, help: &str, v: u64| {
             out.push_str(&format!(
@@ -533,7 +375,7 @@ pub async fn start(
     cfg: &crate::config::Config,
     replica: Arc<Replica>,
     alarms: Arc<AlarmService>,
-    roles: Arc<crate::role::RoleState>,
+    roles: Arc<crate::run::role::RoleState>,
 ) -> Arc<SipRuntime> {
     use std::net::SocketAddr;
     let failed = |error: String| {

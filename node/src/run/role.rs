@@ -25,56 +25,9 @@ use tandem_replication::store::query;
 use tandem_replication::types::{MemberKind, RaftMetrics};
 
 use crate::config::{Config, NodeRole};
+pub use tandem_failover::state::RoleState;
 
-/// What the rest of the node reads about roles (health, status, metrics).
-pub struct RoleState {
-    role: Mutex<Role>,
-    /// The same role, for tasks that must react at once to a change (the SIP
-    /// service starts answering the moment this node becomes master).
-    role_watch: tokio::sync::watch::Sender<Role>,
-    vip_held: AtomicBool,
-    maintenance: AtomicBool,
-    pub role_changes: AtomicU64,
-    pub vip_acquired: AtomicU64,
-    /// Longest time, in ms, this node went as master without a quorum
-    /// acknowledgement (the lease lapses at `lease_ms`): the margin a degraded
-    /// network leaves. Since start.
-    pub lease_age_max_ms: AtomicU64,
-    pub has_vip: bool,
-    /// Members the master cannot reach (alarm events `cluster.node_down` /
-    /// `cluster.witness_lost` are logged on every change).
-    unreachable: Mutex<std::collections::BTreeSet<u64>>,
-}
-
-impl RoleState {
-    pub fn role(&self) -> Role {
-        *self.role.lock().expect("role lock")
-    }
-    /// A receiver that wakes on every role change.
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Role> {
-        self.role_watch.subscribe()
-    }
-    pub fn vip_held(&self) -> bool {
-        self.vip_held.load(Ordering::SeqCst)
-    }
-    pub fn maintenance(&self) -> bool {
-        self.maintenance.load(Ordering::SeqCst)
-    }
-    /// Members the master currently cannot reach (empty on standbys).
-    pub fn unreachable(&self) -> Vec<u64> {
-        self.unreachable
-            .lock()
-            .expect("unreachable lock")
-            .iter()
-            .copied()
-            .collect()
-    }
-}
-
-/// Config key that holds a node's maintenance flag (replicated, so the master knows).
-pub fn maintenance_key(id: u64) -> String {
-    format!("maintenance.{id}")
-}
+pub use crate::settings::maintenance_key;
 
 fn raft_view(m: &RaftMetrics) -> RaftView {
     RaftView {

@@ -1,0 +1,142 @@
+//! `/api/v1/config`: the replicated key/value settings.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use tandem_replication::store::query::{self};
+use tandem_replication::types::{Request as RaftRequest, Response as RaftResponse};
+
+use crate::http::error::ApiError;
+use crate::http::params::*;
+use crate::http::state::St;
+use crate::http::MAX_KEY;
+pub(crate) fn check_key(key: &str) -> Result<(), ApiError> {
+    if key.is_empty() || key.len() > MAX_KEY {
+        return Err(ApiError::bad(format!(
+            "config key must be 1..={MAX_KEY} bytes"
+        )));
+    }
+    if !key
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
+    {
+        return Err(ApiError::bad(format!(
+            "config key `{key}`: only letters, digits and . _ - / are allowed"
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) async fn config_list(
+    State(st): St,
+    Query(mut params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let lag = consistency(&st.replica, &mut params).await?;
+    let prefix = params.remove("prefix").unwrap_or_default();
+    no_unknown(&params)?;
+    let entries = query::config_list(&st.replica.tree(), &prefix)?;
+    let items: Vec<_> = entries
+        .into_iter()
+        .map(
+            |e| json!({"key": e.key, "value": shown_value(&e.key, &e.value), "version": e.version}),
+        )
+        .collect();
+    Ok((
+        freshness_headers(&st.replica, lag),
+        Json(json!({ "config": items })),
+    )
+        .into_response())
+}
+
+pub(crate) fn parse_value(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_string()))
+}
+
+/// A config value as the API shows it: secrets (SIP passwords, the SMTP password)
+/// are replaced by "***" (they can be set, never read back).
+pub(crate) fn shown_value(key: &str, text: &str) -> serde_json::Value {
+    let mut v = parse_value(text);
+    if key == "smtp.password" {
+        return json!("***");
+    }
+    if key.starts_with(crate::settings::sip::USER_PREFIX) {
+        if let Some(p) = v.get_mut("password") {
+            *p = json!("***");
+        }
+    }
+    v
+}
+
+pub(crate) async fn config_get(
+    State(st): St,
+    Path(key): Path<String>,
+    Query(mut params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    check_key(&key)?;
+    let lag = consistency(&st.replica, &mut params).await?;
+    no_unknown(&params)?;
+    match query::config_get(&st.replica.tree(), &key)? {
+        Some(e) => Ok((
+            freshness_headers(&st.replica, lag),
+            Json(
+                json!({"key": e.key, "value": shown_value(&e.key, &e.value), "version": e.version}),
+            ),
+        )
+            .into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("config key `{key}` is not set"),
+        )),
+    }
+}
+
+pub(crate) async fn config_put(
+    State(st): St,
+    Path(key): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_key(&key)?;
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad(format!("body must be a JSON value: {e}")))?;
+    let (index, resp) = st
+        .replica
+        .write(RaftRequest::SetConfig {
+            key: key.clone(),
+            value: value.to_string(),
+        })
+        .await?;
+    let created = matches!(resp, RaftResponse::Config { existed: false, .. });
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(json!({"key": key, "value": value, "version": index})),
+    )
+        .into_response())
+}
+
+pub(crate) async fn config_delete(
+    State(st): St,
+    Path(key): Path<String>,
+) -> Result<Response, ApiError> {
+    check_key(&key)?;
+    let (index, resp) = st
+        .replica
+        .write(RaftRequest::DeleteConfig { key: key.clone() })
+        .await?;
+    match resp {
+        RaftResponse::Config { existed: false, .. } => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("config key `{key}` is not set"),
+        )),
+        _ => Ok(Json(json!({"key": key, "deleted": true, "version": index})).into_response()),
+    }
+}

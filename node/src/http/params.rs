@@ -1,0 +1,82 @@
+//! Helpers shared by the handlers: optional body fields, query parameters, freshness headers.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use tandem_replication::replica::{Lag, Replica};
+
+use crate::http::error::ApiError;
+/// One optional field of an optional JSON object body (empty body = absent; null =
+/// absent).
+pub(crate) fn optional_field(
+    body: &[u8],
+    name: &str,
+) -> Result<Option<serde_json::Value>, ApiError> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(None);
+    }
+    let mut v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("malformed JSON: {e}")))?;
+    match v.get_mut(name).map(serde_json::Value::take) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(x) => Ok(Some(x)),
+    }
+}
+
+pub(crate) fn freshness_headers(r: &Replica, lag: Lag) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    let m = r.metrics();
+    let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+    h.insert("x-tandem-applied-index", HeaderValue::from(applied));
+    h.insert("x-tandem-lag-entries", HeaderValue::from(lag.entries));
+    h.insert("x-tandem-lag-ms", HeaderValue::from(lag.ms));
+    h.insert("x-tandem-node", HeaderValue::from(r.id));
+    h
+}
+
+/// `consistency=strong` → wait for a read-index barrier; returns the lag to report.
+pub(crate) async fn consistency(
+    r: &Replica,
+    params: &mut HashMap<String, String>,
+) -> Result<Lag, ApiError> {
+    match params.remove("consistency").as_deref() {
+        None | Some("stale") => Ok(r.lag()),
+        Some("strong") => {
+            r.linearizable_barrier(Duration::from_secs(5)).await?;
+            Ok(Lag::default())
+        }
+        Some(other) => Err(ApiError::bad(format!(
+            "consistency: `{other}` is not one of stale, strong"
+        ))),
+    }
+}
+
+pub(crate) fn no_unknown(params: &HashMap<String, String>) -> Result<(), ApiError> {
+    if let Some(k) = params.keys().next() {
+        return Err(ApiError::bad(format!("unknown query parameter `{k}`")));
+    }
+    Ok(())
+}
+
+pub(crate) fn parse_time(name: &str, v: &str) -> Result<DateTime<Utc>, ApiError> {
+    DateTime::parse_from_rfc3339(v)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| {
+            ApiError::bad(format!(
+                "{name}: `{v}` is not an RFC 3339 time (example: 2026-01-31T23:59:59Z)"
+            ))
+        })
+}
+
+/// A response of `body` with the freshness `headers` and a content type.
+pub(crate) fn with_headers(body: Body, headers: HeaderMap, content_type: &'static str) -> Response {
+    let mut resp = Response::new(body);
+    *resp.headers_mut() = headers;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}

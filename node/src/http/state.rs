@@ -1,0 +1,53 @@
+//! The state every handler shares: the replica, the role state, the alarm mailer, metrics.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use tandem_replication::replica::Replica;
+
+use crate::config::Config;
+use crate::http::metrics::Metrics;
+use tandem_failover::state::RoleState;
+
+pub struct AppState {
+    pub replica: Arc<Replica>,
+    pub roles: Arc<RoleState>,
+    pub(crate) token: String,
+    pub cfg: Config,
+    pub metrics: Metrics,
+    /// The alarm mailer of this node (see `alarms::service`).
+    pub alarms: Arc<crate::alarms::service::AlarmService>,
+    /// The telephony service, once started (data nodes).
+    pub sip: std::sync::OnceLock<Arc<dyn TelephonyStatus>>,
+}
+
+impl AppState {
+    pub fn new(
+        replica: Arc<Replica>,
+        roles: Arc<RoleState>,
+        alarms: Arc<crate::alarms::service::AlarmService>,
+        token: String,
+        cfg: Config,
+    ) -> AppState {
+        AppState {
+            replica,
+            roles,
+            token,
+            cfg,
+            metrics: Metrics::new(),
+            alarms,
+            sip: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+pub(crate) type St = State<Arc<AppState>>;
+
+/// What the HTTP layer reads of the telephony service (implemented by
+/// `run::telephony::SipRuntime`): its status for `/api/v1/sip/status`, its metrics.
+pub trait TelephonyStatus: Send + Sync {
+    /// The service's state, calls in progress and counters (JSON).
+    fn status_json(&self) -> serde_json::Value;
+    /// Prometheus text of the service's counters.
+    fn metrics_text(&self) -> String;
+}

@@ -1,0 +1,108 @@
+//! `tandem run`: the only wiring of a node's parts.
+//!
+//! ```text
+//!  config ─▶ identity (auto-init when single node) ─▶ Replica::start ─▶ initialize?
+//!     ─▶ role driver (role.rs) ─▶ alarm mailer ─▶ telephony (telephony.rs, data nodes)
+//!     ─▶ retention (retention.rs) ─▶ HTTP API (crate::http) ─▶ wait for SIGTERM/Ctrl-C
+//! ```
+
+pub mod identity;
+pub mod retention;
+pub mod role;
+pub mod telephony;
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use tandem_replication::replica::Replica;
+use tandem_replication::tls::NodeIdentity;
+
+use crate::config::{Config, NodeRole};
+use identity::{admin_token, bootstrap_marker, init, node_info, replica_config};
+
+/// Run the node until SIGTERM or Ctrl-C.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    // Check the API certificate before touching anything else.
+    let api_tls = match (&cfg.api.tls_cert, &cfg.api.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::http::tls::server_config(cert, key)?),
+        _ => None,
+    };
+    std::fs::create_dir_all(&cfg.node.data_dir)
+        .with_context(|| format!("creating data dir {}", cfg.node.data_dir.display()))?;
+    // First start (also when `init` runs implicitly below): the token is printed once.
+    let first_start = !cfg.token_file().exists();
+    if !NodeIdentity::exists(&cfg.tls_dir()) {
+        if cfg.cluster.peers.iter().any(|p| p.id != cfg.node.id) {
+            bail!(
+                "{}: no node certificate. On the first node run `tandem init --config FILE`; on the \
+                 others `tandem join <first-node-peer-addr> --token T --config FILE`",
+                cfg.tls_dir().display()
+            );
+        }
+        let token = init(&cfg)?;
+        tracing::info!(
+            "single-node cluster initialized; join token written to {}",
+            cfg.tls_dir().join("join.token").display()
+        );
+        let _ = token;
+    }
+    let (token, created) = admin_token(&cfg)?;
+    if created || first_start {
+        // Printed once, on first start; afterwards it is only in the file (mode 0600).
+        println!(
+            "admin token (also in {}): {token}",
+            cfg.token_file().display()
+        );
+    }
+    let replica = Replica::start(replica_config(&cfg)).await?;
+    if bootstrap_marker(&cfg).exists() {
+        let mut members = std::collections::BTreeMap::new();
+        members.insert(cfg.node.id, node_info(&cfg));
+        replica.initialize(members).await?;
+        std::fs::remove_file(bootstrap_marker(&cfg))?;
+    }
+    let roles = role::start(replica.clone(), &cfg).await?;
+    let alarms = crate::alarms::service::AlarmService::start(replica.clone(), roles.clone(), &cfg);
+    let state = Arc::new(crate::http::AppState::new(
+        replica.clone(),
+        roles.clone(),
+        alarms.clone(),
+        token,
+        cfg.clone(),
+    ));
+    if cfg.node.role == NodeRole::Data {
+        let sip = telephony::start(&cfg, replica.clone(), alarms, roles).await;
+        let _ = state.sip.set(sip);
+    }
+    let listener = tokio::net::TcpListener::bind(&cfg.api.listen)
+        .await
+        .with_context(|| format!("api.listen: cannot listen on {}", cfg.api.listen))?;
+    tracing::info!(node = cfg.node.id, api = %cfg.api.listen, peer = %cfg.cluster.listen, "tandem node running");
+    tokio::spawn(retention::retention(replica.clone()));
+    let app = crate::http::router(state);
+    match api_tls {
+        Some(tls) => {
+            let listener = crate::http::tls::TlsListener::new(listener, tls)?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+                .context("HTTPS API server")?;
+        }
+        None => axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("HTTP API server")?,
+    }
+    tracing::info!("shutting down");
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), replica.raft.shutdown()).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}
