@@ -1,14 +1,22 @@
 //! The node's HTTP API as the client sees it. These functions run inside the
 //! client namespace (on the [`crate::netns::NsExecutor`] thread): they open
 //! sockets there.
+//!
+//! The transport is this module's own, not `tandem_api::Client`: one pooled
+//! client per namespace thread, with a 150 ms connect timeout and a deadline per
+//! request, so that a node cut off by a fault is seen as down within the polling
+//! interval (the typed client waits up to 30 s). What comes back is decoded into
+//! the `tandem_api` types: a renamed or missing field fails the call, naming the URL.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use serde::Deserialize;
-use serde_json::Value;
+use serde::de::DeserializeOwned;
+use tandem_api::{CdrFilter, CdrPage};
 use uuid::Uuid;
+
+pub use tandem_api::Health;
 
 thread_local! {
     static HTTP: reqwest::Client = reqwest::Client::builder()
@@ -23,28 +31,26 @@ pub fn http() -> reqwest::Client {
     HTTP.with(|c| c.clone())
 }
 
-/// `GET /health` of a node.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-pub struct Health {
-    pub node_id: u64,
-    pub role: String,
-    pub leader_id: Option<u64>,
-    pub term: u64,
-    #[serde(default)]
-    pub applied_index: u64,
-    #[serde(default)]
-    pub commit_index: u64,
-    #[serde(default)]
-    pub vip_held: bool,
-}
-
 /// Base URL of an API at `ip`.
 pub fn base(ip: impl std::fmt::Display) -> String {
     format!("http://{ip}:8080")
 }
 
-/// GET a JSON document.
-pub async fn get_json(url: &str, token: Option<&str>, timeout: Duration) -> anyhow::Result<Value> {
+/// At most the first 500 characters of an answer, for error messages.
+fn excerpt(body: &str) -> String {
+    let mut s: String = body.chars().take(500).collect();
+    if s.len() < body.len() {
+        s.push('…');
+    }
+    s
+}
+
+/// GET a JSON answer, decoded as the endpoint's documented type `T`.
+pub async fn get_json<T: DeserializeOwned>(
+    url: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<T> {
     let mut req = http().get(url).timeout(timeout);
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -56,35 +62,35 @@ pub async fn get_json(url: &str, token: Option<&str>, timeout: Duration) -> anyh
         .await
         .with_context(|| format!("GET {url}: body"))?;
     if !status.is_success() {
-        bail!("GET {url}: HTTP {status}: {body}");
+        bail!("GET {url}: HTTP {status}: {}", excerpt(&body));
     }
-    serde_json::from_str(&body).with_context(|| format!("GET {url}: not JSON: {body}"))
+    serde_json::from_str(&body).with_context(|| {
+        format!(
+            "GET {url}: not the documented answer (is the node the same version?): {}",
+            excerpt(&body)
+        )
+    })
 }
 
 /// `/health` of the node at `ip`.
 pub async fn health(ip: impl std::fmt::Display, timeout: Duration) -> anyhow::Result<Health> {
-    let v = get_json(&format!("{}/health", base(ip)), None, timeout).await?;
-    Ok(serde_json::from_value(v)?)
+    get_json(&format!("{}/health", base(ip)), None, timeout).await
 }
 
 /// Every CDR id stored on the node at `ip` (its local copy), paging with the cursor.
 pub async fn all_cdr_ids(ip: impl std::fmt::Display, token: &str) -> anyhow::Result<HashSet<Uuid>> {
     let mut ids = HashSet::new();
-    let mut cursor: Option<String> = None;
+    let mut filter = CdrFilter {
+        limit: Some(10_000),
+        ..CdrFilter::default()
+    };
     let b = base(ip);
     loop {
-        let url = match &cursor {
-            None => format!("{b}/api/v1/cdrs?limit=10000"),
-            Some(c) => format!("{b}/api/v1/cdrs?limit=10000&cursor={c}"),
-        };
-        let v = get_json(&url, Some(token), Duration::from_secs(10)).await?;
-        for c in v["cdrs"].as_array().into_iter().flatten() {
-            if let Some(id) = c["id"].as_str().and_then(|s| s.parse().ok()) {
-                ids.insert(id);
-            }
-        }
-        match v["next_cursor"].as_str() {
-            Some(c) if !c.is_empty() => cursor = Some(c.to_string()),
+        let url = format!("{b}/api/v1/cdrs{}", filter.query_string("json"));
+        let page: CdrPage = get_json(&url, Some(token), Duration::from_secs(10)).await?;
+        ids.extend(page.cdrs.iter().map(|c| c.id));
+        match page.next_cursor {
+            Some(c) if !c.is_empty() => filter.cursor = Some(c),
             _ => return Ok(ids),
         }
     }

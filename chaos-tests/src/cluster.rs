@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use tandem_api::ClusterView;
 use uuid::Uuid;
 
 use crate::api::{self, Health};
@@ -376,17 +377,19 @@ impl Cluster {
                 .with_context(|| format!("tandem join on node {id}"))?;
             self.start_node(id)?;
         }
-        let want = self.nodes.len() as u64;
+        let want = self.nodes.len();
         let t0 = Instant::now();
         loop {
             let url = format!("{}/api/v1/cluster", api::base(topology::node_ip(1)));
             let token = self.token.clone();
             let v = self
                 .client
-                .run(move || async move { api::get_json(&url, Some(&token), HEALTH_TIMEOUT).await })
+                .run(move || async move {
+                    api::get_json::<ClusterView>(&url, Some(&token), HEALTH_TIMEOUT).await
+                })
                 .await?;
             if let Ok(v) = v {
-                if v["voters"].as_u64() == Some(want) {
+                if v.voters == want {
                     break;
                 }
             }

@@ -161,7 +161,9 @@ impl NonceKeeper {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Compare secrets in time that does not depend on where they differ (digest
+/// responses here, the API's bearer tokens in `tandem`).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -6,235 +6,12 @@
 //! from a standby. Everything it started is stopped and removed at the end, also on
 //! error or Ctrl-C (children are killed on drop).
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use chrono::{Duration as ChronoDuration, Utc};
-use serde_json::{json, Value};
-use tandem_replication::cdr::Cdr;
-use tokio::process::{Child, Command};
-
-use crate::client::Client;
-
-/// One node process of a local test/demo cluster.
-pub struct LocalNode {
-    pub id: u64,
-    pub dir: PathBuf,
-    pub config: PathBuf,
-    pub peer_addr: String,
-    pub api_addr: String,
-    pub child: Option<Child>,
-    /// Extra environment for the process (tests: fault injection).
-    pub env: Vec<(String, String)>,
-}
-
-impl LocalNode {
-    pub fn client(&self) -> anyhow::Result<Client> {
-        let token = std::fs::read_to_string(self.dir.join("admin.token"))
-            .ok()
-            .map(|t| t.trim().to_string());
-        Client::new(format!("http://{}", self.api_addr), token)
-    }
-
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.start_kill();
-        }
-    }
-}
-
-/// A set of local node processes under one temporary directory, removed on drop.
-pub struct LocalCluster {
-    pub root: PathBuf,
-    pub nodes: Vec<LocalNode>,
-    exe: PathBuf,
-}
-
-impl Drop for LocalCluster {
-    fn drop(&mut self) {
-        for n in &mut self.nodes {
-            n.kill();
-        }
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
-
-fn free_port(ip: &str) -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind((ip, 0))?;
-    Ok(l.local_addr()?.port())
-}
-
-impl LocalCluster {
-    /// Prepare `n` node configs under a fresh temporary directory (nothing started).
-    /// Node i listens on `ips[i % ips.len()]`.
-    pub fn prepare(
-        exe: PathBuf,
-        n: usize,
-        ips: &[&str],
-        extra: &str,
-    ) -> anyhow::Result<LocalCluster> {
-        let root =
-            std::env::temp_dir().join(format!("tandem-demo-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&root)?;
-        let mut nodes = Vec::new();
-        for i in 0..n {
-            let id = i as u64 + 1;
-            let ip = ips[i % ips.len()];
-            let dir = root.join(format!("node{id}"));
-            let peer_addr = format!("{ip}:{}", free_port(ip)?);
-            let api_addr = format!("{ip}:{}", free_port(ip)?);
-            let config = root.join(format!("node{id}.toml"));
-            let text = format!(
-                "[node]\nid = {id}\nname = \"node-{id}\"\ndata_dir = \"{}\"\n\n[cluster]\nlisten = \"{peer_addr}\"\n\
-                 heartbeat_ms = 100\nlease_ms = 400\nelection_timeout_min_ms = 600\nelection_timeout_max_ms = 900\n{extra}\n\n\
-                 [sip]\nlisten = \"{ip}:0\"\n\n[api]\nlisten = \"{api_addr}\"\n",
-                dir.display()
-            );
-            std::fs::write(&config, text)?;
-            nodes.push(LocalNode {
-                id,
-                dir,
-                config,
-                peer_addr,
-                api_addr,
-                child: None,
-                env: Vec::new(),
-            });
-        }
-        Ok(LocalCluster { root, nodes, exe })
-    }
-
-    async fn tandem(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new(&self.exe)
-            .args(args)
-            .env("TANDEM_LOG", "warn")
-            .output()
-            .await
-            .with_context(|| format!("running {} {}", self.exe.display(), args.join(" ")))?;
-        if !out.status.success() {
-            bail!(
-                "tandem {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// Start node `i` (index) as a background process; its log goes to `<dir>.log`.
-    pub fn start(&mut self, i: usize) -> anyhow::Result<()> {
-        let n = &mut self.nodes[i];
-        std::fs::create_dir_all(&n.dir)?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(n.dir.with_extension("log"))?;
-        let child = Command::new(&self.exe)
-            .args(["run", "--config"])
-            .arg(&n.config)
-            .env(
-                "TANDEM_LOG",
-                std::env::var("TANDEM_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
-            )
-            .envs(n.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("spawning tandem run")?;
-        n.child = Some(child);
-        Ok(())
-    }
-
-    /// `init` node 0, start it, then `join` and start the others; wait until all vote.
-    pub async fn bootstrap(&mut self) -> anyhow::Result<()> {
-        let cfg0 = self.nodes[0].config.display().to_string();
-        self.tandem(&["init", "--json", "--config", &cfg0]).await?;
-        let token = std::fs::read_to_string(self.nodes[0].dir.join("tls/join.token"))?
-            .trim()
-            .to_string();
-        self.start(0)?;
-        self.wait_health(0, Duration::from_secs(20)).await?;
-        for i in 1..self.nodes.len() {
-            let cfg = self.nodes[i].config.display().to_string();
-            let peer0 = self.nodes[0].peer_addr.clone();
-            self.tandem(&[
-                "join", &peer0, "--token", &token, "--json", "--config", &cfg,
-            ])
-            .await?;
-            self.start(i)?;
-        }
-        let want = self.nodes.len();
-        self.wait_for(Duration::from_secs(30), "all nodes to become voters", |v| {
-            v["voters"].as_u64() == Some(want as u64)
-        })
-        .await?;
-        Ok(())
-    }
-
-    pub async fn wait_health(&self, i: usize, timeout: Duration) -> anyhow::Result<Value> {
-        let c = Client::new(format!("http://{}", self.nodes[i].api_addr), None)?;
-        let t0 = Instant::now();
-        loop {
-            if let Ok(v) = c.get("/health").await {
-                return Ok(v);
-            }
-            if t0.elapsed() > timeout {
-                bail!(
-                    "node {} did not answer /health within {timeout:?}; see {}",
-                    i + 1,
-                    self.nodes[i].dir.with_extension("log").display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Poll the cluster view of any live node until `pred` holds.
-    pub async fn wait_for(
-        &self,
-        timeout: Duration,
-        what: &str,
-        pred: impl Fn(&Value) -> bool,
-    ) -> anyhow::Result<Value> {
-        let t0 = Instant::now();
-        while t0.elapsed() < timeout {
-            for n in self.nodes.iter().filter(|n| n.child.is_some()) {
-                if let Ok(c) = n.client() {
-                    if let Ok(v) = c.get("/api/v1/cluster").await {
-                        if pred(&v) {
-                            return Ok(v);
-                        }
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        bail!("timed out after {timeout:?} waiting for {what}")
-    }
-
-    /// Index of the node that currently reports itself master.
-    pub async fn master(&self) -> Option<usize> {
-        for (i, n) in self
-            .nodes
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| n.child.is_some())
-        {
-            if let Ok(v) = Client::new(format!("http://{}", n.api_addr), None)
-                .ok()?
-                .get("/health")
-                .await
-            {
-                if v["role"] == "master" {
-                    return Some(i);
-                }
-            }
-        }
-        None
-    }
-}
+use tandem_api::{Cdr, CdrFilter};
+use tandem_harness::LocalCluster;
 
 fn sample_cdrs(n: usize) -> Vec<Cdr> {
     let now = Utc::now();
@@ -257,6 +34,18 @@ fn sample_cdrs(n: usize) -> Vec<Cdr> {
             )
         })
         .collect()
+}
+
+/// What `tandem demo --json` prints at the end.
+#[derive(serde::Serialize)]
+struct DemoResult {
+    killed_master: usize,
+    new_master: usize,
+    failover_ms: u64,
+    cdrs_written: usize,
+    cdrs_on_standby: usize,
+    standby: usize,
+    ok: bool,
 }
 
 fn say(json_mode: bool, text: impl AsRef<str>) {
@@ -296,11 +85,8 @@ async fn demo_steps(
         .master()
         .await
         .context("no master after bootstrap")?;
-    let view = cluster.nodes[master]
-        .client()?
-        .get("/api/v1/cluster")
-        .await?;
-    say(json_mode, crate::cli::status_text(&view));
+    let view = cluster.nodes[master].client()?.cluster().await?;
+    say(json_mode, crate::cli::cluster::status_text(&view));
 
     let cdrs = sample_cdrs(n_cdrs);
     say(
@@ -310,15 +96,12 @@ async fn demo_steps(
             master + 1
         ),
     );
-    let (status, resp) = cluster.nodes[master]
-        .client()?
-        .post_raw("/api/v1/cdrs", serde_json::to_vec(&cdrs)?)
-        .await?;
+    let resp = cluster.nodes[master].client()?.cdrs_add(&cdrs).await?;
     say(
         json_mode,
         format!(
-            "  HTTP {status}: {} inserted, committed at log index {}",
-            resp["inserted"], resp["index"]
+            "  HTTP 201: {} inserted, committed at log index {}",
+            resp.inserted, resp.index
         ),
     );
 
@@ -351,9 +134,12 @@ async fn demo_steps(
         .context("no standby left")?;
     let got = cluster.nodes[standby]
         .client()?
-        .get(&format!("/api/v1/cdrs?limit={}", n_cdrs.max(1)))
+        .cdrs_query(&CdrFilter {
+            limit: Some(n_cdrs.max(1)),
+            ..CdrFilter::default()
+        })
         .await?;
-    let count = got["count"].as_u64().unwrap_or(0) as usize;
+    let count = got.count;
     say(
         json_mode,
         format!(
@@ -362,14 +148,14 @@ async fn demo_steps(
         ),
     );
     if !json_mode {
-        for r in got["cdrs"].as_array().into_iter().flatten().take(10) {
+        for r in got.cdrs.iter().take(10) {
             println!(
                 "  {}  {} → {}  {:<9}  billsec {}",
-                r["start"].as_str().unwrap_or(""),
-                r["caller"].as_str().unwrap_or(""),
-                r["callee"].as_str().unwrap_or(""),
-                r["disposition"].as_str().unwrap_or(""),
-                r["billsec"]
+                r.start.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                r.caller,
+                r.callee,
+                r.disposition.as_str(),
+                r.billsec
             );
         }
         if count > 10 {
@@ -388,19 +174,19 @@ async fn demo_steps(
     if json_mode {
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({
-                "killed_master": master + 1, "new_master": new_master + 1, "failover_ms": failover_ms,
-                "cdrs_written": n_cdrs, "cdrs_on_standby": count, "standby": standby + 1, "ok": ok,
-            }))?
+            serde_json::to_string_pretty(&DemoResult {
+                killed_master: master + 1,
+                new_master: new_master + 1,
+                failover_ms: failover_ms as u64,
+                cdrs_written: n_cdrs,
+                cdrs_on_standby: count,
+                standby: standby + 1,
+                ok,
+            })?
         );
     }
     if !ok {
         bail!("CDRs missing on the standby after failover");
     }
     Ok(())
-}
-
-/// Keep `Path` in the public API of this module for tests that inspect data dirs.
-pub fn node_log(dir: &Path) -> PathBuf {
-    dir.with_extension("log")
 }

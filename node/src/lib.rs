@@ -8,16 +8,19 @@
 //!                └─▶ demo / bench (real `tandem run` processes on 127.0.0.1)
 //! ```
 //!
-//! Modules depend one way: `cli`, `demo`, `bench` → `run`, `http`, `config`;
-//! `run` → `http`, `config`; `http` → `run::role::RoleState` and `run::telephony`
-//! types only through `AppState`.
+//! Modules depend one way (checked by `layout_tests`): `demo`, `bench` → `cli`
+//! (renderers); `cli` → `run::identity`, `settings`, `config`; `run` → `http`,
+//! `settings`, `config`; `http` → `settings`, `config`, never `run` (it reads roles
+//! through `tandem_failover::state::RoleState` and telephony through
+//! `http::state::TelephonyStatus`). See docs/architecture.md.
 
-pub mod alarms;
 pub mod bench;
 pub mod cli;
-pub mod client;
 pub mod config;
 pub mod demo;
 pub mod http;
 pub mod run;
 pub mod settings;
+
+#[cfg(test)]
+mod layout_tests;

@@ -1,4 +1,5 @@
-//! `tandem` binary: parse the command line and hand over to [`tandem::cli`].
+//! `tandem` binary: parse the command line and hand over to [`tandem::demo`],
+//! [`tandem::bench`] or [`tandem::cli`].
 
 use clap::Parser;
 
@@ -29,7 +30,18 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(tandem::cli::dispatch(cli)) {
+    let job = async {
+        match cli.command {
+            tandem::cli::Command::Demo { common, cdrs } => {
+                tandem::demo::run(common.json, cdrs).await
+            }
+            tandem::cli::Command::Bench { common, args } => {
+                tandem::bench::run(args, common.json).await
+            }
+            command => tandem::cli::dispatch(tandem::cli::Cli { command }).await,
+        }
+    };
+    match rt.block_on(job) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

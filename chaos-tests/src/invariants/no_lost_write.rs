@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{Duration as ChronoDuration, Utc};
-use tandem_replication::cdr::Cdr;
+use tandem_api::{Cdr, CdrsAdded};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
@@ -137,8 +137,14 @@ impl Writer {
                         let outcome = match r {
                             Ok(resp) if resp.status().as_u16() == 201 => {
                                 let acked = Instant::now();
-                                let body: serde_json::Value = resp.json().await.unwrap_or_default();
-                                Ok((acked, body["duplicates"].as_u64().unwrap_or(0)))
+                                // Acknowledged by the 201 alone; an answer that does not
+                                // decode reports no duplicates (as it always did).
+                                let dups = resp
+                                    .json::<CdrsAdded>()
+                                    .await
+                                    .map(|a| u64::from(a.duplicates))
+                                    .unwrap_or(0);
+                                Ok((acked, dups))
                             }
                             Ok(resp) => Err(format!("HTTP {}", resp.status().as_u16())),
                             Err(e) => Err(cause(&e)),

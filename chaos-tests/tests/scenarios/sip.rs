@@ -13,7 +13,9 @@ use chaos_tests::phones::{self, Phone, PhoneSpec, SourceCounter, Sources, Wav};
 use chaos_tests::preflight::Needs;
 use chaos_tests::scenario::{ms, Scenario};
 use chaos_tests::topology;
-use serde_json::Value;
+use serde::de::DeserializeOwned;
+use tandem_api::{Cdr, CdrFilter, CdrPage, SipServiceState, SipStatusView};
+use tandem_replication::cdr::Disposition;
 
 use super::scenario_test;
 
@@ -296,8 +298,12 @@ fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-/// `GET <node>/api/v1/<path>` with the admin token.
-async fn get(s: &Scenario, node: u64, path: &str) -> anyhow::Result<Value> {
+/// `GET <node>/api/v1/<path>` with the admin token, decoded as the endpoint's type.
+async fn get<T: DeserializeOwned + Send + 'static>(
+    s: &Scenario,
+    node: u64,
+    path: &str,
+) -> anyhow::Result<T> {
     let url = format!("{}/api/v1/{path}", api::base(s.cluster.node(node).ip));
     let token = s.cluster.token.clone();
     s.cluster
@@ -308,19 +314,17 @@ async fn get(s: &Scenario, node: u64, path: &str) -> anyhow::Result<Value> {
 
 /// Unexpired registrations stored on `node`, by extension.
 async fn registrations(s: &Scenario, node: u64) -> anyhow::Result<BTreeMap<String, Reg>> {
-    let v = get(s, node, "sip/status").await?;
+    let v: SipStatusView = get(s, node, "sip/status").await?;
     let t = now();
-    Ok(v["registrations"]
-        .as_array()
+    Ok(v.registrations
         .into_iter()
-        .flatten()
         .map(|r| {
             (
-                r["extension"].as_str().unwrap_or_default().to_string(),
+                r.extension,
                 Reg {
-                    contact: r["contact"].as_str().unwrap_or_default().to_string(),
-                    source: r["source"].as_str().unwrap_or_default().to_string(),
-                    expires_at: t + r["expires_in_s"].as_i64().unwrap_or(0),
+                    contact: r.contact,
+                    source: r.source,
+                    expires_at: t + r.expires_in_s,
                 },
             )
         })
@@ -345,9 +349,9 @@ async fn registrations_served(s: &Scenario) -> BTreeMap<u64, u64> {
         if !s.cluster.node(id).is_running() {
             continue;
         }
-        if let Ok(v) = get(s, id, "sip/status").await {
-            if let Some(n) = v["service"]["registrations_total"].as_u64() {
-                out.insert(id, n);
+        if let Ok(v) = get::<SipStatusView>(s, id, "sip/status").await {
+            if let Some(SipServiceState::Running(svc)) = v.service {
+                out.insert(id, svc.status.registrations_total);
             }
         }
     }
@@ -419,15 +423,21 @@ async fn call(
 /// master it went through, and the two tones on the recording's channels.
 async fn check_call(s: &mut Scenario, tag: &str, c: &Call, master: u64, standby: u64, nth: usize) {
     let (caller, callee) = (CALLER.0, CALLEE.0);
-    let path = format!("cdrs?caller={caller}&callee={callee}&limit=100");
+    let filter = CdrFilter {
+        caller: Some(caller.into()),
+        callee: Some(callee.into()),
+        limit: Some(100),
+        ..CdrFilter::default()
+    };
+    let path = format!("cdrs{}", filter.query_string("json"));
     let t0 = Instant::now();
     let cdr = loop {
-        match get(s, standby, &path).await {
+        match get::<CdrPage>(s, standby, &path).await {
             Ok(v) => {
-                let mut cdrs: Vec<Value> = v["cdrs"].as_array().cloned().unwrap_or_default();
+                let mut cdrs: Vec<Cdr> = v.cdrs;
                 if cdrs.len() >= nth {
-                    cdrs.sort_by_key(|c| c["start"].as_str().unwrap_or_default().to_string());
-                    break Some(cdrs[nth - 1].clone());
+                    cdrs.sort_by_key(|c| c.start);
+                    break Some(cdrs.swap_remove(nth - 1));
                 }
             }
             Err(e) if t0.elapsed() > Duration::from_secs(15) => {
@@ -446,38 +456,35 @@ async fn check_call(s: &mut Scenario, tag: &str, c: &Call, master: u64, standby:
     };
     let Some(cdr) = cdr else { return };
     let talk = (c.hung_up - c.established).as_secs_f64();
-    let billsec = cdr["billsec"].as_f64().unwrap_or(-100.0);
+    let billsec = cdr.billsec as f64;
+    let disposition = cdr.disposition.as_str();
     let want_node = format!("node-{master}");
     s.check(
-        cdr["disposition"] == "answered",
-        format!(
-            "{tag}: disposition {} (want answered): {cdr}",
-            cdr["disposition"]
-        ),
+        cdr.disposition == Disposition::Answered,
+        format!("{tag}: disposition {disposition} (want answered): {cdr:?}"),
     );
     s.check(
         (billsec - talk).abs() <= 1.0,
         format!("{tag}: billsec {billsec} vs measured talk time {talk:.2} s"),
     );
     s.check(
-        cdr["node"] == want_node.as_str(),
+        cdr.node == want_node,
         format!(
-            "{tag}: CDR node {} (want {want_node}, the master)",
-            cdr["node"]
+            "{tag}: CDR node {:?} (want {want_node}, the master)",
+            cdr.node
         ),
     );
-    let rec_id = cdr["recording_id"].as_str().unwrap_or_default().to_string();
+    let rec_id = cdr.recording_id.clone().unwrap_or_default();
     s.figure(
         &format!("{tag}_cdr"),
         format!(
-            "{caller}→{callee} {} billsec {billsec} (talk {talk:.2} s) node {} recording {} (read from node {standby})",
-            cdr["disposition"].as_str().unwrap_or("?"),
-            cdr["node"].as_str().unwrap_or("?"),
+            "{caller}→{callee} {disposition} billsec {billsec} (talk {talk:.2} s) node {} recording {} (read from node {standby})",
+            cdr.node,
             if rec_id.is_empty() { "none" } else { &rec_id },
         ),
     );
     if rec_id.is_empty() {
-        s.fail(format!("{tag}: the CDR has no recording_id: {cdr}"));
+        s.fail(format!("{tag}: the CDR has no recording_id: {cdr:?}"));
         return;
     }
 

@@ -25,11 +25,8 @@ use anyhow::{bail, Context};
 use chrono::{DateTime, Duration as ChronoDuration, SecondsFormat, TimeZone, Utc};
 use clap::Args;
 use serde::Serialize;
-use serde_json::{json, Value};
-use tandem_replication::cdr::Cdr;
-
-use crate::client::Client;
-use crate::demo::LocalCluster;
+use tandem_api::{Cdr, CdrFilter, CdrPage, CdrsAdded, Client, Health};
+use tandem_harness::LocalCluster;
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -318,10 +315,10 @@ async fn write_phase(
             while Instant::now() < deadline {
                 let body = write_body(w as u64, &mut seq, batch, call_start);
                 let t = Instant::now();
-                match client.post_raw(CDRS, body).await {
-                    Ok((201, v)) => {
+                match client.post_raw::<CdrsAdded>(CDRS, body).await {
+                    Ok((201, added)) => {
                         lat.push(ms(t.elapsed()));
-                        cdrs += v["inserted"].as_u64().unwrap_or(0);
+                        cdrs += u64::from(added.inserted);
                     }
                     _ => {
                         errors += 1;
@@ -642,8 +639,16 @@ fn show_phases(out: &Out, phases: &[Phase], seconds: u64) {
     }
 }
 
+/// 3-node vs 1-node throughput of one (writers, batch) measured on both.
+#[derive(Debug, Clone, Serialize)]
+struct Ratio {
+    writers: usize,
+    batch: usize,
+    three_vs_one_node: f64,
+}
+
 /// 3-node vs 1-node throughput for each (writers, batch) measured on both.
-fn ratios(phases: &[Phase]) -> Vec<Value> {
+fn ratios(phases: &[Phase]) -> Vec<Ratio> {
     phases
         .iter()
         .filter(|p| p.nodes == 3)
@@ -651,22 +656,20 @@ fn ratios(phases: &[Phase]) -> Vec<Value> {
             let p1 = phases
                 .iter()
                 .find(|p| p.nodes == 1 && p.writers == p3.writers && p.batch == p3.batch)?;
-            (p1.cdrs_per_s > 0.0).then(|| {
-                json!({
-                    "writers": p3.writers,
-                    "batch": p3.batch,
-                    "three_vs_one_node": round2(p3.cdrs_per_s / p1.cdrs_per_s),
-                })
+            (p1.cdrs_per_s > 0.0).then(|| Ratio {
+                writers: p3.writers,
+                batch: p3.batch,
+                three_vs_one_node: round2(p3.cdrs_per_s / p1.cdrs_per_s),
             })
         })
         .collect()
 }
 
 /// Poll `/health` of node `api_addr` every 10 ms until `until`; returns (time, index)
-/// with time = midpoint of the request.
+/// with time = midpoint of the request and index = `field` of the answer.
 fn spawn_poller(
     api_addr: &str,
-    field: &'static str,
+    field: fn(&Health) -> u64,
     until: Instant,
 ) -> anyhow::Result<tokio::task::JoinHandle<Vec<(Instant, u64)>>> {
     let c = Client::new(format!("http://{api_addr}"), None)?;
@@ -677,11 +680,9 @@ fn spawn_poller(
         while Instant::now() < until {
             tick.tick().await;
             let t0 = Instant::now();
-            if let Ok(v) = c.get("/health").await {
+            if let Ok(h) = c.health().await {
                 let t1 = Instant::now();
-                if let Some(x) = v[field].as_u64() {
-                    series.push((t0 + (t1 - t0) / 2, x));
-                }
+                series.push((t0 + (t1 - t0) / 2, field(&h)));
             }
         }
         series
@@ -695,16 +696,16 @@ async fn lag_phase(
     client: &Arc<Client>,
     rate: f64,
     dur: Duration,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<LagReport> {
     let t0 = Instant::now();
     let deadline = t0 + dur;
     let poll_until = deadline + Duration::from_secs(3);
     let mut pollers = Vec::new();
     for (i, n) in cluster.nodes.iter().enumerate() {
-        let field = if i == master {
-            "commit_index"
+        let field: fn(&Health) -> u64 = if i == master {
+            |h| h.commit_index
         } else {
-            "applied_index"
+            |h| h.applied_index
         };
         pollers.push((i, spawn_poller(&n.api_addr, field, poll_until)?));
     }
@@ -726,10 +727,10 @@ async fn lag_phase(
                 tokio::time::sleep_until(at.into()).await;
                 let body = write_body(1_000 + w as u64, &mut seq, 1, call_start);
                 let t = Instant::now();
-                match client.post_raw(CDRS, body).await {
-                    Ok((201, v)) => {
+                match client.post_raw::<CdrsAdded>(CDRS, body).await {
+                    Ok((201, added)) => {
                         lat.push(ms(t.elapsed()));
-                        cdrs += v["inserted"].as_u64().unwrap_or(0);
+                        cdrs += u64::from(added.inserted);
                     }
                     _ => errors += 1,
                 }
@@ -780,30 +781,30 @@ async fn lag_phase(
         let sum = Summary::of(lags);
         worst_p99 = worst_p99.max(sum.p99_ms);
         any_missing |= missing > 0 || sum.samples == 0;
-        standbys.push(json!({
-            "node": cluster.nodes[*i].id,
-            "lag": sum,
-            "not_applied_within_3s": missing,
-            "polls": s.len(),
-        }));
+        standbys.push(StandbyLag {
+            node: cluster.nodes[*i].id,
+            lag: sum,
+            not_applied_within_3s: missing,
+            polls: s.len(),
+        });
     }
     let overall = Summary::of(all);
-    Ok(json!({
-        "target_rate_cdrs_per_s": round2(rate),
-        "achieved_cdrs_per_s": round2(cdrs as f64 / write_secs),
-        "seconds": round2(write_secs),
-        "cdrs": cdrs,
-        "errors": errors,
-        "commit_latency": Summary::of(lat),
-        "leader_polls": leader.len(),
-        "sampled_indexes": sampled.len(),
-        "poll_interval_ms": LAG_POLL.as_millis() as u64,
-        "standbys": standbys,
-        "overall": overall,
-        "worst_standby_p99_ms": worst_p99,
-        "target_p99_ms": T_LAG_P99_MS,
-        "pass": !any_missing && worst_p99 <= T_LAG_P99_MS,
-    }))
+    Ok(LagReport {
+        target_rate_cdrs_per_s: round2(rate),
+        achieved_cdrs_per_s: round2(cdrs as f64 / write_secs),
+        seconds: round2(write_secs),
+        cdrs,
+        errors,
+        commit_latency: Summary::of(lat),
+        leader_polls: leader.len(),
+        sampled_indexes: sampled.len(),
+        poll_interval_ms: LAG_POLL.as_millis() as u64,
+        standbys,
+        overall,
+        worst_standby_p99_ms: worst_p99,
+        target_p99_ms: T_LAG_P99_MS,
+        pass: !any_missing && worst_p99 <= T_LAG_P99_MS,
+    })
 }
 
 /// Counts bytes and newlines of a streamed body without keeping it.
@@ -871,10 +872,10 @@ async fn load_rows(
                         bail!("loading {rows} CDRs did not finish in time");
                     }
                     attempt += 1;
-                    match client.post_raw(CDRS, body.clone()).await {
-                        Ok((_, v)) => break v["index"].as_u64().unwrap_or(0),
+                    match client.post_raw::<CdrsAdded>(CDRS, body.clone()).await {
+                        Ok((_, added)) => break added.index,
                         Err(e) if attempt >= 5 => {
-                            return Err(e.context(format!(
+                            return Err(anyhow::Error::new(e).context(format!(
                                 "loading rows {lo}..{hi} failed 5 times ({} of {rows} rows loaded, {:.0} s into the load)",
                                 loaded.load(Ordering::Relaxed),
                                 t0.elapsed().as_secs_f64()
@@ -916,13 +917,13 @@ async fn wait_standby_applied(
     let clients = cluster
         .nodes
         .iter()
-        .map(|n| Client::new(format!("http://{}", n.api_addr), None))
+        .map(|n| n.anonymous())
         .collect::<anyhow::Result<Vec<_>>>()?;
     let t0 = Instant::now();
     loop {
         for (i, c) in clients.iter().enumerate() {
-            if let Ok(v) = c.get("/health").await {
-                if v["role"] == "standby" && v["applied_index"].as_u64().unwrap_or(0) >= index {
+            if let Ok(h) = c.health().await {
+                if h.role == "standby" && h.applied_index >= index {
                     return Ok((i, t0.elapsed().as_secs_f64()));
                 }
             }
@@ -940,7 +941,7 @@ async fn query_phase(
     master_client: &Arc<Client>,
     rows: usize,
     out: &Out,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<QueryReport> {
     let base = Utc
         .with_ymd_and_hms(2020, 1, 1, 0, 0, 0)
         .single()
@@ -954,8 +955,8 @@ async fn query_phase(
     // Every loaded row is committed at or below `max_index`; the master may have
     // changed during the load, so ask whoever is master now.
     let now_master = cluster.master().await.unwrap_or(master);
-    let leader_commit = match cluster.nodes[now_master].client()?.get("/health").await {
-        Ok(v) => v["commit_index"].as_u64().unwrap_or(0).max(max_index),
+    let leader_commit = match cluster.nodes[now_master].client()?.health().await {
+        Ok(h) => h.commit_index.max(max_index),
         Err(_) => max_index,
     };
     let (standby, catch_up) =
@@ -975,15 +976,23 @@ async fn query_phase(
         let k = span * r / (RANGE_RUNS - 1).max(1);
         let from = base + ChronoDuration::seconds(k as i64);
         let to = from + ChronoDuration::seconds(RANGE_ROWS as i64);
-        let path = format!("{CDRS}?from={}&to={}&limit={RANGE_ROWS}", ts(from), ts(to));
+        let filter = CdrFilter {
+            from: Some(ts(from)),
+            to: Some(ts(to)),
+            limit: Some(RANGE_ROWS),
+            ..CdrFilter::default()
+        };
+        // Timed: the answer's bytes as they arrive; decoded after the clock stops.
+        let path = format!("{CDRS}{}", filter.query_string("json"));
         let mut buf = Vec::new();
         let t = Instant::now();
         tokio::time::timeout(Duration::from_secs(60), sc.download(&path, &mut buf))
             .await
             .context("range query timed out")??;
         runs.push(ms(t.elapsed()));
-        let v: Value = serde_json::from_slice(&buf).context("range query answer")?;
-        let count = v["count"].as_u64().unwrap_or(0) as usize;
+        let page: CdrPage = serde_json::from_slice(&buf)
+            .with_context(|| format!("GET {path}: not a page of CDRs"))?;
+        let count = page.count;
         if count != expect {
             counts_ok = false;
             out.progress(format!(
@@ -1013,15 +1022,18 @@ async fn query_phase(
             peak
         })
     };
-    let path = format!(
-        "{CDRS}?format=csv&from={}&to={}",
-        ts(base),
-        ts(base + ChronoDuration::seconds(rows as i64))
-    );
+    let everything = CdrFilter {
+        from: Some(ts(base)),
+        to: Some(ts(base + ChronoDuration::seconds(rows as i64))),
+        ..CdrFilter::default()
+    };
     let mut counter = LineCounter::default();
     let t = Instant::now();
-    let res =
-        tokio::time::timeout(Duration::from_secs(900), sc.download(&path, &mut counter)).await;
+    let res = tokio::time::timeout(
+        Duration::from_secs(900),
+        sc.cdrs_export(&everything, &mut counter),
+    )
+    .await;
     let export_secs = t.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let peak = sampler.await.unwrap_or(0);
@@ -1030,135 +1042,260 @@ async fn query_phase(
     let peak = Some(peak.max(rss_after.unwrap_or(0))).filter(|p| *p > 0);
     let expect_lines = rows as u64 + 1;
 
-    Ok(json!({
-        "rows": rows,
-        "standby": standby_id,
-        "load": {
-            "seconds": round2(load_secs),
-            "cdrs_per_s": round2(rows as f64 / load_secs),
-            "batch": LOAD_BATCH,
-            "loaders": LOADERS,
-            "standby_catch_up_s": round2(catch_up),
-            "commit_index": leader_commit,
+    Ok(QueryReport {
+        rows,
+        standby: standby_id,
+        load: LoadReport {
+            seconds: round2(load_secs),
+            cdrs_per_s: round2(rows as f64 / load_secs),
+            batch: LOAD_BATCH,
+            loaders: LOADERS,
+            standby_catch_up_s: round2(catch_up),
+            commit_index: leader_commit,
         },
-        "range_query": {
-            "rows": expect,
-            "runs_ms": runs.iter().map(|x| round2(*x)).collect::<Vec<_>>(),
-            "median_ms": round2(median),
-            "counts_ok": counts_ok,
-            "target_ms": T_RANGE_QUERY_MS,
-            "pass": counts_ok && median <= T_RANGE_QUERY_MS,
+        range_query: RangeReport {
+            rows: expect,
+            runs_ms: runs.iter().map(|x| round2(*x)).collect(),
+            median_ms: round2(median),
+            counts_ok,
+            target_ms: T_RANGE_QUERY_MS,
+            pass: counts_ok && median <= T_RANGE_QUERY_MS,
         },
-        "csv_export": {
-            "seconds": round2(export_secs),
-            "lines": counter.lines,
-            "expected_lines": expect_lines,
-            "lines_ok": counter.lines == expect_lines,
-            "mb": mb(counter.bytes),
-            "rows_per_s": round2(rows as f64 / export_secs),
-            "standby_rss_before_mb": rss_before.map(mb),
-            "standby_rss_peak_mb": peak.map(mb),
-            "standby_rss_after_mb": rss_after.map(mb),
-            "standby_vmhwm_mb": hwm.map(mb),
-            "target_s": T_EXPORT_S,
-            "pass": counter.lines == expect_lines && export_secs <= T_EXPORT_S,
+        csv_export: ExportReport {
+            seconds: round2(export_secs),
+            lines: counter.lines,
+            expected_lines: expect_lines,
+            lines_ok: counter.lines == expect_lines,
+            mb: mb(counter.bytes),
+            rows_per_s: round2(rows as f64 / export_secs),
+            standby_rss_before_mb: rss_before.map(mb),
+            standby_rss_peak_mb: peak.map(mb),
+            standby_rss_after_mb: rss_after.map(mb),
+            standby_vmhwm_mb: hwm.map(mb),
+            target_s: T_EXPORT_S,
+            pass: counter.lines == expect_lines && export_secs <= T_EXPORT_S,
         },
-    }))
+    })
 }
 
-fn f(v: &Value) -> f64 {
-    v.as_f64().unwrap_or(0.0)
+/// What `--json` prints. It goes out through a `serde_json::Value`, whose maps keep
+/// their keys sorted: the output is key for key what it was when it was built with
+/// `json!`.
+#[derive(Debug, Serialize)]
+struct Report {
+    config: RunConfig,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    writes: Option<Writes>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lag: Option<Outcome<LagReport>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query: Option<Outcome<QueryReport>>,
+    resources: Resources,
 }
 
-fn opt_mb(v: &Value) -> String {
-    v.as_f64()
-        .map(|x| format!("{x:.1} MB"))
+/// The options and the machine the figures were measured with.
+#[derive(Debug, Serialize)]
+struct RunConfig {
+    seconds: u64,
+    writers: Vec<usize>,
+    batch: usize,
+    /// None with `--skip-query`.
+    query_rows: Option<usize>,
+    cpus: usize,
+    data_dir: String,
+    data_fs: Option<String>,
+}
+
+/// The write phases of both clusters.
+#[derive(Debug, Serialize)]
+struct Writes {
+    phases: Vec<Phase>,
+    three_vs_one_node: Vec<Ratio>,
+    targets: Vec<Target>,
+}
+
+/// RSS and disk use of the nodes after each part (only the parts that ran).
+#[derive(Debug, Default, Serialize)]
+struct Resources {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    one_node_after_writes: Option<Vec<NodeResources>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    three_nodes_after_writes: Option<Vec<NodeResources>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    three_nodes_after_query: Option<Vec<NodeResources>>,
+}
+
+/// A phase's figures, or why it has none.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Outcome<T> {
+    Done(T),
+    Failed(PhaseFailure),
+}
+
+/// A phase that failed: the error and where its node logs were kept.
+#[derive(Debug, Serialize)]
+struct PhaseFailure {
+    error: String,
+    node_logs: Option<String>,
+}
+
+/// The standby lag phase.
+#[derive(Debug, Serialize)]
+struct LagReport {
+    target_rate_cdrs_per_s: f64,
+    achieved_cdrs_per_s: f64,
+    seconds: f64,
+    cdrs: u64,
+    errors: u64,
+    commit_latency: Summary,
+    leader_polls: usize,
+    sampled_indexes: usize,
+    poll_interval_ms: u64,
+    standbys: Vec<StandbyLag>,
+    /// All standbys' lags together.
+    overall: Summary,
+    worst_standby_p99_ms: f64,
+    target_p99_ms: f64,
+    pass: bool,
+}
+
+/// One standby's lag behind the leader's commits.
+#[derive(Debug, Serialize)]
+struct StandbyLag {
+    node: u64,
+    lag: Summary,
+    not_applied_within_3s: usize,
+    polls: usize,
+}
+
+/// The standby query benchmark.
+#[derive(Debug, Serialize)]
+struct QueryReport {
+    rows: usize,
+    /// Node id of the standby queried.
+    standby: u64,
+    load: LoadReport,
+    range_query: RangeReport,
+    csv_export: ExportReport,
+}
+
+/// Loading the data set through the master.
+#[derive(Debug, Serialize)]
+struct LoadReport {
+    seconds: f64,
+    cdrs_per_s: f64,
+    batch: usize,
+    loaders: usize,
+    standby_catch_up_s: f64,
+    commit_index: u64,
+}
+
+/// The time-range queries as JSON.
+#[derive(Debug, Serialize)]
+struct RangeReport {
+    rows: usize,
+    runs_ms: Vec<f64>,
+    median_ms: f64,
+    counts_ok: bool,
+    target_ms: f64,
+    pass: bool,
+}
+
+/// The streamed CSV export of every row.
+#[derive(Debug, Serialize)]
+struct ExportReport {
+    seconds: f64,
+    lines: u64,
+    expected_lines: u64,
+    lines_ok: bool,
+    mb: f64,
+    rows_per_s: f64,
+    standby_rss_before_mb: Option<f64>,
+    standby_rss_peak_mb: Option<f64>,
+    standby_rss_after_mb: Option<f64>,
+    standby_vmhwm_mb: Option<f64>,
+    target_s: f64,
+    pass: bool,
+}
+
+fn opt_mb(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.1} MB"))
         .unwrap_or_else(|| "-".into())
 }
 
-fn show_lag(out: &Out, lag: &Value) {
+fn show_lag(out: &Out, lag: &LagReport) {
     out.say(format!(
         "Standby lag (leader commit → standby apply; /health polled every {} ms, so ±{} ms resolution)",
-        lag["poll_interval_ms"], lag["poll_interval_ms"]
+        lag.poll_interval_ms, lag.poll_interval_ms
     ));
     out.say(format!(
         "  load: {} CDRs/s target (half the 3-node 64-writer rate), {} achieved, {} errors, commit p50 {:.2} ms p99 {:.2} ms",
-        thousands(f(&lag["target_rate_cdrs_per_s"])),
-        thousands(f(&lag["achieved_cdrs_per_s"])),
-        lag["errors"],
-        f(&lag["commit_latency"]["p50_ms"]),
-        f(&lag["commit_latency"]["p99_ms"]),
+        thousands(lag.target_rate_cdrs_per_s),
+        thousands(lag.achieved_cdrs_per_s),
+        lag.errors,
+        lag.commit_latency.p50_ms,
+        lag.commit_latency.p99_ms,
     ));
-    for s in lag["standbys"].as_array().into_iter().flatten() {
+    for s in &lag.standbys {
         out.say(format!(
             "  standby node {}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} sampled indexes ({} not applied within 3 s)",
-            s["node"],
-            f(&s["lag"]["p50_ms"]),
-            f(&s["lag"]["p99_ms"]),
-            f(&s["lag"]["max_ms"]),
-            s["lag"]["samples"],
-            s["not_applied_within_3s"],
+            s.node,
+            s.lag.p50_ms,
+            s.lag.p99_ms,
+            s.lag.max_ms,
+            s.lag.samples,
+            s.not_applied_within_3s,
         ));
     }
     out.say(format!(
         "  all standbys together: p50 {:.1} ms, p99 {:.1} ms; worst standby p99 {:.1} ms  (target p99 <= {T_LAG_P99_MS} ms on every standby) {}",
-        f(&lag["overall"]["p50_ms"]),
-        f(&lag["overall"]["p99_ms"]),
-        f(&lag["worst_standby_p99_ms"]),
-        verdict(lag["pass"].as_bool().unwrap_or(false))
+        lag.overall.p50_ms,
+        lag.overall.p99_ms,
+        lag.worst_standby_p99_ms,
+        verdict(lag.pass)
     ));
 }
 
-fn show_query(out: &Out, q: &Value) {
-    let l = &q["load"];
-    let r = &q["range_query"];
-    let c = &q["csv_export"];
+fn show_query(out: &Out, q: &QueryReport) {
+    let (l, r, c) = (&q.load, &q.range_query, &q.csv_export);
     out.say(format!(
         "Standby queries (3 nodes, {} CDRs, queried on standby node {})",
-        thousands(f(&q["rows"])),
-        q["standby"]
+        thousands(q.rows as f64),
+        q.standby
     ));
     out.say(format!(
         "  load: {:.1} s ({} CDRs/s, {}-row POSTs, {} loaders); standby caught up {:.2} s after the last commit",
-        f(&l["seconds"]),
-        thousands(f(&l["cdrs_per_s"])),
-        l["batch"],
-        l["loaders"],
-        f(&l["standby_catch_up_s"])
+        l.seconds,
+        thousands(l.cdrs_per_s),
+        l.batch,
+        l.loaders,
+        l.standby_catch_up_s
     ));
-    let runs: Vec<String> = r["runs_ms"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|x| format!("{:.1}", f(x)))
-        .collect();
+    let runs: Vec<String> = r.runs_ms.iter().map(|x| format!("{x:.1}")).collect();
     out.say(format!(
         "  time-range query, {} rows as JSON: median {:.1} ms (runs: {} ms){}  (target <= {T_RANGE_QUERY_MS} ms) {}",
-        thousands(f(&r["rows"])),
-        f(&r["median_ms"]),
+        thousands(r.rows as f64),
+        r.median_ms,
         runs.join(", "),
-        if r["counts_ok"].as_bool().unwrap_or(false) {
-            ""
-        } else {
-            " WRONG ROW COUNT"
-        },
-        verdict(r["pass"].as_bool().unwrap_or(false))
+        if r.counts_ok { "" } else { " WRONG ROW COUNT" },
+        verdict(r.pass)
     ));
     out.say(format!(
         "  CSV export of all rows: {:.2} s, {} lines (expected {}), {:.1} MB, {} rows/s  (target <= {T_EXPORT_S} s) {}",
-        f(&c["seconds"]),
-        thousands(f(&c["lines"])),
-        thousands(f(&c["expected_lines"])),
-        f(&c["mb"]),
-        thousands(f(&c["rows_per_s"])),
-        verdict(c["pass"].as_bool().unwrap_or(false))
+        c.seconds,
+        thousands(c.lines as f64),
+        thousands(c.expected_lines as f64),
+        c.mb,
+        thousands(c.rows_per_s),
+        verdict(c.pass)
     ));
     out.say(format!(
         "  standby RSS during the export: before {}, peak {}, after {} (VmHWM since start {})",
-        opt_mb(&c["standby_rss_before_mb"]),
-        opt_mb(&c["standby_rss_peak_mb"]),
-        opt_mb(&c["standby_rss_after_mb"]),
-        opt_mb(&c["standby_vmhwm_mb"]),
+        opt_mb(c.standby_rss_before_mb),
+        opt_mb(c.standby_rss_peak_mb),
+        opt_mb(c.standby_rss_after_mb),
+        opt_mb(c.standby_vmhwm_mb),
     ));
 }
 
@@ -1169,19 +1306,21 @@ async fn bench(args: BenchArgs, json_mode: bool) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let mut report = serde_json::Map::new();
-    report.insert(
-        "config".into(),
-        json!({
-            "seconds": args.seconds,
-            "writers": args.writers,
-            "batch": args.batch,
-            "query_rows": if args.skip_query { Value::Null } else { json!(args.query_rows) },
-            "cpus": cores,
-            "data_dir": tmp.display().to_string(),
-            "data_fs": fs_type(&tmp),
-        }),
-    );
+    let mut report = Report {
+        config: RunConfig {
+            seconds: args.seconds,
+            writers: args.writers.clone(),
+            batch: args.batch,
+            query_rows: (!args.skip_query).then_some(args.query_rows),
+            cpus: cores,
+            data_dir: tmp.display().to_string(),
+            data_fs: fs_type(&tmp),
+        },
+        writes: None,
+        lag: None,
+        query: None,
+        resources: Resources::default(),
+    };
     out.say(format!(
         "tandem bench: {} CPU(s), node data under {} ({}), {} s per phase",
         cores,
@@ -1192,7 +1331,6 @@ async fn bench(args: BenchArgs, json_mode: bool) -> anyhow::Result<()> {
     out.say("");
 
     let mut phases = Vec::new();
-    let mut res = serde_json::Map::new();
     let mut failure: Option<anyhow::Error> = None;
     let mut one_node_res = Vec::new();
     if !args.skip_writes {
@@ -1200,7 +1338,7 @@ async fn bench(args: BenchArgs, json_mode: bool) -> anyhow::Result<()> {
         let client = Arc::new(cluster.nodes[master].client()?);
         phases.extend(write_phases(&cluster, &client, 1, &args, &out).await?);
         one_node_res = resources(&cluster);
-        res.insert("one_node_after_writes".into(), json!(one_node_res));
+        report.resources.one_node_after_writes = Some(one_node_res.clone());
         drop(cluster);
     }
 
@@ -1210,16 +1348,14 @@ async fn bench(args: BenchArgs, json_mode: bool) -> anyhow::Result<()> {
         if !args.skip_writes {
             phases.extend(write_phases(&cluster, &client, 3, &args, &out).await?);
             let three_node_res = resources(&cluster);
-            res.insert("three_nodes_after_writes".into(), json!(three_node_res));
+            report.resources.three_nodes_after_writes = Some(three_node_res.clone());
             let targets = write_targets(&phases);
             show_phases(&out, &phases, args.seconds);
             let r = ratios(&phases);
             for x in &r {
                 out.say(format!(
                     "  3 nodes / 1 node throughput at {} writer(s), batch {}: {:.2}×",
-                    x["writers"],
-                    x["batch"],
-                    f(&x["three_vs_one_node"])
+                    x.writers, x.batch, x.three_vs_one_node
                 ));
             }
             out.say("Targets (3 nodes, one CDR per request):");
@@ -1230,10 +1366,11 @@ async fn bench(args: BenchArgs, json_mode: bool) -> anyhow::Result<()> {
                 show_target(&out, t);
             }
             out.say("");
-            report.insert(
-                "writes".into(),
-                json!({"phases": phases, "three_vs_one_node": r, "targets": targets}),
-            );
+            report.writes = Some(Writes {
+                phases: phases.clone(),
+                three_vs_one_node: r,
+                targets,
+            });
             show_resources(
                 &out,
                 "Node resources after the 1-node write phases",
@@ -1285,11 +1422,11 @@ async fn bench(args: BenchArgs, json_mode: bool) -> anyhow::Result<()> {
             match lag {
                 Ok(lag) => {
                     show_lag(&out, &lag);
-                    report.insert("lag".into(), lag);
+                    report.lag = Some(Outcome::Done(lag));
                 }
                 Err(e) => {
                     let v = phase_failed(&out, &cluster, "standby lag", &e);
-                    report.insert("lag".into(), v);
+                    report.lag = Some(Outcome::Failed(v));
                     failure.get_or_insert(e);
                 }
             }
@@ -1300,24 +1437,24 @@ async fn bench(args: BenchArgs, json_mode: bool) -> anyhow::Result<()> {
             match query_phase(&cluster, master, &client, args.query_rows, &out).await {
                 Ok(q) => {
                     show_query(&out, &q);
-                    report.insert("query".into(), q);
+                    report.query = Some(Outcome::Done(q));
                 }
                 Err(e) => {
                     let v = phase_failed(&out, &cluster, "standby query benchmark", &e);
-                    report.insert("query".into(), v);
+                    report.query = Some(Outcome::Failed(v));
                     failure.get_or_insert(e);
                 }
             }
             let after = resources(&cluster);
             show_resources(&out, "Node resources after the query benchmark", &after);
-            res.insert("three_nodes_after_query".into(), json!(after));
+            report.resources.three_nodes_after_query = Some(after);
             out.say("");
         }
         drop(cluster);
     }
-    report.insert("resources".into(), Value::Object(res));
     if json_mode {
-        println!("{}", serde_json::to_string_pretty(&Value::Object(report))?);
+        let sorted = serde_json::to_value(&report)?;
+        println!("{}", serde_json::to_string_pretty(&sorted)?);
     } else if failure.is_none() {
         println!(
             "(a MISS never fails the command; figures depend on this machine's CPUs and disk)"
@@ -1331,17 +1468,17 @@ async fn bench(args: BenchArgs, json_mode: bool) -> anyhow::Result<()> {
 
 /// Report a failed phase (the other figures are still printed); keeps the node logs,
 /// which the cluster's removal would otherwise delete.
-fn phase_failed(out: &Out, cluster: &LocalCluster, what: &str, e: &anyhow::Error) -> Value {
+fn phase_failed(out: &Out, cluster: &LocalCluster, what: &str, e: &anyhow::Error) -> PhaseFailure {
     let logs = save_logs(cluster);
     out.say(format!("{what}: FAILED: {e:#}"));
     if let Some(dir) = &logs {
         out.say(format!("  node logs kept in {}", dir.display()));
     }
     out.progress(format!("✘ {what} failed: {e:#}"));
-    json!({
-        "error": format!("{e:#}"),
-        "node_logs": logs.map(|d| d.display().to_string()),
-    })
+    PhaseFailure {
+        error: format!("{e:#}"),
+        node_logs: logs.map(|d| d.display().to_string()),
+    }
 }
 
 /// Copy the node logs to a fresh directory next to the cluster's (kept after exit).
@@ -1352,7 +1489,7 @@ fn save_logs(cluster: &LocalCluster) -> Option<PathBuf> {
     ));
     std::fs::create_dir_all(&dir).ok()?;
     for n in &cluster.nodes {
-        let log = crate::demo::node_log(&n.dir);
+        let log = n.log_path();
         if let Some(name) = log.file_name() {
             let _ = std::fs::copy(&log, dir.join(name));
         }

@@ -15,10 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::json;
+use tandem_api::{CdrsAdded, Client};
+use tandem_harness::LocalCluster;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-use crate::client::Client;
-use crate::demo::LocalCluster;
 
 /// Options of the recording benchmark (part of `tandem bench`).
 #[derive(clap::Args, Debug, Clone)]
@@ -107,7 +106,7 @@ fn cdr_load(client: Arc<Client>, samples: Samples) -> tokio::task::JoinHandle<()
             let (client, samples) = (client.clone(), samples.clone());
             tokio::spawn(async move {
                 let t = start + chrono::Duration::milliseconds(i as i64);
-                let cdr = tandem_replication::cdr::Cdr::new_call(
+                let cdr = tandem_api::Cdr::new_call(
                     "100",
                     "200",
                     t,
@@ -117,7 +116,10 @@ fn cdr_load(client: Arc<Client>, samples: Samples) -> tokio::task::JoinHandle<()
                 );
                 let body = serde_json::to_vec(&cdr).expect("cdr json");
                 let t0 = Instant::now();
-                let ok = matches!(client.post_raw("/api/v1/cdrs", body).await, Ok((201, _)));
+                let ok = matches!(
+                    client.post_raw::<CdrsAdded>("/api/v1/cdrs", body).await,
+                    Ok((201, _))
+                );
                 let ms = t0.elapsed().as_secs_f64() * 1000.0;
                 samples
                     .lock()
@@ -144,12 +146,8 @@ fn window(samples: &Samples, from: Instant, to: Instant) -> (f64, f64, usize, us
 }
 
 async fn set_cap(c: &Client, kbps: u64) -> anyhow::Result<()> {
-    c.send_json(
-        reqwest::Method::PUT,
-        "/api/v1/config/replication.recording_bandwidth_kbps",
-        &json!(kbps),
-    )
-    .await?;
+    c.config_set("replication.recording_bandwidth_kbps", &json!(kbps))
+        .await?;
     // The blob sync re-reads the cap every second.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     Ok(())
@@ -171,18 +169,16 @@ async fn copy_once(
         )
         .await?;
     if status != 202 && status != 201 {
-        bail!("upload of {id}: HTTP {status}: {v}");
+        bail!("upload of {id}: HTTP {status}: {v:?}");
     }
-    let size = v["size"].as_u64().unwrap_or(0);
+    let size = v.size;
     let t0 = Instant::now();
     loop {
-        let v = c.get("/api/v1/recordings?limit=10000").await?;
-        let held = v["recordings"].as_array().into_iter().flatten().any(|r| {
-            r["id"] == id
-                && r["holders"]
-                    .as_array()
-                    .is_some_and(|h| h.contains(&json!(standby)))
-        });
+        let list = c.recordings("?limit=10000").await?;
+        let held = list
+            .recordings
+            .iter()
+            .any(|r| r.id == id && r.holders.contains(&standby));
         if held {
             let t1 = Instant::now();
             return Ok((t1.duration_since(t0).as_secs_f64(), size, t0, t1));
@@ -195,11 +191,7 @@ async fn copy_once(
 }
 
 async fn term(c: &Client) -> u64 {
-    c.get("/health")
-        .await
-        .ok()
-        .and_then(|v| v["term"].as_u64())
-        .unwrap_or(0)
+    c.health().await.map(|h| h.term).unwrap_or(0)
 }
 
 pub async fn run(exe: &Path, args: &RecordingBenchArgs, json_mode: bool) -> anyhow::Result<()> {

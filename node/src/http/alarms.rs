@@ -6,7 +6,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
-use serde_json::json;
 use tandem_replication::store::query::{self};
 use tandem_replication::store::Tree;
 
@@ -25,7 +24,7 @@ pub fn alarm_entries(
                 .map(|e| (e.key, e.value)),
         );
     }
-    Ok(crate::alarms::entries_from_text(all))
+    Ok(tandem_alarms::entries_from_text(all))
 }
 
 /// `POST /api/v1/alarms/test` with optional `{"to": "addr"}`: send a test mail with
@@ -33,7 +32,7 @@ pub fn alarm_entries(
 /// `to` is given). 200 with the Message-ID, 400 for bad settings, 502 with the SMTP
 /// error (naming host, port and cause) when the server does not take the mail.
 pub(crate) async fn alarms_test(State(st): St, body: Bytes) -> Result<Response, ApiError> {
-    use crate::alarms::{mail, recipients::Routing, smtp};
+    use tandem_alarms::{mail, recipients::Routing, smtp};
     let to = match optional_field(&body, "to")? {
         None => None,
         Some(serde_json::Value::String(a)) => Some(a),
@@ -66,12 +65,12 @@ pub(crate) async fn alarms_test(State(st): St, body: Bytes) -> Result<Response, 
     match mailer.send(&m, &to).await {
         Ok(sent) => {
             tracing::info!(message_id = %sent.message_id, server = %sent.server, to = ?to, "alarm test mail sent");
-            Ok(Json(json!({
-                "message_id": sent.message_id,
-                "to": to,
-                "server": sent.server,
-                "reply": sent.reply,
-            }))
+            Ok(Json(tandem_api::AlarmTestSent {
+                message_id: sent.message_id,
+                to,
+                server: sent.server,
+                reply: sent.reply,
+            })
             .into_response())
         }
         Err(e @ (smtp::SmtpError::Message { .. } | smtp::SmtpError::Config(_))) => {
@@ -85,11 +84,11 @@ pub(crate) async fn alarms_test(State(st): St, body: Bytes) -> Result<Response, 
 }
 
 /// `GET /api/v1/alarms`: this node's active alarms, outbox and mail counters.
-pub(crate) async fn alarms_status(State(st): St) -> Json<serde_json::Value> {
+pub(crate) async fn alarms_status(State(st): St) -> Json<tandem_api::AlarmStatus> {
     Json(st.alarms.status())
 }
 
 /// `GET /api/v1/alarms/history`: the last alarm mails sent or given up by this node.
-pub(crate) async fn alarms_history(State(st): St) -> Json<serde_json::Value> {
+pub(crate) async fn alarms_history(State(st): St) -> Json<tandem_api::AlarmHistory> {
     Json(st.alarms.history())
 }

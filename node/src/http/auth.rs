@@ -14,7 +14,9 @@ pub(crate) async fn require_token(State(st): St, req: Request, next: Next) -> Re
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match presented {
-        Some(t) if constant_time_eq(t.trim().as_bytes(), st.token.as_bytes()) => {
+        Some(t)
+            if tandem_media::digest::constant_time_eq(t.trim().as_bytes(), st.token.as_bytes()) =>
+        {
             next.run(req).await
         }
         Some(_) => ApiError::new(
@@ -28,8 +30,4 @@ pub(crate) async fn require_token(State(st): St, req: Request, next: Next) -> Re
         )
         .into_response(),
     }
-}
-
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

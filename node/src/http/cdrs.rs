@@ -7,7 +7,6 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 use tandem_replication::cdr::{Cdr, CdrRef};
 use tandem_replication::store::codec;
 use tandem_replication::store::query::{self, CdrQuery, Cursor};
@@ -75,7 +74,11 @@ pub(crate) async fn cdrs_post(State(st): St, body: Bytes) -> Result<Response, Ap
     st.metrics.cdrs_written(u64::from(inserted));
     Ok((
         StatusCode::CREATED,
-        Json(json!({"inserted": inserted, "duplicates": duplicates, "index": index})),
+        Json(tandem_api::CdrsAdded {
+            inserted,
+            duplicates,
+            index,
+        }),
     )
         .into_response())
 }

@@ -6,8 +6,9 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use serde_json::json;
-use tandem_replication::replica::Replica;
+use tandem_api as api;
+use tandem_replication::blobs::sync::Backlog;
+use tandem_replication::replica::{MemberStatus, Replica};
 use tandem_replication::types::MemberKind;
 
 use tandem_failover::state::RoleState;
@@ -15,22 +16,24 @@ use tandem_failover::state::RoleState;
 use crate::http::error::ApiError;
 use crate::http::params::*;
 use crate::http::state::St;
-pub(crate) async fn health(State(st): St) -> Json<serde_json::Value> {
+
+/// `GET /health` (no token).
+pub(crate) async fn health(State(st): St) -> Json<api::Health> {
     let r = &st.replica;
     let m = r.metrics();
-    Json(json!({
-        "node_id": r.id,
-        "role": st.roles.role().as_str(),
-        "leader_id": m.current_leader,
-        "term": m.current_term,
-        "applied_index": m.last_applied.map(|l| l.index).unwrap_or(0),
-        "commit_index": r.commit_index(),
-        "vip_held": st.roles.vip_held(),
-    }))
+    Json(api::Health {
+        node_id: r.id,
+        role: st.roles.role().as_str().to_string(),
+        leader_id: m.current_leader,
+        term: m.current_term,
+        applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+        commit_index: r.commit_index(),
+        vip_held: st.roles.vip_held(),
+    })
 }
 
 /// The cluster view shown by `tandem status`.
-pub fn cluster_view(r: &Replica, roles: &RoleState) -> serde_json::Value {
+pub fn cluster_view(r: &Replica, roles: &RoleState) -> api::ClusterView {
     let m = r.metrics();
     let members = r.members();
     let voters = members.iter().filter(|x| x.voter).count();
@@ -74,38 +77,68 @@ pub fn cluster_view(r: &Replica, roles: &RoleState) -> serde_json::Value {
     } else {
         None
     };
-    json!({
-        "node_id": r.id,
-        "role": roles.role().as_str(),
-        "vip_held": roles.vip_held(),
-        "maintenance": roles.maintenance(),
-        "unreachable": roles.unreachable(),
-        "leader_id": m.current_leader,
-        "term": m.current_term,
-        "last_log_index": m.last_log_index.unwrap_or(0),
-        "commit_index": r.commit_index(),
-        "applied_index": m.last_applied.map(|l| l.index).unwrap_or(0),
-        "snapshot_index": m.snapshot.map(|l| l.index),
-        "purged_index": m.purged.map(|l| l.index),
-        "lag": lag,
-        "voters": voters,
-        "data_voters": data_voters,
-        "quorum": voters / 2 + 1,
-        "vip_holder": vip_holder,
-        "members": members,
-        "notes": notes,
-        "recording_sync": r.blobs.as_ref().map(|_| r.blob_stats.backlog()),
-    })
+    api::ClusterView {
+        node_id: r.id,
+        role: roles.role().as_str().to_string(),
+        vip_held: roles.vip_held(),
+        maintenance: roles.maintenance(),
+        unreachable: roles.unreachable(),
+        leader_id: m.current_leader,
+        term: m.current_term,
+        last_log_index: m.last_log_index.unwrap_or(0),
+        commit_index: r.commit_index(),
+        applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+        snapshot_index: m.snapshot.map(|l| l.index),
+        purged_index: m.purged.map(|l| l.index),
+        lag: api::Lag {
+            entries: lag.entries,
+            ms: lag.ms,
+        },
+        voters,
+        data_voters,
+        quorum: voters / 2 + 1,
+        vip_holder,
+        members: members.into_iter().map(member).collect(),
+        notes,
+        recording_sync: r.blobs.as_ref().map(|_| sync_view(r.blob_stats.backlog())),
+    }
 }
 
-pub(crate) async fn cluster(State(st): St) -> Json<serde_json::Value> {
+fn member(m: MemberStatus) -> api::Member {
+    api::Member {
+        id: m.id,
+        name: m.name,
+        kind: m.kind,
+        addr: m.addr,
+        api: m.api,
+        voter: m.voter,
+        matched_index: m.matched_index,
+        lag_entries: m.lag_entries,
+        lag_ms: m.lag_ms,
+        last_contact_ms: m.last_contact_ms,
+    }
+}
+
+/// The recording-sync backlog as the API shows it.
+pub(crate) fn sync_view(b: Backlog) -> api::RecordingSync {
+    api::RecordingSync {
+        files: b.files,
+        bytes: b.bytes,
+        rate_bytes_per_s: b.rate_bytes_per_s,
+        eta_s: b.eta_s,
+        cap_bytes_per_s: b.cap_bytes_per_s,
+    }
+}
+
+/// `GET /api/v1/cluster`.
+pub(crate) async fn cluster(State(st): St) -> Json<api::ClusterView> {
     Json(cluster_view(&st.replica, &st.roles))
 }
 
 pub(crate) async fn switchover(
     State(st): St,
     body: Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<api::Switchover>, ApiError> {
     let to = match optional_field(&body, "to")? {
         None => None,
         Some(x) => Some(
@@ -115,22 +148,28 @@ pub(crate) async fn switchover(
     };
     let t0 = Instant::now();
     let leader = st.replica.switchover(to).await?;
-    Ok(Json(
-        json!({ "master": leader, "took_ms": t0.elapsed().as_millis() as u64 }),
-    ))
+    Ok(Json(api::Switchover {
+        master: leader,
+        took_ms: t0.elapsed().as_millis() as u64,
+    }))
 }
 
-pub(crate) async fn leave(State(st): St) -> Result<Json<serde_json::Value>, ApiError> {
+pub(crate) async fn leave(State(st): St) -> Result<Json<api::Left>, ApiError> {
     st.replica.remove_node(st.replica.id).await?;
-    Ok(Json(json!({ "removed": st.replica.id })))
+    Ok(Json(api::Left {
+        removed: st.replica.id,
+    }))
 }
 
 /// The join token of the cluster, served by the node that ran `tandem init` (the only
 /// one holding the CA key, so the only one that can admit a node). Lets an installer or
 /// an operator fetch it remotely with the admin token.
-pub(crate) async fn join_token(State(st): St) -> Result<Json<serde_json::Value>, ApiError> {
+pub(crate) async fn join_token(State(st): St) -> Result<Json<api::JoinTokenInfo>, ApiError> {
     match st.cfg.read_join_token() {
-        Ok(token) => Ok(Json(json!({ "token": token, "node_id": st.replica.id }))),
+        Ok(token) => Ok(Json(api::JoinTokenInfo {
+            token,
+            node_id: st.replica.id,
+        })),
         Err(e) => Err(ApiError::new(StatusCode::NOT_FOUND, e)),
     }
 }

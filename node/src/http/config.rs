@@ -11,6 +11,9 @@ use serde_json::json;
 use tandem_replication::store::query::{self};
 use tandem_replication::types::{Request as RaftRequest, Response as RaftResponse};
 
+use tandem_api as api;
+use tandem_replication::store::query::ConfigEntry;
+
 use crate::http::error::ApiError;
 use crate::http::params::*;
 use crate::http::state::St;
@@ -40,17 +43,21 @@ pub(crate) async fn config_list(
     let prefix = params.remove("prefix").unwrap_or_default();
     no_unknown(&params)?;
     let entries = query::config_list(&st.replica.tree(), &prefix)?;
-    let items: Vec<_> = entries
-        .into_iter()
-        .map(
-            |e| json!({"key": e.key, "value": shown_value(&e.key, &e.value), "version": e.version}),
-        )
-        .collect();
+    let items: Vec<_> = entries.into_iter().map(shown_entry).collect();
     Ok((
         freshness_headers(&st.replica, lag),
-        Json(json!({ "config": items })),
+        Json(api::ConfigList { config: items }),
     )
         .into_response())
+}
+
+/// A stored entry as the API shows it (secrets masked).
+fn shown_entry(e: ConfigEntry) -> api::ConfigEntry {
+    api::ConfigEntry {
+        value: shown_value(&e.key, &e.value),
+        key: e.key,
+        version: e.version,
+    }
 }
 
 pub(crate) fn parse_value(text: &str) -> serde_json::Value {
@@ -81,13 +88,7 @@ pub(crate) async fn config_get(
     let lag = consistency(&st.replica, &mut params).await?;
     no_unknown(&params)?;
     match query::config_get(&st.replica.tree(), &key)? {
-        Some(e) => Ok((
-            freshness_headers(&st.replica, lag),
-            Json(
-                json!({"key": e.key, "value": shown_value(&e.key, &e.value), "version": e.version}),
-            ),
-        )
-            .into_response()),
+        Some(e) => Ok((freshness_headers(&st.replica, lag), Json(shown_entry(e))).into_response()),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("config key `{key}` is not set"),
@@ -103,6 +104,15 @@ pub(crate) async fn config_put(
     check_key(&key)?;
     let value: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad(format!("body must be a JSON value: {e}")))?;
+    let ctx = crate::settings::Context {
+        members: st.replica.members().iter().map(|m| m.id).collect(),
+        alarm_entries: if key.starts_with("alarm.") {
+            crate::http::alarms::alarm_entries(&st.replica.tree())?
+        } else {
+            Default::default()
+        },
+    };
+    crate::settings::validate(&key, &value, &ctx).map_err(|e| ApiError::bad(e.to_string()))?;
     let (index, resp) = st
         .replica
         .write(RaftRequest::SetConfig {
@@ -118,7 +128,11 @@ pub(crate) async fn config_put(
     };
     Ok((
         status,
-        Json(json!({"key": key, "value": value, "version": index})),
+        Json(api::ConfigEntry {
+            key,
+            value,
+            version: index,
+        }),
     )
         .into_response())
 }
@@ -137,6 +151,11 @@ pub(crate) async fn config_delete(
             StatusCode::NOT_FOUND,
             format!("config key `{key}` is not set"),
         )),
-        _ => Ok(Json(json!({"key": key, "deleted": true, "version": index})).into_response()),
+        _ => Ok(Json(api::ConfigDeleted {
+            key,
+            deleted: true,
+            version: index,
+        })
+        .into_response()),
     }
 }

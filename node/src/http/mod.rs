@@ -23,6 +23,7 @@ pub mod export;
 pub mod metrics;
 pub mod params;
 pub mod recordings;
+pub mod scrape;
 pub mod sip;
 pub mod state;
 pub mod tls;
@@ -76,14 +77,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         ));
     Router::new()
         .route("/health", get(cluster::health))
-        .route("/metrics", get(metrics::metrics))
+        .route("/metrics", get(scrape::metrics))
         .nest("/api/v1", admin)
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see docs/api.md")
         })
         .layer(middleware::from_fn_with_state(
             state.clone(),
-            metrics::observe,
+            scrape::observe,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

@@ -28,6 +28,8 @@ use tandem_replication::replica::Replica;
 use tandem_replication::store::query;
 use tandem_replication::types::{MemberKind, RecordingMeta, Request as RaftRequest};
 
+use tandem_api as api;
+
 use crate::http::{state::St, ApiError};
 
 /// Default and longest wait for the second copy before answering 202.
@@ -59,19 +61,19 @@ fn state_of(meta: &RecordingMeta, needed: usize) -> &'static str {
     }
 }
 
-fn meta_json(meta: &RecordingMeta, needed: usize) -> serde_json::Value {
-    json!({
-        "id": meta.id,
-        "call_id": meta.call_id,
-        "sha256": meta.sha256,
-        "size": meta.size,
-        "duration_ms": meta.duration_ms,
-        "codec": meta.codec,
-        "created": chrono::DateTime::from_timestamp_micros(meta.created)
+fn meta_json(meta: &RecordingMeta, needed: usize) -> api::Recording {
+    api::Recording {
+        id: meta.id.clone(),
+        call_id: meta.call_id.clone(),
+        sha256: meta.sha256.clone(),
+        size: meta.size,
+        duration_ms: meta.duration_ms,
+        codec: meta.codec.clone(),
+        created: chrono::DateTime::from_timestamp_micros(meta.created)
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-        "holders": meta.holders,
-        "state": state_of(meta, needed),
-    })
+        holders: meta.holders.iter().copied().collect(),
+        state: state_of(meta, needed).to_string(),
+    }
 }
 
 fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
@@ -255,7 +257,7 @@ fn blob_error(e: BlobError) -> ApiError {
 pub async fn list(
     State(st): St,
     Query(mut params): Query<HashMap<String, String>>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<api::RecordingList>, ApiError> {
     let want = params.remove("state");
     if let Some(s) = &want {
         if s != "stored" && s != "pending" {
@@ -291,19 +293,20 @@ pub async fn list(
             continue;
         }
         if rows.len() == limit {
-            next = rows
-                .last()
-                .and_then(|v: &serde_json::Value| v["id"].as_str().map(str::to_string));
+            next = rows.last().map(|v: &api::Recording| v.id.clone());
             break;
         }
         rows.push(meta_json(&meta, needed));
     }
-    Ok(Json(json!({
-        "recordings": rows,
-        "next_after": next,
-        "node": r.id,
-        "sync": r.blobs.as_ref().map(|_| r.blob_stats.backlog()),
-    })))
+    Ok(Json(api::RecordingList {
+        recordings: rows,
+        next_after: next,
+        node: r.id,
+        sync: r
+            .blobs
+            .as_ref()
+            .map(|_| crate::http::cluster::sync_view(r.blob_stats.backlog())),
+    }))
 }
 
 /// A parsed `Range: bytes=...` header (one range).
@@ -501,16 +504,25 @@ pub async fn verify(State(st): St, body: axum::body::Bytes) -> Result<Response, 
     };
     let node = r.id;
     let report = tokio::task::spawn_blocking(move || {
-        let (mut ok, mut bad, mut missing) = (0u64, Vec::new(), Vec::new());
+        let (mut ok, mut bad, mut missing) = (0usize, Vec::new(), Vec::new());
         for m in &metas {
             blobs.forget_verified(&m.id);
             match blobs.verify(&m.id, &m.sha256) {
                 Ok(()) => ok += 1,
                 Err(BlobError::Missing { .. }) => missing.push(m.id.clone()),
-                Err(e) => bad.push(json!({"id": m.id, "error": e.to_string()})),
+                Err(e) => bad.push(api::BadRecording {
+                    id: m.id.clone(),
+                    error: e.to_string(),
+                }),
             }
         }
-        json!({"node": node, "checked": metas.len(), "ok": ok, "bad": bad, "missing": missing})
+        api::VerifyReport {
+            node,
+            checked: metas.len(),
+            ok,
+            bad,
+            missing,
+        }
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;

@@ -5,30 +5,29 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use tandem_api as api;
 use tandem_replication::store::query;
 use tandem_replication::types::{Request, Response as RaftResponse};
 
 use crate::http::{state::St, ApiError};
-use crate::settings::sip::{check_extension, StoredUser, BINDING_PREFIX, USER_PREFIX};
-
-/// Shortest SIP password accepted.
-pub const MIN_PASSWORD: usize = 8;
+use crate::settings::sip::{
+    check_extension, check_password, StoredUser, BINDING_PREFIX, USER_PREFIX,
+};
 
 /// `GET /api/v1/sip/users` (passwords are never shown).
-pub async fn users_list(State(st): St) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn users_list(State(st): St) -> Result<Json<api::SipUsers>, ApiError> {
     let tree = st.replica.tree();
     let users: Vec<_> = query::config_list(&tree, USER_PREFIX)?
         .into_iter()
         .map(|e| {
             let u: Option<StoredUser> = serde_json::from_str(&e.value).ok();
-            json!({
-                "extension": e.key.trim_start_matches(USER_PREFIX),
-                "display_name": u.and_then(|u| u.display_name),
-            })
+            api::SipUser {
+                extension: e.key.trim_start_matches(USER_PREFIX).to_string(),
+                display_name: u.and_then(|u| u.display_name),
+            }
         })
         .collect();
-    Ok(Json(json!({ "users": users })))
+    Ok(Json(api::SipUsers { users }))
 }
 
 /// `PUT /api/v1/sip/users/{ext}` with `{"password": "...", "display_name": "..."}`.
@@ -43,11 +42,7 @@ pub async fn user_put(
             "body must be {{\"password\": \"...\", \"display_name\": \"...\"}}: {e}"
         ))
     })?;
-    if user.password.len() < MIN_PASSWORD || user.password.chars().any(char::is_control) {
-        return Err(ApiError::bad(format!(
-            "password of {ext}: use at least {MIN_PASSWORD} printable characters"
-        )));
-    }
+    check_password(&ext, &user.password).map_err(ApiError::bad)?;
     let value = serde_json::to_string(&user).expect("user json");
     let (_, resp) = st
         .replica
@@ -65,7 +60,10 @@ pub async fn user_put(
     };
     Ok((
         status,
-        Json(json!({"extension": ext, "display_name": user.display_name})),
+        Json(api::SipUser {
+            extension: ext,
+            display_name: user.display_name,
+        }),
     )
         .into_response())
 }
@@ -92,30 +90,28 @@ pub async fn user_delete(State(st): St, Path(ext): Path<String>) -> Result<Respo
             .await?;
     }
     tracing::info!(extension = %ext, "SIP user removed");
-    Ok(Json(json!({"removed": ext})).into_response())
+    Ok(Json(api::SipUserRemoved { removed: ext }).into_response())
 }
 
 /// `GET /api/v1/sip/status`: registrations (replicated) and, on the node that
 /// runs the service, the calls in progress and counters.
-pub async fn status(State(st): St) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn status(State(st): St) -> Result<Json<api::SipStatusView>, ApiError> {
     let now = chrono::Utc::now().timestamp();
     let tree = st.replica.tree();
     let regs: Vec<_> = query::config_list(&tree, BINDING_PREFIX)?
         .into_iter()
         .filter_map(|e| serde_json::from_str::<tandem_media::backend::Binding>(&e.value).ok())
         .filter(|b| b.expires_at_unix > now)
-        .map(|b| {
-            json!({
-                "extension": b.aor,
-                "contact": b.contact,
-                "source": b.source.to_string(),
-                "expires_in_s": b.expires_at_unix - now,
-            })
+        .map(|b| api::Registration {
+            extension: b.aor,
+            contact: b.contact,
+            source: b.source.to_string(),
+            expires_in_s: b.expires_at_unix - now,
         })
         .collect();
-    Ok(Json(json!({
-        "node": st.replica.id,
-        "registrations": regs,
-        "service": st.sip.get().map(|s| s.status_json()),
-    })))
+    Ok(Json(api::SipStatusView {
+        node: st.replica.id,
+        registrations: regs,
+        service: st.sip.get().map(|s| s.status()),
+    }))
 }

@@ -16,7 +16,7 @@ pub struct AppState {
     pub cfg: Config,
     pub metrics: Metrics,
     /// The alarm mailer of this node (see `alarms::service`).
-    pub alarms: Arc<crate::alarms::service::AlarmService>,
+    pub alarms: Arc<tandem_alarms::service::AlarmService>,
     /// The telephony service, once started (data nodes).
     pub sip: std::sync::OnceLock<Arc<dyn TelephonyStatus>>,
 }
@@ -25,7 +25,7 @@ impl AppState {
     pub fn new(
         replica: Arc<Replica>,
         roles: Arc<RoleState>,
-        alarms: Arc<crate::alarms::service::AlarmService>,
+        alarms: Arc<tandem_alarms::service::AlarmService>,
         token: String,
         cfg: Config,
     ) -> AppState {
@@ -46,8 +46,8 @@ pub(crate) type St = State<Arc<AppState>>;
 /// What the HTTP layer reads of the telephony service (implemented by
 /// `run::telephony::SipRuntime`): its status for `/api/v1/sip/status`, its metrics.
 pub trait TelephonyStatus: Send + Sync {
-    /// The service's state, calls in progress and counters (JSON).
-    fn status_json(&self) -> serde_json::Value;
+    /// The service's state, calls in progress and counters.
+    fn status(&self) -> tandem_api::SipServiceState;
     /// Prometheus text of the service's counters.
     fn metrics_text(&self) -> String;
 }

@@ -16,6 +16,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use tandem_replication::replica::Replica;
 use tandem_replication::tls::NodeIdentity;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, NodeRole};
 use identity::{admin_token, bootstrap_marker, init, node_info, replica_config};
@@ -61,8 +63,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         replica.initialize(members).await?;
         std::fs::remove_file(bootstrap_marker(&cfg))?;
     }
+    let tasks = Tasks::new();
     let roles = role::start(replica.clone(), &cfg).await?;
-    let alarms = crate::alarms::service::AlarmService::start(replica.clone(), roles.clone(), &cfg);
+    let alarms = tandem_alarms::service::AlarmService::new(tandem_alarms::service::Identity {
+        cluster: cfg.cluster.name.clone(),
+        node: cfg.node_name(),
+        tls_dir: cfg.tls_dir(),
+    });
+    let (drive, deliver) = alarms.jobs(replica.clone(), roles.clone());
+    tasks.spawn("alarm driver", drive);
+    tasks.spawn("alarm delivery", deliver);
     let state = Arc::new(crate::http::AppState::new(
         replica.clone(),
         roles.clone(),
@@ -71,31 +81,82 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.clone(),
     ));
     if cfg.node.role == NodeRole::Data {
-        let sip = telephony::start(&cfg, replica.clone(), alarms, roles).await;
+        let sip = telephony::start(&cfg, replica.clone(), alarms, roles, &tasks).await;
         let _ = state.sip.set(sip);
     }
     let listener = tokio::net::TcpListener::bind(&cfg.api.listen)
         .await
         .with_context(|| format!("api.listen: cannot listen on {}", cfg.api.listen))?;
     tracing::info!(node = cfg.node.id, api = %cfg.api.listen, peer = %cfg.cluster.listen, "tandem node running");
-    tokio::spawn(retention::retention(replica.clone()));
+    tasks.spawn("retention", retention::retention(replica.clone()));
+    let stop = tasks.cancel.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop.cancel();
+    });
     let app = crate::http::router(state);
     match api_tls {
         Some(tls) => {
             let listener = crate::http::tls::TlsListener::new(listener, tls)?;
             axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown_signal())
+                .with_graceful_shutdown(tasks.cancel.clone().cancelled_owned())
                 .await
                 .context("HTTPS API server")?;
         }
         None => axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown(tasks.cancel.clone().cancelled_owned())
             .await
             .context("HTTP API server")?,
     }
     tracing::info!("shutting down");
+    tasks.cancel.cancel();
+    tasks.join(std::time::Duration::from_secs(5)).await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), replica.raft.shutdown()).await;
     Ok(())
+}
+
+/// The node's long-running tasks: one cancellation token for all, and a tracker so
+/// that shutdown waits for each to end (no task outlives `run`).
+pub struct Tasks {
+    /// Cancelled on SIGTERM / Ctrl-C (or when the API server stops).
+    pub cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Tasks {
+    fn new() -> Tasks {
+        Tasks {
+            cancel: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        }
+    }
+
+    /// Run `job` until it ends or the node shuts down.
+    pub fn spawn<F>(&self, name: &'static str, job: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let cancel = self.cancel.clone();
+        self.tracker.spawn(async move {
+            if cancel.run_until_cancelled(job).await.is_some() {
+                tracing::debug!(task = name, "task ended");
+            }
+        });
+    }
+
+    /// Wait (at most `limit`) for every task to end after the cancellation.
+    async fn join(&self, limit: std::time::Duration) {
+        self.tracker.close();
+        if tokio::time::timeout(limit, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.tracker.len(),
+                "tasks still running {limit:?} after shutdown began"
+            );
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -9,6 +9,9 @@ use tandem_replication::replica::Replica;
 use tandem_replication::store::query;
 use tandem_replication::types::Request as RaftRequest;
 
+use crate::settings::retention::Retention;
+use crate::settings::SettingError;
+
 /// Retention, run by the master: periodically delete CDRs and recordings older
 /// than `retention.cdr_days` / `retention.recording_days` (replicated config; unset
 /// or 0 = keep forever). The cut-off time travels inside the Raft entry, so every
@@ -17,17 +20,27 @@ use tandem_replication::types::Request as RaftRequest;
 /// The check runs every `retention.interval_s` seconds (default 600).
 pub async fn retention(replica: Arc<Replica>) {
     const LIMIT: u32 = 5000;
-    const DEFAULT_INTERVAL_S: u64 = 600;
     let mut last_run = Instant::now();
+    let mut reported: Vec<SettingError> = Vec::new();
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let interval = query::config_get(&replica.tree(), "retention.interval_s")
-            .ok()
-            .flatten()
-            .and_then(|e| e.value.trim().parse::<u64>().ok())
-            .filter(|s| *s > 0)
-            .unwrap_or(DEFAULT_INTERVAL_S);
-        if last_run.elapsed() < Duration::from_secs(interval) {
+        let entries = match query::config_list(&replica.tree(), "retention.") {
+            Ok(list) => {
+                tandem_alarms::entries_from_text(list.into_iter().map(|e| (e.key, e.value)))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "retention: cannot read retention.* settings");
+                continue;
+            }
+        };
+        let (settings, errors) = Retention::from_entries(&entries);
+        if errors != reported {
+            for e in &errors {
+                tracing::warn!(key = %e.key, error = %e, "retention: bad setting ignored");
+            }
+            reported = errors;
+        }
+        if last_run.elapsed() < settings.interval {
             continue;
         }
         last_run = Instant::now();
@@ -35,20 +48,10 @@ pub async fn retention(replica: Arc<Replica>) {
         if !r.is_leader() {
             continue;
         }
-        let days = |key: &str| -> Option<i64> {
-            let v = query::config_get(&r.tree(), key).ok().flatten()?;
-            match v.value.trim().parse::<f64>() {
-                Ok(d) if d > 0.0 => Some((d * 86_400_000_000.0) as i64),
-                Ok(_) => None,
-                Err(_) => {
-                    tracing::warn!(key, value = %v.value, "retention: not a number of days; ignored");
-                    None
-                }
-            }
-        };
         let now = chrono::Utc::now().timestamp_micros();
-        let cdrs_before = days("retention.cdr_days").map(|d| now - d);
-        let recordings_before = days("retention.recording_days").map(|d| now - d);
+        let before = |age: Option<Duration>| age.map(|a| now - a.as_micros() as i64);
+        let cdrs_before = before(settings.cdr_age);
+        let recordings_before = before(settings.recording_age);
         if cdrs_before.is_none() && recordings_before.is_none() {
             continue;
         }

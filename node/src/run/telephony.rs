@@ -22,8 +22,8 @@ use tandem_replication::replica::Replica;
 use tandem_replication::store::query;
 use tandem_replication::types::{RecordingMeta, Request};
 
-use crate::alarms::service::AlarmService;
 use crate::settings::sip::{binding_key, StoredUser, BINDING_PREFIX, USER_PREFIX};
+use tandem_alarms::service::AlarmService;
 
 /// [`Backend`] over this node's replica.
 pub struct NodeBackend {
@@ -214,25 +214,26 @@ pub struct SipRuntime {
 
 impl crate::http::state::TelephonyStatus for SipRuntime {
     /// `service` part of `GET /api/v1/sip/status`.
-    fn status_json(&self) -> serde_json::Value {
+    fn status(&self) -> tandem_api::SipServiceState {
         match &self.handle {
-            Some(h) => {
-                let s = h.status();
-                let mut v = serde_json::to_value(&s).unwrap_or_default();
-                v["listen"] = serde_json::json!(h.local_addr().to_string());
-                if let Some(r) = &self.relay {
+            Some(h) => tandem_api::SipServiceState::Running(Box::new(tandem_api::SipService {
+                status: h.status(),
+                listen: h.local_addr().to_string(),
+                relay: self.relay.as_ref().map(|r| {
                     let s = r.stats();
-                    v["relay"] = serde_json::json!({
-                        "packets_relayed": s.packets_relayed,
-                        "packets_lost": s.packets_lost,
-                        "packets_dropped": s.packets_dropped,
-                        "active_sessions": s.active_sessions,
-                        "recordings_started": s.recordings_started,
-                    });
-                }
-                v
-            }
-            None => serde_json::json!({ "active": false, "error": self.error }),
+                    tandem_api::RelayCounters {
+                        packets_relayed: s.packets_relayed,
+                        packets_lost: s.packets_lost,
+                        packets_dropped: s.packets_dropped,
+                        active_sessions: s.active_sessions,
+                        recordings_started: s.recordings_started,
+                    }
+                }),
+            })),
+            None => tandem_api::SipServiceState::NotRunning {
+                active: false,
+                error: self.error.clone(),
+            },
         }
     }
 
@@ -376,6 +377,7 @@ pub async fn start(
     replica: Arc<Replica>,
     alarms: Arc<AlarmService>,
     roles: Arc<crate::run::role::RoleState>,
+    tasks: &super::Tasks,
 ) -> Arc<SipRuntime> {
     use std::net::SocketAddr;
     let failed = |error: String| {
@@ -455,7 +457,7 @@ pub async fn start(
     // failover; only its retransmission 500 ms later was answered).
     let weak = Arc::downgrade(&rt);
     let mut role = roles.subscribe();
-    tokio::spawn(async move {
+    tasks.spawn("sip role follower", async move {
         loop {
             let Some(rt) = weak.upgrade() else { return };
             if let Some(h) = &rt.handle {
@@ -471,7 +473,7 @@ pub async fn start(
             }
         }
     });
-    tokio::spawn(expire_bindings(replica));
+    tasks.spawn("registration expiry", expire_bindings(replica));
     rt
 }
 

@@ -41,3 +41,47 @@ pub struct StoredUser {
     #[serde(default)]
     pub display_name: Option<String>,
 }
+
+/// Shortest SIP password accepted.
+pub const MIN_PASSWORD: usize = 8;
+
+/// Check a user's password (`ext` names it in the message).
+pub fn check_password(ext: &str, password: &str) -> Result<(), String> {
+    if password.len() < MIN_PASSWORD || password.chars().any(char::is_control) {
+        return Err(format!(
+            "password of {ext}: use at least {MIN_PASSWORD} printable characters"
+        ));
+    }
+    Ok(())
+}
+
+/// Check one `sip.*` key before it is proposed.
+pub fn validate(key: &str, value: &serde_json::Value) -> Result<(), super::SettingError> {
+    use super::SettingError;
+    if let Some(ext) = key.strip_prefix(USER_PREFIX) {
+        check_extension(ext).map_err(|p| {
+            SettingError::new(key, p, "use `tandem sip user add <ext> --password …`")
+        })?;
+        let user: StoredUser = serde_json::from_value(value.clone()).map_err(|e| {
+            SettingError::new(
+                key,
+                format!("not a SIP user: {e}"),
+                "set {\"password\": \"…\", \"display_name\": \"…\"} or use `tandem sip user add`",
+            )
+        })?;
+        return check_password(ext, &user.password)
+            .map_err(|p| SettingError::new(key, p, "choose a longer password"));
+    }
+    if key.starts_with(BINDING_PREFIX) {
+        return Err(SettingError::new(
+            key,
+            "registrations are written by the registrar when a phone registers",
+            "register the phone instead (see `tandem sip status`)",
+        ));
+    }
+    Err(SettingError::new(
+        key,
+        "unknown SIP setting",
+        format!("SIP users are {USER_PREFIX}<extension> (`tandem sip user add`)"),
+    ))
+}

@@ -5,7 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use serde_json::json;
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use tandem_alarms::outbox::{QueuedMail, QUEUE_PREFIX};
+use tandem_api::{AlarmHistory, AlarmStatus, AlarmTestSent};
 use tokio::io::AsyncBufReadExt;
 
 use super::*;
@@ -174,13 +177,32 @@ fn header(mail: &str, name: &str) -> Option<String> {
 }
 
 async fn set(c: &Client, key: &str, value: Value) {
-    c.send_json(
-        reqwest::Method::PUT,
-        &format!("/api/v1/config/{key}"),
-        &value,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("setting {key}: {e}"));
+    c.config_set(key, &value)
+        .await
+        .unwrap_or_else(|e| panic!("setting {key}: {e}"));
+}
+
+/// The mails queued in the replicated outbox (`outbox.*` config entries), as stored.
+async fn outbox(c: &Client) -> Result<Vec<QueuedMail>, ClientError> {
+    let list = c.config_list(Some(QUEUE_PREFIX)).await?;
+    Ok(list
+        .config
+        .into_iter()
+        .map(|e| {
+            serde_json::from_value(e.value.clone())
+                .unwrap_or_else(|err| panic!("{} is not a queued mail: {err}: {e:?}", e.key))
+        })
+        .collect())
+}
+
+/// The `--json` output of a successful CLI run, decoded as `T`.
+fn cli_json<T: DeserializeOwned>(out: &std::process::Output) -> T {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not the documented --json answer: {e}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
 
 async fn alarm_test(cluster: &LocalCluster, extra: &[&str]) -> std::process::Output {
@@ -244,9 +266,9 @@ async fn test_mail_over_plain_smtp_arrives_once_and_bad_port_names_host_port_cau
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let message_id = v["message_id"].as_str().unwrap().to_string();
-    assert_eq!(v["server"], format!("127.0.0.1:{}", smtp.port));
+    let v: AlarmTestSent = cli_json(&out);
+    let message_id = v.message_id.clone();
+    assert_eq!(v.server, format!("127.0.0.1:{}", smtp.port));
 
     let mails = smtp.wait_mails(1).await;
     assert_eq!(mails.len(), 1, "exactly one mail: {mails:#?}");
@@ -284,13 +306,9 @@ async fn test_mail_over_plain_smtp_arrives_once_and_bad_port_names_host_port_cau
         "{err}"
     );
     // The API answers 502 with the same text.
-    let api_err = c
-        .send_json(reqwest::Method::POST, "/api/v1/alarms/test", &json!({}))
-        .await
-        .unwrap_err()
-        .to_string();
+    let api_err = c.alarm_test(None).await.unwrap_err();
     assert!(
-        api_err.contains("HTTP 502") && api_err.contains(&format!("127.0.0.1:{bad}")),
+        api_err.status() == Some(502) && api_err.to_string().contains(&format!("127.0.0.1:{bad}")),
         "{api_err}"
     );
     // A fallback smarthost takes over when the primary is down.
@@ -367,17 +385,17 @@ async fn test_mail_over_starttls_with_a_private_ca() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: AlarmTestSent = cli_json(&out);
     let mails = smtp.wait_mails(1).await;
     assert_eq!(mails.len(), 1);
     assert_eq!(header(&mails[0], "X-Test-Tls").as_deref(), Some("True"));
     assert_eq!(
         header(&mails[0], "Message-ID").as_deref(),
-        v["message_id"].as_str()
+        Some(v.message_id.as_str())
     );
 }
 
-async fn alarm_cmd(cluster: &LocalCluster, what: &str) -> Value {
+async fn alarm_cmd<T: DeserializeOwned>(cluster: &LocalCluster, what: &str) -> T {
     let out = tokio::process::Command::new(exe())
         .args(["alarm", what, "--json", "--config"])
         .arg(&cluster.nodes[0].config)
@@ -390,7 +408,7 @@ async fn alarm_cmd(cluster: &LocalCluster, what: &str) -> Value {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    cli_json(&out)
 }
 
 /// The node's own alarm pipeline (sources → rules → routing → outbox → SMTP):
@@ -404,8 +422,8 @@ async fn the_node_mails_alarm_notes_through_its_outbox() {
     let cluster = one_node().await;
     let c = cluster.nodes[0].client().unwrap();
     mail_to_noc(&c, smtp.port).await;
-    let v = alarm_cmd(&cluster, "list").await;
-    assert_eq!(v["active"], json!([]), "{v}");
+    let v: AlarmStatus = alarm_cmd(&cluster, "list").await;
+    assert!(v.active.is_empty(), "{v:?}");
 
     set(&c, "alarm.maintenance", json!(true)).await;
     let mails = smtp.wait_mails(1).await;
@@ -415,13 +433,17 @@ async fn the_node_mails_alarm_notes_through_its_outbox() {
         Some("[INFO][tandem][node-1] Maintenance mode")
     );
     assert!(mails[0].contains("switched on"), "{}", mails[0]);
-    let v = alarm_cmd(&cluster, "list").await;
-    assert_eq!(v["maintenance"], true, "{v}");
-    assert_eq!(v["mails_sent"], 1, "{v}");
-    let h = alarm_cmd(&cluster, "history").await;
-    assert_eq!(h["history"][0]["outcome"], "sent", "{h}");
+    let v: AlarmStatus = alarm_cmd(&cluster, "list").await;
+    assert!(v.maintenance, "{v:?}");
+    assert_eq!(v.mails_sent, 1, "{v:?}");
+    let h: AlarmHistory = alarm_cmd(&cluster, "history").await;
+    let newest = h
+        .history
+        .first()
+        .unwrap_or_else(|| panic!("no history: {h:?}"));
+    assert_eq!(newest.outcome, "sent", "{h:?}");
     assert_eq!(
-        h["history"][0]["message_id"].as_str(),
+        Some(newest.message_id.as_str()),
         header(&mails[0], "Message-ID").as_deref()
     );
 
@@ -573,10 +595,9 @@ async fn queued_mails_survive_the_masters_death_and_go_out_once() {
     cluster.nodes[victim].kill();
     let t0 = Instant::now();
     let queued = loop {
-        let v = c.get("/api/v1/config?prefix=outbox.").await.unwrap();
-        let n = v["config"].as_array().map(|a| a.len()).unwrap_or(0);
-        if n > 0 {
-            break v;
+        let q = outbox(&c).await.unwrap();
+        if !q.is_empty() {
+            break q;
         }
         assert!(
             t0.elapsed() < Duration::from_secs(20),
@@ -584,12 +605,7 @@ async fn queued_mails_survive_the_masters_death_and_go_out_once() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let queued_ids: HashSet<String> = queued["config"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["value"]["message_id"].as_str().unwrap().to_string())
-        .collect();
+    let queued_ids: HashSet<String> = queued.into_iter().map(|q| q.message_id).collect();
     // Now the master dies with the mail still queued.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let old_master = format!("node-{}", cluster.nodes[m].id);
@@ -648,13 +664,13 @@ async fn queued_mails_survive_the_masters_death_and_go_out_once() {
     let nc = cluster.nodes[victim].client().unwrap();
     let t0 = Instant::now();
     loop {
-        let v = nc.get("/api/v1/config?prefix=outbox.").await.unwrap();
-        if v["config"].as_array().is_some_and(|a| a.is_empty()) {
+        let q = outbox(&nc).await.unwrap();
+        if q.is_empty() {
             break;
         }
         assert!(
             t0.elapsed() < Duration::from_secs(20),
-            "outbox not emptied: {v}"
+            "outbox not emptied: {q:?}"
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -676,18 +692,16 @@ async fn a_flapping_node_gives_one_flapping_mail_not_dozens() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let victim = (m + 1) % 3;
     let name = format!("node-{}", cluster.nodes[victim].id);
-    let down = |v: &Value| {
-        v["active"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|a| a["id"] == "cluster.node_down" && a["subject"] == name.as_str())
+    let down = |v: &AlarmStatus| {
+        v.active
+            .iter()
+            .any(|a| a.id == "cluster.node_down" && a.subject == name)
     };
     // Six down/up cycles (12 state changes).
     for cycle in 0..6 {
         cluster.nodes[victim].kill();
         let t0 = Instant::now();
-        while !down(&c.get("/api/v1/alarms").await.unwrap()) {
+        while !down(&c.alarms().await.unwrap()) {
             assert!(
                 t0.elapsed() < Duration::from_secs(15),
                 "cycle {cycle}: node down not seen"
@@ -696,7 +710,7 @@ async fn a_flapping_node_gives_one_flapping_mail_not_dozens() {
         }
         cluster.start(victim).unwrap();
         let t0 = Instant::now();
-        while down(&c.get("/api/v1/alarms").await.unwrap()) {
+        while down(&c.alarms().await.unwrap()) {
             assert!(
                 t0.elapsed() < Duration::from_secs(20),
                 "cycle {cycle}: node back not seen"
@@ -754,12 +768,8 @@ async fn smtp_down_two_minutes_then_every_mail_arrives_once() {
             }
             step += 1;
         }
-        if let Ok(v) = c.get("/api/v1/config?prefix=outbox.").await {
-            for e in v["config"].as_array().into_iter().flatten() {
-                if let Some(id) = e["value"]["message_id"].as_str() {
-                    queued.insert(id.to_string());
-                }
-            }
+        if let Ok(q) = outbox(&c).await {
+            queued.extend(q.into_iter().map(|q| q.message_id));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -899,13 +909,8 @@ async fn alarm_recipients_routes_and_silences_from_the_cli() {
     let (ok, out) = run(&["silence", "y", "--for", "1h"]);
     assert!(!ok && out.contains("--alarm"), "{out}");
     let c = cluster.nodes[0].client().unwrap();
-    let v = c.get("/api/v1/config?prefix=alarm.").await.unwrap();
-    let keys: Vec<&str> = v["config"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["key"].as_str())
-        .collect();
+    let v = c.config_list(Some("alarm.")).await.unwrap();
+    let keys: Vec<&str> = v.config.iter().map(|e| e.key.as_str()).collect();
     assert_eq!(
         keys,
         [
@@ -913,7 +918,7 @@ async fn alarm_recipients_routes_and_silences_from_the_cli() {
             "alarm.route.cluster",
             "alarm.silence.disk"
         ],
-        "{v}"
+        "{v:?}"
     );
     let (ok, out) = run(&["unsilence", "disk"]);
     assert!(ok, "{out}");

@@ -35,13 +35,13 @@ async fn api_serves_https_with_the_configured_certificate() {
     .unwrap();
     let t0 = Instant::now();
     let health = loop {
-        match anon.get("/health").await {
-            Ok(v) if v["role"] == "master" => break v,
+        match anon.health().await {
+            Ok(h) if h.role == "master" => break h,
             _ if t0.elapsed() > Duration::from_secs(20) => panic!("no HTTPS /health"),
             _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     };
-    assert_eq!(health["node_id"], 1);
+    assert_eq!(health.node_id, 1);
     // The CLI finds the scheme and the certificate through the config file.
     let out = tokio::process::Command::new(exe())
         .args(["status", "--json", "--config"])
@@ -56,7 +56,7 @@ async fn api_serves_https_with_the_configured_certificate() {
     );
     // Plain HTTP on the same port gets nothing useful.
     let plain = Client::new(format!("http://{}", cluster.nodes[0].api_addr), None).unwrap();
-    assert!(plain.get("/health").await.is_err());
+    assert!(plain.health().await.is_err());
 }
 
 #[tokio::test]

@@ -16,10 +16,8 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use tandem::client::Client;
-use tandem::demo::LocalCluster;
-use tandem_replication::cdr::Cdr;
+use tandem_api::{Cdr, CdrFilter, CdrPage, CdrsAdded, Client, ClientError, ConfigEntry, Health};
+use tandem_harness::LocalCluster;
 
 pub fn exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tandem"))
@@ -52,18 +50,15 @@ pub fn cdr(i: usize) -> Cdr {
 /// Every CDR id a node holds (local read, paged).
 pub async fn ids_on(client: &Client) -> anyhow::Result<HashSet<String>> {
     let mut ids = HashSet::new();
-    let mut cursor: Option<String> = None;
+    let mut filter = CdrFilter {
+        limit: Some(10_000),
+        ..CdrFilter::default()
+    };
     for _ in 0..1000 {
-        let path = match &cursor {
-            Some(c) => format!("/api/v1/cdrs?limit=10000&cursor={c}"),
-            None => "/api/v1/cdrs?limit=10000".to_string(),
-        };
-        let v = client.get(&path).await?;
-        for r in v["cdrs"].as_array().into_iter().flatten() {
-            ids.insert(r["id"].as_str().unwrap_or_default().to_string());
-        }
-        match v["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_string()),
+        let page = client.cdrs_query(&filter).await?;
+        ids.extend(page.cdrs.iter().map(|c| c.id.to_string()));
+        match page.next_cursor {
+            Some(c) => filter.cursor = Some(c),
             None => break,
         }
     }
@@ -86,8 +81,19 @@ pub async fn wait_for_ids(
     }
 }
 
-pub async fn health(c: &Client) -> Value {
-    c.get("/health").await.unwrap_or(Value::Null)
+/// `/health` of a node, or None if it does not answer.
+pub async fn health(c: &Client) -> Option<Health> {
+    c.health().await.ok()
+}
+
+/// The role a node reports on `/health` (None if it does not answer).
+pub async fn role(c: &Client) -> Option<String> {
+    health(c).await.map(|h| h.role)
+}
+
+/// POST a body as given to `/api/v1/cdrs`: the status and the decoded answer.
+pub async fn post_cdrs(c: &Client, body: Vec<u8>) -> Result<(u16, CdrsAdded), ClientError> {
+    c.post_raw::<CdrsAdded>("/api/v1/cdrs", body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,14 +102,14 @@ async fn cdrs_written_to_master_are_read_from_each_standby() {
     let m = cluster.master().await.expect("master");
     let cdrs: Vec<Cdr> = (0..200).map(cdr).collect();
     let want: HashSet<String> = cdrs.iter().map(|c| c.id.to_string()).collect();
-    let (status, v) = cluster.nodes[m]
-        .client()
-        .unwrap()
-        .post_raw("/api/v1/cdrs", serde_json::to_vec(&cdrs).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(status, 201, "{v}");
-    assert_eq!(v["inserted"], 200);
+    let (status, v) = post_cdrs(
+        &cluster.nodes[m].client().unwrap(),
+        serde_json::to_vec(&cdrs).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{v:?}");
+    assert_eq!(v.inserted, 200);
     for (i, n) in cluster.nodes.iter().enumerate() {
         if i == m {
             continue;
@@ -111,18 +117,23 @@ async fn cdrs_written_to_master_are_read_from_each_standby() {
         let c = n.client().unwrap();
         let have = wait_for_ids(&c, &want, Duration::from_secs(10)).await;
         assert_eq!(have, want, "standby node {} lacks CDRs", n.id);
-        assert_eq!(health(&c).await["role"], "standby");
+        assert_eq!(role(&c).await.as_deref(), Some("standby"));
     }
     // The standby's JSON page and CSV export hold exactly the records written, in
     // start-time order (both are written straight from the stored bytes).
     let mut sorted = cdrs.clone();
     sorted.sort_by_key(|c| (c.start, c.id));
     let sc = cluster.nodes[(m + 1) % 3].client().unwrap();
-    let page = sc.get("/api/v1/cdrs?limit=1000").await.unwrap();
-    let got: Vec<Cdr> = serde_json::from_value(page["cdrs"].clone()).unwrap();
-    assert_eq!(got, sorted, "JSON page differs from what was written");
+    let page = sc
+        .cdrs_query(&CdrFilter {
+            limit: Some(1000),
+            ..CdrFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.cdrs, sorted, "JSON page differs from what was written");
     let mut csv_text = Vec::new();
-    sc.download("/api/v1/cdrs?format=csv", &mut csv_text)
+    sc.cdrs_export(&CdrFilter::default(), &mut csv_text)
         .await
         .unwrap();
     let mut want = csv::Writer::from_writer(Vec::new());
@@ -139,56 +150,47 @@ async fn cdrs_written_to_master_are_read_from_each_standby() {
     // A write sent to a standby is forwarded to the master and committed.
     let standby = (m + 1) % 3;
     let extra = cdr(10_000);
-    let (status, v) = cluster.nodes[standby]
-        .client()
-        .unwrap()
-        .post_raw("/api/v1/cdrs", serde_json::to_vec(&extra).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(status, 201, "{v}");
+    let (status, v) = post_cdrs(
+        &cluster.nodes[standby].client().unwrap(),
+        serde_json::to_vec(&extra).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{v:?}");
     // Retrying the same write does not duplicate it (idempotent on id).
-    let (status, v) = cluster.nodes[m]
-        .client()
-        .unwrap()
-        .post_raw("/api/v1/cdrs", serde_json::to_vec(&extra).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(
-        (status, v["inserted"].as_u64(), v["duplicates"].as_u64()),
-        (201, Some(0), Some(1))
-    );
+    let (status, v) = post_cdrs(
+        &cluster.nodes[m].client().unwrap(),
+        serde_json::to_vec(&extra).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!((status, v.inserted, v.duplicates), (201, 0, 1));
     // Strong read on a standby sees the forwarded write immediately.
-    let v = cluster.nodes[standby]
+    let page: CdrPage = cluster.nodes[standby]
         .client()
         .unwrap()
-        .get(&format!(
-            "/api/v1/cdrs?consistency=strong&caller={}&limit=10000",
-            extra.caller
-        ))
+        .cdrs_query(&CdrFilter {
+            strong: true,
+            caller: Some(extra.caller.clone()),
+            limit: Some(10_000),
+            ..CdrFilter::default()
+        })
         .await
         .unwrap();
-    assert!(v["cdrs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|r| r["id"] == extra.id.to_string()));
+    assert!(page.cdrs.iter().any(|r| r.id == extra.id));
     // Config written on a standby is readable everywhere.
-    let (status, _) = cluster.nodes[standby]
+    let (created, _) = cluster.nodes[standby]
         .client()
         .unwrap()
-        .send_json(
-            reqwest::Method::PUT,
-            "/api/v1/config/retention.cdr_days",
-            &serde_json::json!(365),
-        )
+        .config_set("retention.cdr_days", &serde_json::json!(365))
         .await
         .unwrap();
-    assert_eq!(status, 201);
-    let v = cluster.nodes[m]
+    assert!(created, "PUT of a new key must answer 201");
+    let e: ConfigEntry = cluster.nodes[m]
         .client()
         .unwrap()
         .get("/api/v1/config/retention.cdr_days?consistency=strong")
         .await
         .unwrap();
-    assert_eq!(v["value"], 365);
+    assert_eq!(e.value, 365);
 }

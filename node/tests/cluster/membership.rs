@@ -23,36 +23,34 @@ async fn new_node_joins_via_snapshot_after_log_compaction() {
     for i in 0..200 {
         let x = cdr(50_000 + i);
         want.insert(x.id.to_string());
-        let (s, _) = c
-            .post_raw("/api/v1/cdrs", serde_json::to_vec(&x).unwrap())
+        let (s, _) = post_cdrs(&c, serde_json::to_vec(&x).unwrap())
             .await
             .unwrap();
         assert_eq!(s, 201);
     }
     let v = cluster
         .wait_for(Duration::from_secs(10), "log purged on the leader", |v| {
-            v["purged_index"].as_u64().unwrap_or(0) > 0
+            v.purged_index.unwrap_or(0) > 0
         })
         .await
         .unwrap();
-    eprintln!("leader purged up to {}", v["purged_index"]);
+    eprintln!("leader purged up to {}", v.purged_index.unwrap_or(0));
     cluster.nodes.push(joiner);
     // The token as an installer fetches it: from node 1's API (only node 1 has it).
     let on_disk = std::fs::read_to_string(cluster.nodes[0].dir.join("tls/join.token")).unwrap();
     let served = cluster.nodes[0]
         .client()
         .unwrap()
-        .get("/api/v1/cluster/join-token")
+        .join_token()
         .await
         .unwrap();
-    assert_eq!(served["token"].as_str(), Some(on_disk.trim()), "{served}");
-    let other = cluster.nodes[1]
-        .client()
-        .unwrap()
-        .get("/api/v1/cluster/join-token")
-        .await;
-    assert!(other.is_err(), "node 2 has no CA key, yet served a token");
-    let token = served["token"].as_str().unwrap().to_string();
+    assert_eq!(served.token, on_disk.trim(), "{served:?}");
+    let other = cluster.nodes[1].client().unwrap().join_token().await;
+    assert!(
+        other.is_err(),
+        "node 2 has no CA key, yet served a token: {other:?}"
+    );
+    let token = served.token;
     let out = tokio::process::Command::new(exe())
         .args([
             "join",
@@ -73,7 +71,7 @@ async fn new_node_joins_via_snapshot_after_log_compaction() {
     cluster.start(3).unwrap();
     cluster
         .wait_for(Duration::from_secs(30), "node 4 to become a voter", |v| {
-            v["voters"] == 4
+            v.voters == 4
         })
         .await
         .unwrap();
@@ -84,10 +82,10 @@ async fn new_node_joins_via_snapshot_after_log_compaction() {
         "joined node lacks {} CDRs",
         want.difference(&have).count()
     );
-    let view = c4.get("/api/v1/cluster").await.unwrap();
+    let view = c4.cluster().await.unwrap();
     assert!(
-        view["snapshot_index"].as_u64().is_some(),
-        "node 4 did not install a snapshot: {view}"
+        view.snapshot_index.is_some(),
+        "node 4 did not install a snapshot: {view:?}"
     );
 }
 
@@ -151,7 +149,7 @@ async fn wrong_token_or_foreign_certificate_is_refused() {
     );
     // And the refusal is logged clearly on the node.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let log = std::fs::read_to_string(tandem::demo::node_log(&cluster.nodes[0].dir)).unwrap();
+    let log = std::fs::read_to_string(cluster.nodes[0].log_path()).unwrap();
     assert!(
         log.contains("peer refused"),
         "no refusal in the node log:\n{log}"
@@ -159,11 +157,10 @@ async fn wrong_token_or_foreign_certificate_is_refused() {
     assert!(log.contains("join refused: wrong token"), "{log}");
     assert_eq!(
         cluster
-            .wait_for(Duration::from_secs(2), "1 voter", |v| v["voters"] == 1)
+            .wait_for(Duration::from_secs(2), "1 voter", |v| v.voters == 1)
             .await
-            .unwrap()["members"]
-            .as_array()
             .unwrap()
+            .members
             .len(),
         1
     );
@@ -199,7 +196,7 @@ async fn five_voters_form_leave_shrinks_to_four_which_survive_a_failure() {
     );
     cluster
         .wait_for(Duration::from_secs(10), "4 voters after leave", |v| {
-            v["voters"] == 4
+            v.voters == 4
         })
         .await
         .unwrap();
@@ -209,12 +206,12 @@ async fn five_voters_form_leave_shrinks_to_four_which_survive_a_failure() {
     let victim = (m + 1) % 4;
     cluster.nodes[victim].kill();
     let x = cdr(70_000);
-    let (s, _) = cluster.nodes[m]
-        .client()
-        .unwrap()
-        .post_raw("/api/v1/cdrs", serde_json::to_vec(&x).unwrap())
-        .await
-        .unwrap();
+    let (s, _) = post_cdrs(
+        &cluster.nodes[m].client().unwrap(),
+        serde_json::to_vec(&x).unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(s, 201);
     let want: HashSet<String> = [x.id.to_string()].into();
     for (i, n) in cluster.nodes.iter().enumerate().take(4) {
@@ -231,33 +228,28 @@ async fn two_voters_commit_only_with_both_and_status_says_so() {
     let mut cluster = LocalCluster::prepare(exe(), 2, &["127.0.0.1", "127.0.0.2"], "").unwrap();
     cluster.bootstrap().await.unwrap();
     let m = cluster.master().await.unwrap();
-    let view = cluster.nodes[m]
-        .client()
-        .unwrap()
-        .get("/api/v1/cluster")
-        .await
-        .unwrap();
+    let view = cluster.nodes[m].client().unwrap().cluster().await.unwrap();
     assert!(
-        view["notes"]
-            .to_string()
-            .contains("2 voters: a write needs both"),
-        "{view}"
+        view.notes
+            .iter()
+            .any(|n| n.contains("2 voters: a write needs both")),
+        "{view:?}"
     );
-    let (s, _) = cluster.nodes[m]
-        .client()
-        .unwrap()
-        .post_raw("/api/v1/cdrs", serde_json::to_vec(&cdr(1)).unwrap())
-        .await
-        .unwrap();
+    let (s, _) = post_cdrs(
+        &cluster.nodes[m].client().unwrap(),
+        serde_json::to_vec(&cdr(1)).unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(s, 201);
     // With the other voter gone, a write is not acknowledged.
     cluster.nodes[1 - m].kill();
     let res = tokio::time::timeout(
         Duration::from_secs(4),
-        cluster.nodes[m]
-            .client()
-            .unwrap()
-            .post_raw("/api/v1/cdrs", serde_json::to_vec(&cdr(2)).unwrap()),
+        post_cdrs(
+            &cluster.nodes[m].client().unwrap(),
+            serde_json::to_vec(&cdr(2)).unwrap(),
+        ),
     )
     .await;
     assert!(

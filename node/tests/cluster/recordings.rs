@@ -3,6 +3,8 @@
 //! standby re-fetches everything, retention.
 
 use sha2::{Digest, Sha256};
+use tandem_api::{Recording, RecordingUnavailable};
+use tandem_harness::LocalNode;
 
 use super::*;
 
@@ -30,7 +32,7 @@ async fn upload(
     id: &str,
     data: &[u8],
     wait_s: u64,
-) -> (u16, Value) {
+) -> (u16, Recording) {
     let f = dir.join(format!("{id}.upload"));
     std::fs::write(&f, data).unwrap();
     let r = c
@@ -50,9 +52,10 @@ async fn upload(
     r
 }
 
-/// GET a recording with an optional Range header: (status, bytes, headers).
+/// GET a recording with an optional Range header: (status, bytes, headers). Plain
+/// reqwest: the test checks statuses, headers and bytes, none of which is JSON.
 async fn fetch(
-    node: &tandem::demo::LocalNode,
+    node: &LocalNode,
     id: &str,
     range: Option<&str>,
 ) -> (u16, Vec<u8>, reqwest::header::HeaderMap) {
@@ -69,32 +72,39 @@ async fn fetch(
     (status, resp.bytes().await.unwrap().to_vec(), headers)
 }
 
-async fn set_cap(c: &Client, kbps: u64) {
-    let (s, v) = c
+/// PUT a config value; asserts the answer is 200 (updated) or 201 (created).
+async fn put_config(c: &Client, key: &str, value: &serde_json::Value) {
+    let (s, e): (u16, ConfigEntry) = c
         .send_json(
             reqwest::Method::PUT,
-            "/api/v1/config/replication.recording_bandwidth_kbps",
-            &serde_json::json!(kbps),
+            &format!("/api/v1/config/{key}"),
+            value,
         )
         .await
         .unwrap();
-    assert!(s == 200 || s == 201, "{v}");
+    assert!(s == 200 || s == 201, "{s}: {e:?}");
+    assert_eq!(e.key, key, "{e:?}");
+}
+
+async fn set_cap(c: &Client, kbps: u64) {
+    put_config(
+        c,
+        "replication.recording_bandwidth_kbps",
+        &serde_json::json!(kbps),
+    )
+    .await;
     // The sync re-reads the cap every second.
     tokio::time::sleep(Duration::from_millis(1200)).await;
 }
 
-async fn wait_holders(c: &Client, id: &str, want: usize, timeout: Duration) -> Value {
+/// The recording `id` once `want` nodes hold it, or as it is at `timeout` (None if
+/// not listed at all).
+async fn wait_holders(c: &Client, id: &str, want: usize, timeout: Duration) -> Option<Recording> {
     let t0 = Instant::now();
     loop {
-        let v = c.get("/api/v1/recordings?limit=10000").await.unwrap();
-        let r = v["recordings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["id"] == id)
-            .cloned()
-            .unwrap_or(Value::Null);
-        if r["holders"].as_array().is_some_and(|h| h.len() >= want) || t0.elapsed() > timeout {
+        let list = c.recordings("?limit=10000").await.unwrap();
+        let r = list.recordings.into_iter().find(|r| r.id == id);
+        if r.as_ref().is_some_and(|r| r.holders.len() >= want) || t0.elapsed() > timeout {
             return r;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -115,8 +125,8 @@ async fn upload_is_stored_once_a_standby_holds_it_and_the_standby_serves_ranges(
         // Seen as pending from a standby while the upload waits.
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(20) {
-            if let Ok(v) = observer.get("/api/v1/recordings?state=pending").await {
-                if v["recordings"].as_array().is_some_and(|a| !a.is_empty()) {
+            if let Ok(v) = observer.recordings("?state=pending").await {
+                if !v.recordings.is_empty() {
                     return true;
                 }
             }
@@ -127,17 +137,12 @@ async fn upload_is_stored_once_a_standby_holds_it_and_the_standby_serves_ranges(
     let t0 = Instant::now();
     let (status, v) = upload(&c, &cluster.root, id, &data, 120).await;
     let took = t0.elapsed();
-    assert_eq!(status, 201, "{v}");
-    assert_eq!(v["state"], "stored");
-    assert_eq!(v["sha256"], sha(&data));
-    assert_eq!(v["size"], data.len() as u64);
-    let holders: Vec<u64> = v["holders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h.as_u64().unwrap())
-        .collect();
-    assert!(holders.len() >= 2, "{v}");
+    assert_eq!(status, 201, "{v:?}");
+    assert_eq!(v.state, "stored");
+    assert_eq!(v.sha256, sha(&data));
+    assert_eq!(v.size, data.len() as u64);
+    let holders: Vec<u64> = v.holders.clone();
+    assert!(holders.len() >= 2, "{v:?}");
     assert!(
         watch.await.unwrap(),
         "the recording was never seen pending before 201"
@@ -172,38 +177,37 @@ async fn upload_is_stored_once_a_standby_holds_it_and_the_standby_serves_ranges(
     set_cap(&c, 8).await; // 1 kB/s: the next copy stays pending
     let small = body(200_000, 2);
     let (status, v) = upload(&c, &cluster.root, "rec-slow", &small, 0).await;
-    assert_eq!(status, 202, "{v}");
-    assert_eq!(v["state"], "pending");
+    assert_eq!(status, 202, "{v:?}");
+    assert_eq!(v.state, "pending");
     let (s, body503, _) = fetch(&cluster.nodes[standby], "rec-slow", None).await;
     assert_eq!(s, 503);
-    let e: Value = serde_json::from_slice(&body503).unwrap();
-    assert_eq!(e["held_by"], serde_json::json!([m as u64 + 1]), "{e}");
-    assert!(
-        e["error"].as_str().unwrap().contains("not yet replicated"),
-        "{e}"
-    );
+    let e: RecordingUnavailable = serde_json::from_slice(&body503)
+        .unwrap_or_else(|err| panic!("{err}: {}", String::from_utf8_lossy(&body503)));
+    assert_eq!(e.held_by, [m as u64 + 1], "{e:?}");
+    assert!(e.error.contains("not yet replicated"), "{e:?}");
     // Status shows the backlog on the standby (once its sync has seen the metadata).
     let sc = cluster.nodes[standby].client().unwrap();
     let t0 = Instant::now();
     loop {
-        let view = sc.get("/api/v1/cluster").await.unwrap();
-        if view["recording_sync"]["files"].as_u64() == Some(1) {
-            assert!(
-                view["recording_sync"]["bytes"].as_u64().unwrap() > 0,
-                "{view}"
-            );
+        let view = sc.cluster().await.unwrap();
+        if let Some(sync) = view.recording_sync.as_ref().filter(|s| s.files == 1) {
+            assert!(sync.bytes > 0, "{view:?}");
             break;
         }
         assert!(
             t0.elapsed() < Duration::from_secs(5),
-            "no backlog shown: {view}"
+            "no backlog shown: {view:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Lifting the cap at run time lets it complete.
     set_cap(&c, 0).await;
     let r = wait_holders(&c, "rec-slow", 3, Duration::from_secs(20)).await;
-    assert_eq!(r["state"], "stored", "{r}");
+    assert_eq!(
+        r.as_ref().map(|r| r.state.as_str()),
+        Some("stored"),
+        "{r:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,7 +218,7 @@ async fn standby_killed_mid_transfer_resumes_where_it_stopped() {
     set_cap(&c, 40_000).await; // 5 MB/s: 50 MB take ~10 s
     let data = body(50 * 1024 * 1024, 3);
     let (status, v) = upload(&c, &cluster.root, "rec-resume", &data, 0).await;
-    assert_eq!(status, 202, "{v}");
+    assert_eq!(status, 202, "{v:?}");
     let victim = (m + 1) % 3;
     let part = cluster.nodes[victim].dir.join("recordings/rec-resume.part");
     let t0 = Instant::now();
@@ -237,18 +241,15 @@ async fn standby_killed_mid_transfer_resumes_where_it_stopped() {
     let victim_id = victim as u64 + 1;
     let t0 = Instant::now();
     loop {
-        let r = wait_holders(&c, "rec-resume", 1, Duration::from_secs(1)).await;
-        if r["holders"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|h| h == victim_id)
-        {
+        let r = wait_holders(&c, "rec-resume", 1, Duration::from_secs(1))
+            .await
+            .expect("rec-resume is not listed");
+        if r.holders.contains(&victim_id) {
             break;
         }
         assert!(
             t0.elapsed() < Duration::from_secs(60),
-            "node {victim_id} never completed: {r}"
+            "node {victim_id} never completed: {r:?}"
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -276,9 +277,11 @@ async fn damaged_chunk_is_detected_and_fetched_again() {
     let data = body(5 * 1024 * 1024, 4);
     // Upload to node 1 (the only holder at first), whatever its role.
     let (status, v) = upload(&c, &cluster.root, "rec-damaged", &data, 60).await;
-    assert_eq!(status, 201, "{v}");
-    let r = wait_holders(&c, "rec-damaged", 3, Duration::from_secs(30)).await;
-    assert_eq!(r["holders"].as_array().unwrap().len(), 3, "{r}");
+    assert_eq!(status, 201, "{v:?}");
+    let r = wait_holders(&c, "rec-damaged", 3, Duration::from_secs(30))
+        .await
+        .expect("rec-damaged is not listed");
+    assert_eq!(r.holders.len(), 3, "{r:?}");
     let mut rejected = 0;
     for n in &cluster.nodes[1..] {
         let got = std::fs::read(n.dir.join("recordings/rec-damaged")).unwrap();
@@ -308,7 +311,7 @@ async fn wiped_standby_fetches_every_recording_again() {
         let data = body(1024 * 1024 + i * 1000, 10 + i as u64);
         let id = format!("rec-wipe-{i}");
         let (status, v) = upload(&c, &cluster.root, &id, &data, 60).await;
-        assert_eq!(status, 201, "{v}");
+        assert_eq!(status, 201, "{v:?}");
         want.push((id, sha(&data)));
     }
     let victim = (m + 1) % 3;
@@ -360,11 +363,10 @@ async fn retention_deletes_old_cdrs_and_recordings_on_every_node() {
         })
         .collect();
     for batch in [&old, &fresh] {
-        let (s, v) = c
-            .post_raw("/api/v1/cdrs", serde_json::to_vec(batch).unwrap())
+        let (s, v) = post_cdrs(&c, serde_json::to_vec(batch).unwrap())
             .await
             .unwrap();
-        assert_eq!(s, 201, "{v}");
+        assert_eq!(s, 201, "{v:?}");
     }
     let (s, _) = upload(&c, &cluster.root, "rec-old", &body(10_000, 5), 30).await;
     assert_eq!(s, 201);
@@ -373,11 +375,7 @@ async fn retention_deletes_old_cdrs_and_recordings_on_every_node() {
         ("retention.recording_days", serde_json::json!(0.00002)), // ~1.7 s
         ("retention.interval_s", serde_json::json!(1)),
     ] {
-        let (s, body) = c
-            .send_json(reqwest::Method::PUT, &format!("/api/v1/config/{k}"), &v)
-            .await
-            .unwrap();
-        assert!(s == 200 || s == 201, "{body}");
+        put_config(&c, k, &v).await;
     }
     let fresh_ids: HashSet<String> = fresh.iter().map(|c| c.id.to_string()).collect();
     for n in &cluster.nodes {
@@ -385,17 +383,17 @@ async fn retention_deletes_old_cdrs_and_recordings_on_every_node() {
         let t0 = Instant::now();
         loop {
             let ids = ids_on(&nc).await.unwrap();
-            let recs = nc.get("/api/v1/recordings").await.unwrap();
-            if ids == fresh_ids && recs["recordings"].as_array().unwrap().is_empty() {
+            let recs = nc.recordings("").await.unwrap();
+            if ids == fresh_ids && recs.recordings.is_empty() {
                 break;
             }
             assert!(
                 t0.elapsed() < Duration::from_secs(30),
-                "node {}: {} CDRs left (want the {} fresh ones), recordings {}",
+                "node {}: {} CDRs left (want the {} fresh ones), recordings {:?}",
                 n.id,
                 ids.len(),
                 fresh_ids.len(),
-                recs["recordings"]
+                recs.recordings
             );
             tokio::time::sleep(Duration::from_millis(300)).await;
         }

@@ -1,8 +1,19 @@
 //! Switchover and maintenance on a 127.0.0.x cluster (no VIP: roles only).
 
+use serde::de::DeserializeOwned;
+use tandem_api::Switchover;
+
 use super::*;
 
-async fn tandem_cmd(args: &[&str], config: &std::path::Path) -> Value {
+/// What `tandem maintenance on|off --json` prints (the CLI's own answer).
+#[derive(Debug, serde::Deserialize)]
+struct MaintenanceSet {
+    node: u64,
+    maintenance: bool,
+}
+
+/// Run `tandem <args> --json`; its output decoded as `T`.
+async fn tandem_cmd<T: DeserializeOwned>(args: &[&str], config: &std::path::Path) -> T {
     let out = tokio::process::Command::new(exe())
         .args(args)
         .args(["--json", "--config"])
@@ -15,7 +26,12 @@ async fn tandem_cmd(args: &[&str], config: &std::path::Path) -> Value {
         "tandem {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "tandem {args:?} --json: {e}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,13 +44,13 @@ async fn switchover_under_load_moves_the_master_and_loses_nothing() {
         900_000,
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let v = tandem_cmd(
+    let v: Switchover = tandem_cmd(
         &["switchover", "--to", &cluster.nodes[target].id.to_string()],
         &cluster.nodes[old].config,
     )
     .await;
-    assert_eq!(v["master"], cluster.nodes[target].id, "{v}");
-    eprintln!("switchover took {} ms", v["took_ms"]);
+    assert_eq!(v.master, cluster.nodes[target].id, "{v:?}");
+    eprintln!("switchover took {} ms", v.took_ms);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (acked, gap) = writer.finish_with_gap().await;
     eprintln!(
@@ -69,8 +85,9 @@ async fn switchover_under_load_moves_the_master_and_loses_nothing() {
 async fn a_master_in_maintenance_hands_over_and_is_not_reelected() {
     let mut cluster = three_nodes("").await;
     let old = cluster.master().await.unwrap();
-    let v = tandem_cmd(&["maintenance", "on"], &cluster.nodes[old].config).await;
-    assert_eq!(v["maintenance"], true);
+    let v: MaintenanceSet = tandem_cmd(&["maintenance", "on"], &cluster.nodes[old].config).await;
+    assert!(v.maintenance, "{v:?}");
+    assert_eq!(v.node, cluster.nodes[old].id, "{v:?}");
     let t0 = Instant::now();
     let new = loop {
         match cluster.master().await {
@@ -84,10 +101,10 @@ async fn a_master_in_maintenance_hands_over_and_is_not_reelected() {
     let view = cluster.nodes[old]
         .client()
         .unwrap()
-        .get("/api/v1/cluster")
+        .cluster()
         .await
         .unwrap();
-    assert_eq!(view["maintenance"], true);
+    assert!(view.maintenance, "{view:?}");
     // Kill the new master: the node in maintenance must not take over.
     cluster.nodes[new].kill();
     let third = (0..3).find(|i| *i != old && *i != new).unwrap();
@@ -104,11 +121,12 @@ async fn a_master_in_maintenance_hands_over_and_is_not_reelected() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(cluster.master().await, Some(third));
-    tandem_cmd(
+    let v: MaintenanceSet = tandem_cmd(
         &["maintenance", "off"],
         &cluster.nodes[third].config.clone(),
     )
     .await;
+    assert!(!v.maintenance, "{v:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,16 +142,11 @@ async fn two_data_nodes_and_a_witness_fail_over_and_the_witness_never_leads() {
     .unwrap();
     cluster.bootstrap().await.unwrap();
     assert_eq!(
-        health(&cluster.nodes[2].client().unwrap()).await["role"],
-        "witness"
+        role(&cluster.nodes[2].client().unwrap()).await.as_deref(),
+        Some("witness")
     );
-    let view = cluster.nodes[0]
-        .client()
-        .unwrap()
-        .get("/api/v1/cluster")
-        .await
-        .unwrap();
-    assert_eq!(view["data_voters"], 2, "{view}");
+    let view = cluster.nodes[0].client().unwrap().cluster().await.unwrap();
+    assert_eq!(view.data_voters, 2, "{view:?}");
     let first = cluster.master().await.unwrap();
     assert_ne!(first, 2, "the witness must never be master");
     // Kill the witness: nothing moves.
@@ -144,12 +157,12 @@ async fn two_data_nodes_and_a_witness_fail_over_and_the_witness_never_leads() {
         Some(first),
         "master changed when the witness died"
     );
-    let (s, _) = cluster.nodes[first]
-        .client()
-        .unwrap()
-        .post_raw("/api/v1/cdrs", serde_json::to_vec(&cdr(1)).unwrap())
-        .await
-        .unwrap();
+    let (s, _) = post_cdrs(
+        &cluster.nodes[first].client().unwrap(),
+        serde_json::to_vec(&cdr(1)).unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(s, 201, "2 of 3 voters must still commit");
     // Witness back; kill the master data node: the other data node takes over.
     cluster.start(2).unwrap();

@@ -1,5 +1,8 @@
 //! SIP users in the replicated config: add, list (no passwords), errors, remove.
 
+use tandem::settings::sip::StoredUser;
+use tandem_api::ConfigList;
+
 use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,10 +46,24 @@ async fn sip_users_are_replicated_and_passwords_never_shown() {
     assert!(!out.contains("s3cret"), "password shown: {out}");
     // Not through the generic config API either.
     let c = cluster.nodes[0].client().unwrap();
-    let v = c.get("/api/v1/config/sip.user.201").await.unwrap();
-    assert_eq!(v["value"]["password"], "***", "{v}");
-    let v = c.get("/api/v1/config?prefix=sip.").await.unwrap();
-    assert!(!v.to_string().contains("s3cret"), "{v}");
+    let e = c.config_get("sip.user.201").await.unwrap();
+    let user: StoredUser = serde_json::from_value(e.value.clone()).unwrap();
+    assert_eq!(user.password, "***", "{e:?}");
+    assert_eq!(user.display_name.as_deref(), Some("Reception"), "{e:?}");
+    // Nor in the listing: the answer's bytes as they came, then its entries.
+    let a = c
+        .raw(reqwest::Method::GET, "/api/v1/config?prefix=sip.", None)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&a.body);
+    assert_eq!(a.status, 200, "{text}");
+    assert!(!text.contains("s3cret"), "{text}");
+    let list: ConfigList = a.json().unwrap();
+    let keys: Vec<&str> = list.config.iter().map(|e| e.key.as_str()).collect();
+    assert!(
+        keys.contains(&"sip.user.201") && keys.contains(&"sip.user.202"),
+        "{keys:?}"
+    );
     // Bad input is refused with the reason.
     let (ok, _, err) = tandem(&["sip", "user", "add", "20 1", "--password", "long-enough"]);
     assert!(!ok && err.contains("extension"), "{err}");

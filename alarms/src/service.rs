@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use openraft::ServerState;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tandem_replication::replica::Replica;
 use tandem_replication::store::query;
 use tandem_replication::types::{MemberKind, Request};
@@ -31,7 +31,8 @@ use super::recipients::Routing;
 use super::rules::{Engine, Event, Millis, Notification, RulesConfig, Silence};
 use super::smtp::{Mailer, RetryPolicy, SmtpSettings};
 use super::sources::{Observer, Snapshot};
-use crate::config::Config;
+use tandem_api as api;
+
 use tandem_failover::state::RoleState;
 
 /// Most entries kept in the history.
@@ -122,13 +123,24 @@ fn wall_ms() -> Millis {
     u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0)
 }
 
+/// Who sends: the names in every mail, and where this node's certificate lives.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// `[cluster] name`.
+    pub cluster: String,
+    /// This node's name (`[node] name`, or `node-<id>`).
+    pub node: String,
+    /// This node's TLS directory (node certificate expiry).
+    pub tls_dir: std::path::PathBuf,
+}
+
 impl AlarmService {
     /// A service with no driver running (for tests, or outside a runtime).
-    pub fn new(cfg: &Config) -> Arc<AlarmService> {
+    pub fn new(id: Identity) -> Arc<AlarmService> {
         Arc::new(AlarmService {
-            cluster: cfg.cluster.name.clone(),
-            node: cfg.node_name(),
-            tls_dir: cfg.tls_dir(),
+            cluster: id.cluster,
+            node: id.node,
+            tls_dir: id.tls_dir,
             state: Mutex::new(State {
                 engine: Engine::new(RulesConfig::default()),
                 outbox: Outbox::new(MAX_PER_HOUR, RetryPolicy::default()),
@@ -148,15 +160,21 @@ impl AlarmService {
         })
     }
 
-    /// Create the service and spawn its driver and delivery tasks (when called inside
-    /// a tokio runtime).
-    pub fn start(replica: Arc<Replica>, roles: Arc<RoleState>, cfg: &Config) -> Arc<AlarmService> {
-        let svc = AlarmService::new(cfg);
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(svc.clone().drive(replica.clone(), roles));
-            rt.spawn(svc.clone().deliver(replica));
-        }
-        svc
+    /// The service's two long-running jobs, for the caller to spawn (and cancel):
+    /// the driver (observes the cluster, runs the rules, replicates the outbox) and the
+    /// delivery task (sends mails with retries).
+    pub fn jobs(
+        self: &Arc<Self>,
+        replica: Arc<Replica>,
+        roles: Arc<RoleState>,
+    ) -> (
+        impl std::future::Future<Output = ()> + Send + 'static,
+        impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        (
+            self.clone().drive(replica.clone(), roles),
+            self.clone().deliver(replica),
+        )
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -173,62 +191,74 @@ impl AlarmService {
     }
 
     /// `GET /api/v1/alarms`: active alarms, outbox and counters of this node.
-    pub fn status(&self) -> Value {
+    pub fn status(&self) -> api::AlarmStatus {
         let st = self.lock();
-        let active: Vec<Value> = st
+        let active = st
             .engine
             .active(st.now_ms)
             .into_iter()
             .map(|a| {
                 let d = a.alarm.def();
-                json!({
-                    "id": a.alarm.as_str(),
-                    "family": d.family.as_str(),
-                    "severity": d.severity.label(),
-                    "title": d.title,
-                    "subject": a.subject,
-                    "since": mail::format_time(a.since_ms),
-                    "since_ms": a.since_ms,
-                    "detail": a.detail,
-                    "flapping": a.flapping,
-                    "muted": a.muted,
-                })
+                api::ActiveAlarm {
+                    id: a.alarm.as_str().to_string(),
+                    family: d.family.as_str().to_string(),
+                    severity: d.severity.label().to_string(),
+                    title: d.title.to_string(),
+                    subject: a.subject.clone(),
+                    since: mail::format_time(a.since_ms),
+                    since_ms: a.since_ms,
+                    detail: a.detail.clone(),
+                    flapping: a.flapping,
+                    muted: a.muted,
+                }
             })
             .collect();
-        let outbox: Vec<Value> = st
+        let outbox = st
             .outbox
             .iter()
-            .map(|o| {
-                json!({
-                    "message_id": o.mail.message_id,
-                    "subject": o.mail.subject,
-                    "to": o.to,
-                    "alarms": o.alarms.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
-                    "queued": mail::format_time(o.queued_ms),
-                    "attempts": o.attempts,
-                    "last_error": o.last_error,
-                })
+            .map(|o| api::QueuedMail {
+                message_id: o.mail.message_id.clone(),
+                subject: o.mail.subject.clone(),
+                to: o.to.clone(),
+                alarms: o.alarms.iter().map(|a| a.as_str().to_string()).collect(),
+                queued: mail::format_time(o.queued_ms),
+                attempts: o.attempts,
+                last_error: o.last_error.clone(),
             })
             .collect();
-        json!({
-            "node": self.node,
-            "active": active,
-            "maintenance": st.engine.maintenance(),
-            "outbox": outbox,
-            "mails_sent": st.sent,
-            "mails_failed": st.failed,
-            "mails_queued": st.outbox.len(),
-            "config_error": st.config_error,
-        })
+        api::AlarmStatus {
+            node: self.node.clone(),
+            active,
+            maintenance: st.engine.maintenance(),
+            outbox,
+            mails_sent: st.sent,
+            mails_failed: st.failed,
+            mails_queued: st.outbox.len(),
+            config_error: st.config_error.clone(),
+        }
     }
 
     /// `GET /api/v1/alarms/history`: the last mails sent or given up, newest first.
-    pub fn history(&self) -> Value {
+    pub fn history(&self) -> api::AlarmHistory {
         let st = self.lock();
-        json!({ "history": st.history.iter().rev().collect::<Vec<_>>() })
+        api::AlarmHistory {
+            history: st
+                .history
+                .iter()
+                .rev()
+                .map(|h| api::MailRecord {
+                    at_ms: h.at_ms,
+                    message_id: h.message_id.clone(),
+                    subject: h.subject.clone(),
+                    to: h.to.clone(),
+                    outcome: h.outcome.to_string(),
+                    server: h.server.clone(),
+                    error: h.error.clone(),
+                })
+                .collect(),
+        }
     }
 
-    /// Counters for metrics: (sent, failed, queued).
     pub fn counters(&self) -> (u64, u64, usize) {
         let st = self.lock();
         (st.sent, st.failed, st.outbox.len())

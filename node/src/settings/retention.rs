@@ -1,0 +1,106 @@
+//! `retention.*`: how long CDRs and recordings are kept.
+//!
+//! | key | value | default |
+//! |---|---|---|
+//! | `retention.cdr_days` | days (a number, fractions allowed; 0 = keep forever) | keep forever |
+//! | `retention.recording_days` | days, as above | keep forever |
+//! | `retention.interval_s` | seconds between two checks (> 0) | 600 |
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::SettingError;
+
+pub const CDR_DAYS: &str = "retention.cdr_days";
+pub const RECORDING_DAYS: &str = "retention.recording_days";
+pub const INTERVAL_S: &str = "retention.interval_s";
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(600);
+
+/// The retention settings, parsed once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retention {
+    /// Age after which CDRs are deleted (None = kept forever).
+    pub cdr_age: Option<Duration>,
+    /// Age after which recordings are deleted (None = kept forever).
+    pub recording_age: Option<Duration>,
+    /// Time between two checks.
+    pub interval: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            cdr_age: None,
+            recording_age: None,
+            interval: DEFAULT_INTERVAL,
+        }
+    }
+}
+
+fn days(key: &str, v: &Value) -> Result<Option<Duration>, SettingError> {
+    match v.as_f64() {
+        Some(d) if d > 0.0 && d.is_finite() => Ok(Some(Duration::from_secs_f64(d * 86_400.0))),
+        Some(d) if d == 0.0 => Ok(None),
+        _ => Err(SettingError::new(
+            key,
+            format!("{v} is not a number of days ≥ 0"),
+            "set a number, e.g. 365 (0 keeps everything)",
+        )),
+    }
+}
+
+fn interval(key: &str, v: &Value) -> Result<Duration, SettingError> {
+    v.as_u64()
+        .filter(|s| *s > 0)
+        .map(Duration::from_secs)
+        .ok_or_else(|| {
+            SettingError::new(
+                key,
+                format!("{v} is not a whole number of seconds > 0"),
+                "set e.g. 600",
+            )
+        })
+}
+
+/// Check one `retention.*` key.
+pub fn validate(key: &str, value: &Value) -> Result<(), SettingError> {
+    match key {
+        CDR_DAYS | RECORDING_DAYS => days(key, value).map(|_| ()),
+        INTERVAL_S => interval(key, value).map(|_| ()),
+        _ => Err(SettingError::new(
+            key,
+            "unknown retention setting",
+            format!("use {CDR_DAYS}, {RECORDING_DAYS} or {INTERVAL_S}"),
+        )),
+    }
+}
+
+impl Retention {
+    /// From the `retention.*` entries (JSON values). A bad stored value (written
+    /// before the server validated settings) is reported and that key left at its
+    /// default, so retention never deletes on a misread value.
+    pub fn from_entries(entries: &BTreeMap<String, Value>) -> (Retention, Vec<SettingError>) {
+        let mut r = Retention::default();
+        let mut errors = Vec::new();
+        for (key, v) in entries {
+            match key.as_str() {
+                CDR_DAYS => match days(key, v) {
+                    Ok(d) => r.cdr_age = d,
+                    Err(e) => errors.push(e),
+                },
+                RECORDING_DAYS => match days(key, v) {
+                    Ok(d) => r.recording_age = d,
+                    Err(e) => errors.push(e),
+                },
+                INTERVAL_S => match interval(key, v) {
+                    Ok(d) => r.interval = d,
+                    Err(e) => errors.push(e),
+                },
+                _ => {}
+            }
+        }
+        (r, errors)
+    }
+}

@@ -1,0 +1,129 @@
+//! Server-side validation of replicated settings: what is refused, and that the
+//! message names the key and the fix.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use super::retention::Retention;
+use super::*;
+
+fn ctx() -> Context {
+    Context {
+        members: vec![1, 2, 3],
+        alarm_entries: BTreeMap::new(),
+    }
+}
+
+fn refused(key: &str, value: Value) -> SettingError {
+    validate(key, &value, &ctx()).expect_err(&format!("{key} = {value} must be refused"))
+}
+
+#[test]
+fn maintenance_takes_a_boolean_for_a_member() {
+    assert!(validate("maintenance.2", &json!(true), &ctx()).is_ok());
+    assert!(validate("maintenance.2", &json!(false), &ctx()).is_ok());
+    // "true" as a string was silently "off" before.
+    let e = refused("maintenance.2", json!("true"));
+    assert_eq!(e.key, "maintenance.2");
+    assert!(e.to_string().contains("not a boolean"), "{e}");
+    let e = refused("maintenance.99", json!(true));
+    assert!(e.to_string().contains("node 99 is not a member"), "{e}");
+    let e = refused("maintenance.x", json!(true));
+    assert!(e.to_string().contains("not a node id"), "{e}");
+}
+
+#[test]
+fn retention_takes_days_and_a_positive_interval() {
+    assert!(validate("retention.cdr_days", &json!(365), &ctx()).is_ok());
+    assert!(validate("retention.recording_days", &json!(0.5), &ctx()).is_ok());
+    assert!(validate("retention.cdr_days", &json!(0), &ctx()).is_ok());
+    assert!(validate("retention.interval_s", &json!(60), &ctx()).is_ok());
+    refused("retention.cdr_days", json!(-1));
+    refused("retention.cdr_days", json!("a year"));
+    refused("retention.interval_s", json!(0));
+    refused("retention.interval_s", json!(1.5));
+    let e = refused("retention.cdr_dayz", json!(3));
+    assert!(e.fix.contains("retention.cdr_days"), "{e}");
+}
+
+#[test]
+fn retention_reader_ignores_bad_stored_values_and_says_so() {
+    let entries: BTreeMap<String, Value> = [
+        ("retention.cdr_days".to_string(), json!(2)),
+        ("retention.recording_days".to_string(), json!("soon")),
+        ("retention.interval_s".to_string(), json!(30)),
+    ]
+    .into_iter()
+    .collect();
+    let (r, errors) = Retention::from_entries(&entries);
+    assert_eq!(r.cdr_age, Some(std::time::Duration::from_secs(2 * 86_400)));
+    assert_eq!(r.recording_age, None, "a bad value never deletes");
+    assert_eq!(r.interval, std::time::Duration::from_secs(30));
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].key, "retention.recording_days");
+    assert_eq!(
+        Retention::from_entries(&BTreeMap::new()).0,
+        Retention::default()
+    );
+}
+
+#[test]
+fn smtp_keys_are_checked_one_by_one_with_the_mailer_parser() {
+    for (k, v) in [
+        ("smtp.host", json!("mail.example.com")),
+        ("smtp.port", json!(587)),
+        ("smtp.security", json!("tls")),
+        ("smtp.username", json!("noc")),
+        ("smtp.password", json!("secret")),
+        ("smtp.from", json!("tandem@example.com")),
+        ("smtp.fallback_host", json!("backup.example.com:25")),
+        ("smtp.timeout_s", json!(5)),
+    ] {
+        assert!(validate(k, &v, &ctx()).is_ok(), "{k} = {v}");
+    }
+    let e = refused("smtp.security", json!("ssl"));
+    assert!(e.to_string().contains("smtp.security"), "{e}");
+    refused("smtp.port", json!(70000));
+    refused("smtp.from", json!("not an address"));
+    refused("smtp.timeout_s", json!(0));
+    let e = refused("smtp.hots", json!("x"));
+    assert!(e.fix.contains("smtp.host"), "{e}");
+}
+
+#[test]
+fn alarm_routes_must_name_existing_lists() {
+    let e = refused("alarm.route.cluster", json!(["noc"]));
+    assert!(e.to_string().contains("recipient list `noc`"), "{e}");
+    let mut c = ctx();
+    c.alarm_entries
+        .insert("alarm.recipients.noc".into(), json!(["noc@example.com"]));
+    assert!(validate("alarm.route.cluster", &json!(["noc"]), &c).is_ok());
+    let e = validate("alarm.recipients.ops", &json!(["no-at-sign"]), &c).unwrap_err();
+    assert_eq!(e.key, "alarm.recipients.ops");
+}
+
+#[test]
+fn recording_cap_is_a_whole_number() {
+    assert!(validate(RECORDING_CAP_KEY, &json!(2048), &ctx()).is_ok());
+    assert!(validate(RECORDING_CAP_KEY, &json!(0), &ctx()).is_ok());
+    refused(RECORDING_CAP_KEY, json!(-5));
+    refused(RECORDING_CAP_KEY, json!("fast"));
+    refused("replication.other", json!(1));
+}
+
+#[test]
+fn sip_users_are_checked_and_bindings_are_not_written_by_hand() {
+    assert!(validate("sip.user.201", &json!({"password": "longenough"}), &ctx()).is_ok());
+    refused("sip.user.201", json!({"password": "short"}));
+    refused("sip.user.201", json!({"pass": "longenough"}));
+    refused("sip.user.bad ext", json!({"password": "longenough"}));
+    refused("sip.binding.201/abc", json!({}));
+    refused("sip.other", json!(1));
+}
+
+#[test]
+fn free_keys_are_accepted() {
+    assert!(validate("site.name", &json!("Berlin"), &ctx()).is_ok());
+    assert!(validate("integrator/custom", &json!({"a": 1}), &ctx()).is_ok());
+}
