@@ -101,8 +101,33 @@ pub enum RpcRequest {
     },
 }
 
+impl LeaderOp {
+    /// What the operation does, for messages ("the leader could not {describe}").
+    pub fn describe(&self) -> &'static str {
+        match self {
+            LeaderOp::Write(_) => "commit the write",
+            LeaderOp::AddLearner { .. } => "add the node as a learner",
+            LeaderOp::Remove { .. } => "remove the node",
+            LeaderOp::ReadIndex => "confirm its leadership for a read",
+            LeaderOp::Switchover { .. } => "hand over leadership",
+        }
+    }
+}
+
+impl LeaderReply {
+    /// The variant's name, for "unexpected reply" errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LeaderReply::Written { .. } => "written",
+            LeaderReply::Done => "done",
+            LeaderReply::ReadIndex { .. } => "read_index",
+            LeaderReply::SwitchedTo { .. } => "switched_to",
+        }
+    }
+}
+
 impl RpcRequest {
-    fn name(&self) -> &'static str {
+    pub fn name(&self) -> &'static str {
         match self {
             RpcRequest::AppendEntries(_) => "append_entries",
             RpcRequest::Vote(_) => "vote",
@@ -149,6 +174,22 @@ pub enum RpcResponse {
     Blob(Result<BlobChunk, String>),
     /// The request was refused before being handled (not authenticated, bad version).
     Refused(String),
+}
+
+impl RpcResponse {
+    /// The variant's name, for "unexpected reply" errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RpcResponse::AppendEntries(_) => "append_entries",
+            RpcResponse::Vote(_) => "vote",
+            RpcResponse::InstallSnapshot(_) => "install_snapshot",
+            RpcResponse::Leader(_) => "leader_op",
+            RpcResponse::Join(_) => "join",
+            RpcResponse::Elected(_) => "elected",
+            RpcResponse::Blob(_) => "blob",
+            RpcResponse::Refused(_) => "refused",
+        }
+    }
 }
 
 /// `msg` as one frame: length, protocol version, bincode.
@@ -539,7 +580,10 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     }
 }
 
-fn to_rpc_err<E: std::error::Error>(e: io::Error) -> RPCError<NodeId, NodeInfo, E> {
+/// A transport failure as openraft's [`RPCError`]: `Unreachable` (back off before
+/// retrying) for refused, timed-out or unauthenticated connections, `Network`
+/// otherwise.
+pub fn rpc_error<E: std::error::Error>(e: io::Error) -> RPCError<NodeId, NodeInfo, E> {
     match e.kind() {
         io::ErrorKind::ConnectionRefused
         | io::ErrorKind::TimedOut
@@ -568,7 +612,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         match self
             .call_append(&RpcRequest::AppendEntries(rpc), ttl, option.hard_ttl())
             .await
-            .map_err(to_rpc_err)?
+            .map_err(rpc_error)?
         {
             RpcResponse::AppendEntries(r) => {
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -588,7 +632,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         match self
             .call(&RpcRequest::InstallSnapshot(rpc), option.hard_ttl())
             .await
-            .map_err(to_rpc_err)?
+            .map_err(rpc_error)?
         {
             RpcResponse::InstallSnapshot(r) => {
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -605,7 +649,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         match self
             .call(&RpcRequest::Vote(rpc), option.hard_ttl())
             .await
-            .map_err(to_rpc_err)?
+            .map_err(rpc_error)?
         {
             RpcResponse::Vote(r) => {
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))

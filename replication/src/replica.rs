@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{RPCError, RaftError, RemoteError};
 use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::blobs::sync::SyncStats;
 use crate::blobs::BlobStore;
 use crate::cdr::Cdr;
+use crate::error::{InvalidRequest, LeaderFailure, Refusal};
 use crate::network::{
     self, ForwardError, JoinAccepted, LeaderOp, LeaderReply, PeerClient, RpcHandler, RpcRequest,
     RpcResponse,
@@ -238,8 +239,8 @@ impl Replica {
             enable_elect: cfg.info.kind == MemberKind::Data,
             ..Default::default()
         };
-        let raft_config = Arc::new(raft_config.validate().map_err(|e| Error::Raft {
-            reason: format!("timeouts: {e}"),
+        let raft_config = Arc::new(raft_config.validate().map_err(|e| Error::RaftConfig {
+            source: Arc::new(e),
         })?);
         let shared = sm.shared.clone();
         let contacts = network::Contacts::default();
@@ -253,24 +254,20 @@ impl Replica {
             log.clone(),
             sm,
         )
-        .await
-        .map_err(|e| Error::Raft {
-            reason: e.to_string(),
-        })?;
+        .await?;
         let listener = TcpListener::bind(&cfg.listen)
             .await
-            .map_err(|e| Error::Storage {
-                path: cfg.listen.clone().into(),
-                reason: format!("cannot listen for peers on {}: {e}", cfg.listen),
+            .map_err(|e| Error::Listen {
+                addr: cfg.listen.clone(),
+                source: Arc::new(e),
             })?;
         let (cdr_tx, cdr_rx) = mpsc::channel(4096);
         let blobs = match cfg.info.kind {
             MemberKind::Data => {
                 let dir = cfg.data_dir.join("recordings");
                 Some(Arc::new(BlobStore::open(&dir).map_err(|e| {
-                    Error::Storage {
-                        path: dir.clone(),
-                        reason: e.to_string(),
+                    Error::Blobs {
+                        source: Arc::new(e),
                     }
                 })?))
             }
@@ -335,17 +332,14 @@ impl Replica {
     /// Initialize a brand-new cluster whose first members are `members` (no-op if
     /// this node already has state).
     pub async fn initialize(&self, members: BTreeMap<NodeId, NodeInfo>) -> Result<()> {
-        if self.raft.is_initialized().await.map_err(|e| Error::Raft {
-            reason: e.to_string(),
-        })? {
+        if self.raft.is_initialized().await? {
             return Ok(());
         }
         match self.raft.initialize(members).await {
             Ok(()) => Ok(()),
+            // Already initialized meanwhile (another member's vote or entries arrived).
             Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
-            Err(e) => Err(Error::Raft {
-                reason: e.to_string(),
-            }),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -391,11 +385,9 @@ impl Replica {
     /// Write through Raft (forwarded to the leader when this node is not it).
     /// Returns once the entry is committed and applied on the leader.
     pub async fn write(&self, req: Request) -> Result<(u64, Response)> {
-        match self.leader_op(LeaderOp::Write(req)).await? {
-            LeaderReply::Written { index, response } => Ok((index, response)),
-            other => Err(Error::Raft {
-                reason: format!("unexpected reply {other:?}"),
-            }),
+        match self.leader_op_at(LeaderOp::Write(req)).await? {
+            (_, LeaderReply::Written { index, response }) => Ok((index, response)),
+            (leader, other) => Err(unexpected_reply(leader, "write", &other)),
         }
     }
 
@@ -449,20 +441,19 @@ impl Replica {
     /// Index a linearizable read must wait for (Raft §6.4 read index), then wait
     /// until this node has applied it.
     pub async fn linearizable_barrier(&self, timeout: Duration) -> Result<u64> {
-        let index = match self.leader_op(LeaderOp::ReadIndex).await? {
-            LeaderReply::ReadIndex { index } => index,
-            other => {
-                return Err(Error::Raft {
-                    reason: format!("unexpected reply {other:?}"),
-                })
-            }
+        let index = match self.leader_op_at(LeaderOp::ReadIndex).await? {
+            (_, LeaderReply::ReadIndex { index }) => index,
+            (leader, other) => return Err(unexpected_reply(leader, "read index", &other)),
         };
         self.raft
             .wait(Some(timeout))
             .applied_index_at_least(Some(index), "linearizable read")
             .await
-            .map_err(|e| Error::Raft {
-                reason: format!("waiting for apply of {index}: {e}"),
+            .map_err(|e| match e {
+                openraft::metrics::WaitError::Timeout(waited, _) => {
+                    Error::ApplyTimeout { index, waited }
+                }
+                openraft::metrics::WaitError::ShuttingDown => Error::Shutdown,
             })?;
         Ok(index)
     }
@@ -475,33 +466,37 @@ impl Replica {
     /// Run `op` on the leader: locally if we are it, else forwarded. Retries while
     /// leadership moves, for up to ~5 s.
     pub async fn leader_op(&self, op: LeaderOp) -> Result<LeaderReply> {
+        self.leader_op_at(op).await.map(|(_, reply)| reply)
+    }
+
+    /// [`Self::leader_op`], with the id of the leader that answered.
+    async fn leader_op_at(&self, op: LeaderOp) -> Result<(NodeId, LeaderReply)> {
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut last_err = Error::NoLeader;
         while Instant::now() < deadline {
             let m = self.metrics();
-            let leader = m.current_leader;
-            let res = match leader {
+            let membership = m.membership_config.membership();
+            let attempt = match m.current_leader {
                 Some(l) if l == self.id => self.run_leader_op(op.clone()).await,
-                Some(l) => match m.membership_config.membership().get_node(&l) {
+                Some(l) => match membership.get_node(&l) {
                     Some(info) => self.forward(l, info.addr.clone(), op.clone()).await,
-                    None => Err(ForwardError::NotLeader { leader: None }),
+                    None => Err(OpFailure::NotLeader { leader: Some(l) }),
                 },
-                None => Err(ForwardError::NotLeader { leader: None }),
+                None => Err(OpFailure::NotLeader { leader: None }),
             };
-            match res {
-                Ok(reply) => return Ok(reply),
-                Err(ForwardError::NotLeader { .. }) => last_err = Error::NoLeader,
-                Err(ForwardError::Failed(reason)) => {
-                    if reason.starts_with("unreachable:") {
-                        last_err = Error::LeaderUnreachable {
-                            leader: leader.unwrap_or_default(),
-                            addr: String::new(),
-                            reason,
-                        };
-                    } else {
-                        return Err(Error::Raft { reason });
+            match attempt {
+                Ok(reply) => return Ok((m.current_leader.unwrap_or(self.id), reply)),
+                Err(OpFailure::NotLeader { leader: None }) => last_err = Error::NoLeader,
+                Err(OpFailure::NotLeader {
+                    leader: Some(leader),
+                }) => {
+                    last_err = Error::ForwardToLeader {
+                        leader_id: Some(leader),
+                        leader_node: membership.get_node(&leader).cloned(),
                     }
                 }
+                Err(OpFailure::Unreachable(e)) => last_err = e,
+                Err(OpFailure::Failed(e)) => return Err(e),
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -513,12 +508,13 @@ impl Replica {
         leader: NodeId,
         addr: String,
         op: LeaderOp,
-    ) -> Result<LeaderReply, ForwardError> {
+    ) -> Result<LeaderReply, OpFailure> {
+        let what = op.describe();
         let mut client = {
             let mut pool = self.forward_pool.lock().expect("pool lock");
             pool.get_mut(&leader).and_then(|v| v.pop())
         }
-        .unwrap_or_else(|| PeerClient::new(leader, addr, self.client_tls.clone()));
+        .unwrap_or_else(|| PeerClient::new(leader, addr.clone(), self.client_tls.clone()));
         let res = client
             .call(&RpcRequest::Leader(op), Duration::from_secs(10))
             .await;
@@ -530,30 +526,49 @@ impl Replica {
                     .entry(leader)
                     .or_default()
                     .push(client);
-                r
+                r.map_err(|e| match e {
+                    ForwardError::NotLeader { leader } => OpFailure::NotLeader { leader },
+                    ForwardError::Failed(reason) => OpFailure::Failed(Error::OnLeader {
+                        leader,
+                        op: what,
+                        source: LeaderFailure::Remote { reason },
+                    }),
+                })
             }
-            Ok(_) => Err(ForwardError::Failed("unexpected reply from leader".into())),
-            Err(e) => Err(ForwardError::Failed(format!(
-                "unreachable: leader {leader}: {e}"
-            ))),
+            Ok(other) => Err(OpFailure::Failed(Error::UnexpectedReply {
+                peer: Some(leader),
+                addr,
+                rpc: "leader_op",
+                got: other.kind(),
+            })),
+            Err(e) => Err(OpFailure::Unreachable(Error::LeaderUnreachable {
+                leader,
+                addr,
+                source: Box::new(network::rpc_error(e)),
+            })),
         }
     }
 
     /// Perform a leader operation on this node (which believes it is the leader).
-    async fn run_leader_op(&self, op: LeaderOp) -> Result<LeaderReply, ForwardError> {
-        let not_leader = |e: &dyn std::fmt::Display, leader: Option<NodeId>| {
-            tracing::debug!(error = %e, "leader op refused");
-            ForwardError::NotLeader { leader }
-        };
+    async fn run_leader_op(&self, op: LeaderOp) -> Result<LeaderReply, OpFailure> {
         if self.is_stepping_down() && !matches!(op, LeaderOp::ReadIndex) {
-            return Err(ForwardError::NotLeader { leader: None });
+            return Err(OpFailure::NotLeader { leader: None });
         }
+        let what = op.describe();
+        // openraft says another node leads now: the caller tries again there.
+        let refused = |e: Error| match e {
+            Error::ForwardToLeader { leader_id, .. } => {
+                tracing::debug!(?leader_id, "leader op refused: not the leader");
+                OpFailure::NotLeader { leader: leader_id }
+            }
+            e => OpFailure::on_leader(self.id, what, e),
+        };
         match op {
             LeaderOp::Switchover { to } => self
                 .run_switchover(to)
                 .await
                 .map(|leader| LeaderReply::SwitchedTo { leader })
-                .map_err(|e| ForwardError::Failed(e.to_string())),
+                .map_err(|e| OpFailure::on_leader(self.id, what, e)),
             LeaderOp::Write(req) => match self.raft.client_write(req).await {
                 Ok(resp) => {
                     self.writes_committed
@@ -563,16 +578,20 @@ impl Replica {
                         response: resp.data,
                     })
                 }
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    Err(not_leader(&f, f.leader_id))
-                }
-                Err(e) => Err(ForwardError::Failed(e.to_string())),
+                Err(e) => Err(refused(e.into())),
             },
             LeaderOp::ReadIndex => match self.raft.ensure_linearizable().await {
                 Ok(read_log_id) => Ok(LeaderReply::ReadIndex {
                     index: read_log_id.map(|l| l.index).unwrap_or(0),
                 }),
-                Err(e) => Err(not_leader(&e, None)),
+                // Whatever the reason (another leader, no quorum, Raft stopped), this
+                // node cannot confirm a read: the caller retries on the leader.
+                Err(e) => {
+                    tracing::debug!(error = %e, "read index refused");
+                    Err(OpFailure::NotLeader {
+                        leader: e.forward_to_leader().and_then(|f| f.leader_id),
+                    })
+                }
             },
             LeaderOp::AddLearner { id, info } => {
                 let m = self.metrics();
@@ -580,39 +599,39 @@ impl Replica {
                     // Already a member (a retried join): update nothing, succeed.
                     return Ok(LeaderReply::Done);
                 }
-                match self.raft.add_learner(id, info, false).await {
-                    Ok(_) => Ok(LeaderReply::Done),
-                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                        Err(not_leader(&f, f.leader_id))
-                    }
-                    Err(e) => Err(ForwardError::Failed(e.to_string())),
-                }
+                self.raft
+                    .add_learner(id, info, false)
+                    .await
+                    .map(|_| LeaderReply::Done)
+                    .map_err(|e| refused(e.into()))
             }
             LeaderOp::Remove { id } => {
                 let m = self.metrics();
                 let membership = m.membership_config.membership();
                 let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-                let res = if voters.contains(&id) {
+                let change = if voters.contains(&id) {
                     if voters.len() == 1 {
-                        return Err(ForwardError::Failed("cannot remove the last voter".into()));
+                        return Err(OpFailure::on_leader(
+                            self.id,
+                            what,
+                            Error::invalid(InvalidRequest::LastVoter { node: id }),
+                        ));
                     }
-                    self.raft
-                        .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
-                        .await
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
                 } else if membership.get_node(&id).is_some() {
-                    self.raft
-                        .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                        .await
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
                 } else {
-                    return Err(ForwardError::Failed(format!("node {id} is not a member")));
+                    return Err(OpFailure::on_leader(
+                        self.id,
+                        what,
+                        Error::invalid(InvalidRequest::NotAMember { node: id }),
+                    ));
                 };
-                match res {
-                    Ok(_) => Ok(LeaderReply::Done),
-                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                        Err(not_leader(&f, f.leader_id))
-                    }
-                    Err(e) => Err(ForwardError::Failed(e.to_string())),
-                }
+                self.raft
+                    .change_membership(change, false)
+                    .await
+                    .map(|_| LeaderReply::Done)
+                    .map_err(|e| refused(e.into()))
             }
         }
     }
@@ -680,9 +699,7 @@ impl Replica {
 
     /// Start an election now (fast takeover, see the failover driver).
     pub async fn campaign_now(&self) -> Result<()> {
-        self.raft.trigger().elect().await.map_err(|e| Error::Raft {
-            reason: e.to_string(),
-        })
+        Ok(self.raft.trigger().elect().await?)
     }
 
     pub fn is_stepping_down(&self) -> bool {
@@ -701,11 +718,9 @@ impl Replica {
     /// Move leadership to `to` (or the most up-to-date other data voter). Runs on the
     /// leader (forwarded there otherwise); returns the new leader's id.
     pub async fn switchover(&self, to: Option<NodeId>) -> Result<NodeId> {
-        match self.leader_op(LeaderOp::Switchover { to }).await? {
-            LeaderReply::SwitchedTo { leader } => Ok(leader),
-            other => Err(Error::Raft {
-                reason: format!("unexpected reply {other:?}"),
-            }),
+        match self.leader_op_at(LeaderOp::Switchover { to }).await? {
+            (_, LeaderReply::SwitchedTo { leader }) => Ok(leader),
+            (leader, other) => Err(unexpected_reply(leader, "switchover", &other)),
         }
     }
 
@@ -730,17 +745,13 @@ impl Replica {
             .collect();
         let target = match to {
             Some(t) if t == self.id => {
-                return Err(Error::Invalid {
-                    reason: format!("node {t} is already the master"),
-                })
+                return Err(Error::invalid(InvalidRequest::AlreadyLeader { node: t }))
             }
             Some(t) => candidates
                 .iter()
                 .find(|(id, _)| *id == t)
                 .cloned()
-                .ok_or_else(|| Error::Invalid {
-                    reason: format!("node {t} is not a data voter of this cluster"),
-                })?,
+                .ok_or(Error::invalid(InvalidRequest::NotADataVoter { node: t }))?,
             None => {
                 let matched = |id: &NodeId| {
                     m.replication
@@ -753,9 +764,7 @@ impl Replica {
                     .iter()
                     .max_by_key(|(id, _)| matched(id))
                     .cloned()
-                    .ok_or_else(|| Error::Invalid {
-                        reason: "no other data voter to hand over to".into(),
-                    })?
+                    .ok_or(Error::invalid(InvalidRequest::NoHandOverTarget))?
             }
         };
         let (target_id, target_info) = target;
@@ -775,28 +784,29 @@ impl Replica {
             self.wait_caught_up(target_id, &target_info.addr, deadline)
                 .await?;
             // 3. Ask the target to campaign until it wins.
-            let mut client =
-                PeerClient::new(target_id, target_info.addr.clone(), self.client_tls.clone());
+            let addr = target_info.addr.clone();
+            let mut client = PeerClient::new(target_id, addr.clone(), self.client_tls.clone());
+            let peer_err = |source| Error::Peer {
+                peer: Some(target_id),
+                addr: addr.clone(),
+                rpc: "elect",
+                source,
+            };
             match client
                 .call(&RpcRequest::Elect, Duration::from_secs(10))
                 .await
             {
                 Ok(RpcResponse::Elected(Ok(()))) => Ok(target_id),
-                Ok(RpcResponse::Elected(Err(e))) => Err(Error::Peer {
-                    peer: target_id,
-                    addr: target_info.addr.clone(),
-                    reason: e,
+                Ok(RpcResponse::Elected(Err(reason))) => Err(peer_err(Box::new(
+                    RPCError::RemoteError(RemoteError::new(target_id, Refusal { reason })),
+                ))),
+                Ok(other) => Err(Error::UnexpectedReply {
+                    peer: Some(target_id),
+                    addr: addr.clone(),
+                    rpc: "elect",
+                    got: other.kind(),
                 }),
-                Ok(_) => Err(Error::Peer {
-                    peer: target_id,
-                    addr: target_info.addr.clone(),
-                    reason: "unexpected reply to elect".into(),
-                }),
-                Err(e) => Err(Error::Peer {
-                    peer: target_id,
-                    addr: target_info.addr.clone(),
-                    reason: e.to_string(),
-                }),
+                Err(e) => Err(peer_err(Box::new(network::rpc_error(e)))),
             }
         }
         .await;
@@ -817,6 +827,7 @@ impl Replica {
 
     /// Wait until `target` holds every entry of this leader's log.
     async fn wait_caught_up(&self, target: NodeId, addr: &str, deadline: Instant) -> Result<()> {
+        let started = Instant::now();
         loop {
             let m = self.metrics();
             let last = m.last_log_index.unwrap_or(0);
@@ -830,10 +841,12 @@ impl Replica {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(Error::Peer {
+                return Err(Error::CatchUpTimeout {
                     peer: target,
                     addr: addr.to_string(),
-                    reason: format!("did not catch up ({matched} < {last}) within 5 s"),
+                    matched,
+                    last,
+                    waited: started.elapsed(),
                 });
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -842,7 +855,8 @@ impl Replica {
 
     /// Campaign until this node is leader (asked by the leader during a switchover).
     async fn campaign(&self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        const PATIENCE: Duration = Duration::from_secs(5);
+        let deadline = Instant::now() + PATIENCE;
         let term_at_start = self.metrics().current_term;
         while Instant::now() < deadline {
             if self.is_leader() {
@@ -853,23 +867,22 @@ impl Replica {
             // new election would only take the master role away from it again.
             if let Some(leader) = m.current_leader.filter(|l| *l != self.id) {
                 if m.current_term > term_at_start {
-                    return Err(Error::Raft {
-                        reason: format!(
-                            "node {leader} was elected instead (term {})",
-                            m.current_term
-                        ),
+                    return Err(Error::NotElected {
+                        node: self.id,
+                        waited: PATIENCE.saturating_sub(deadline - Instant::now()),
+                        elected_instead: Some((leader, m.current_term)),
                     });
                 }
             }
             if m.state != ServerState::Candidate {
-                self.raft.trigger().elect().await.map_err(|e| Error::Raft {
-                    reason: e.to_string(),
-                })?;
+                self.raft.trigger().elect().await?;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Err(Error::Raft {
-            reason: "not elected within 5 s".into(),
+        Err(Error::NotElected {
+            node: self.id,
+            waited: PATIENCE,
+            elected_instead: None,
         })
     }
 
@@ -880,20 +893,27 @@ impl Replica {
         id: NodeId,
         csr_pem: String,
         info: NodeInfo,
-    ) -> Result<JoinAccepted, String> {
-        let ca = ClusterCa::load(&self.tls_dir)
-            .map_err(|_| format!("node {} does not hold the cluster CA key; send the join to the node that ran `tandem init`", self.id))?;
-        let token_text = std::fs::read_to_string(self.tls_dir.join("join.token"))
-            .map_err(|e| format!("node {} has no join token file: {e}", self.id))?;
-        let token: JoinToken = token_text
-            .trim()
-            .parse()
-            .map_err(|e| format!("stored join token unreadable: {e}"))?;
+    ) -> Result<JoinAccepted, JoinRefusal> {
+        let me = self.id;
+        let ca = ClusterCa::load(&self.tls_dir).map_err(|_| JoinRefusal::NoCaKey { node: me })?;
+        let token_path = self.tls_dir.join("join.token");
+        let token_text =
+            std::fs::read_to_string(&token_path).map_err(|e| JoinRefusal::NoTokenFile {
+                node: me,
+                path: token_path.clone(),
+                source: Arc::new(e),
+            })?;
+        let token: JoinToken =
+            token_text
+                .trim()
+                .parse()
+                .map_err(|e| JoinRefusal::StoredTokenUnreadable {
+                    path: token_path.clone(),
+                    source: Arc::new(e),
+                })?;
         if !token.secret_matches(&secret) {
             tracing::warn!(joiner = id, "join refused: wrong token");
-            return Err(
-                "join token refused: wrong secret (get the token printed by `tandem init`)".into(),
-            );
+            return Err(JoinRefusal::WrongSecret);
         }
         let members = self
             .metrics()
@@ -904,19 +924,21 @@ impl Replica {
             .collect::<Vec<_>>();
         if let Some((_, existing)) = members.iter().find(|(i, _)| *i == id) {
             if existing.addr != info.addr {
-                return Err(format!(
-                    "node id {id} is already used by {} ; pick another [node] id",
-                    existing.addr
-                ));
+                return Err(JoinRefusal::IdTaken {
+                    id,
+                    by: existing.addr.clone(),
+                });
             }
         }
-        let cert_pem = ca.sign_csr(id, &csr_pem).map_err(|e| e.to_string())?;
+        let cert_pem = ca
+            .sign_csr(id, &csr_pem)
+            .map_err(|e| JoinRefusal::Csr(Arc::new(e)))?;
         self.leader_op(LeaderOp::AddLearner {
             id,
             info: info.clone(),
         })
         .await
-        .map_err(|e| format!("adding node {id} as learner: {e}"))?;
+        .map_err(|source| JoinRefusal::AddLearner { id, source })?;
         tracing::info!(joiner = id, addr = %info.addr, "node enrolled and added as learner");
         let admin_token = std::fs::read_to_string(&self.admin_token_file)
             .ok()
@@ -931,6 +953,38 @@ impl Replica {
     }
 }
 
+/// Why this node refused a join (sent to the joiner as its text).
+#[derive(Debug, thiserror::Error)]
+enum JoinRefusal {
+    #[error("node {node} does not hold the cluster CA key; send the join to the node that ran `tandem init`")]
+    NoCaKey { node: NodeId },
+    #[error("node {node} has no join token file {}: {source}", path.display())]
+    NoTokenFile {
+        node: NodeId,
+        path: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    #[error("stored join token {} unreadable: {source}", path.display())]
+    StoredTokenUnreadable {
+        path: PathBuf,
+        #[source]
+        source: Arc<tls::TlsError>,
+    },
+    #[error("join token refused: wrong secret (get the token printed by `tandem init`)")]
+    WrongSecret,
+    #[error("node id {id} is already used by {by} ; pick another [node] id")]
+    IdTaken { id: NodeId, by: String },
+    #[error(transparent)]
+    Csr(Arc<tls::TlsError>),
+    #[error("adding node {id} as learner: {source}")]
+    AddLearner {
+        id: NodeId,
+        #[source]
+        source: Error,
+    },
+}
+
 /// Enroll this node with a cluster: generate a key + CSR, send them with the token
 /// to `addr`, save the returned certificate. The node then starts with `run` and is
 /// promoted to voter once it has caught up.
@@ -943,14 +997,15 @@ pub async fn join(
 ) -> Result<JoinAccepted> {
     let (key_pem, csr_pem) = NodeIdentity::generate_csr(id)?;
     let tls = tls::join_client_config(&token.ca_fingerprint)?;
-    let peer_err = |reason: String| Error::Peer {
-        peer: 0,
+    let peer_err = |source| Error::Peer {
+        peer: None,
         addr: addr.to_string(),
-        reason,
+        rpc: "join",
+        source,
     };
     let mut stream = network::connect(addr, tls, Duration::from_secs(10))
         .await
-        .map_err(|e| peer_err(format!("{e}")))?;
+        .map_err(|e| peer_err(Box::new(network::rpc_error(e))))?;
     let req = RpcRequest::Join {
         secret: token.secret.clone(),
         id,
@@ -959,7 +1014,7 @@ pub async fn join(
     };
     let resp = network::exchange(&mut stream, &req, Duration::from_secs(30))
         .await
-        .map_err(|e| peer_err(format!("{e}")))?;
+        .map_err(|e| peer_err(Box::new(network::rpc_error(e))))?;
     match resp {
         RpcResponse::Join(Ok(acc)) => {
             let identity = NodeIdentity {
@@ -970,8 +1025,60 @@ pub async fn join(
             identity.save(tls_dir)?;
             Ok(acc)
         }
-        RpcResponse::Join(Err(reason)) | RpcResponse::Refused(reason) => Err(peer_err(reason)),
-        _ => Err(peer_err("unexpected reply to join".into())),
+        // The peer's id is not known before the join: 0 stands for "the node at addr".
+        RpcResponse::Join(Err(reason)) | RpcResponse::Refused(reason) => Err(peer_err(Box::new(
+            RPCError::RemoteError(RemoteError::new(0, Refusal { reason })),
+        ))),
+        other => Err(Error::UnexpectedReply {
+            peer: None,
+            addr: addr.to_string(),
+            rpc: "join",
+            got: other.kind(),
+        }),
+    }
+}
+
+/// Why a leader operation did not run, as the write path sees it.
+enum OpFailure {
+    /// Not (or no longer) the leader, which may be known: retry there.
+    NotLeader { leader: Option<NodeId> },
+    /// The leader could not be reached: retry (`Error::LeaderUnreachable`).
+    Unreachable(Error),
+    /// It ran on the leader and failed there: give up.
+    Failed(Error),
+}
+
+impl OpFailure {
+    /// A failure of this node, the leader, running `op`.
+    fn on_leader(me: NodeId, op: &'static str, e: Error) -> OpFailure {
+        OpFailure::Failed(Error::OnLeader {
+            leader: me,
+            op,
+            source: LeaderFailure::Local(Box::new(e)),
+        })
+    }
+
+    /// The form sent back to a node that forwarded the op (text: see
+    /// `network::ForwardError`).
+    fn into_wire(self) -> ForwardError {
+        match self {
+            OpFailure::NotLeader { leader } => ForwardError::NotLeader { leader },
+            // The forwarding node adds "the leader could not ...": send the cause.
+            OpFailure::Failed(Error::OnLeader {
+                source: LeaderFailure::Local(e),
+                ..
+            }) => ForwardError::Failed(e.to_string()),
+            OpFailure::Failed(e) | OpFailure::Unreachable(e) => ForwardError::Failed(e.to_string()),
+        }
+    }
+}
+
+fn unexpected_reply(leader: NodeId, rpc: &'static str, got: &LeaderReply) -> Error {
+    Error::UnexpectedReply {
+        peer: Some(leader),
+        addr: String::new(),
+        rpc,
+        got: got.kind(),
     }
 }
 
@@ -1007,14 +1114,18 @@ impl RpcHandler for Handler {
             }
             RpcRequest::Leader(op) => {
                 tracing::trace!(?peer, "forwarded leader op");
-                RpcResponse::Leader(r.run_leader_op(op).await)
+                RpcResponse::Leader(r.run_leader_op(op).await.map_err(OpFailure::into_wire))
             }
             RpcRequest::Join {
                 secret,
                 id,
                 csr_pem,
                 info,
-            } => RpcResponse::Join(r.handle_join(secret, id, csr_pem, info).await),
+            } => RpcResponse::Join(
+                r.handle_join(secret, id, csr_pem, info)
+                    .await
+                    .map_err(|e| e.to_string()),
+            ),
             RpcRequest::Elect => {
                 RpcResponse::Elected(r.campaign().await.map_err(|e| e.to_string()))
             }
@@ -1098,31 +1209,12 @@ async fn cdr_batcher(replica: std::sync::Weak<Replica>, mut rx: mpsc::Receiver<C
                         ))
                     }
                     Ok(other) => Ok(other.clone()),
-                    Err(e) => Err(clone_err(e)),
+                    Err(e) => Err(e.clone()),
                 };
                 let _ = b.done.send(mine);
             }
             drop(permit);
         });
-    }
-}
-
-fn clone_err(e: &Error) -> Error {
-    match e {
-        Error::NoLeader => Error::NoLeader,
-        Error::LeaderUnreachable {
-            leader,
-            addr,
-            reason,
-        } => Error::LeaderUnreachable {
-            leader: *leader,
-            addr: addr.clone(),
-            reason: reason.clone(),
-        },
-        Error::Shutdown => Error::Shutdown,
-        other => Error::Raft {
-            reason: other.to_string(),
-        },
     }
 }
 
