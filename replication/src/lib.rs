@@ -24,6 +24,7 @@ pub mod blobs;
 pub mod cdr;
 pub mod error;
 pub mod network;
+pub mod policy;
 pub mod replica;
 pub mod store;
 pub mod tls;

@@ -6,9 +6,10 @@
 //!  add_cdrs(v) ─▶ CdrBatcher (merges concurrent calls into one entry) ─▶ write
 //! ```
 //!
-//! The leader also runs the *promoter*: a learner whose log is close to the leader's
-//! is promoted to voter, so a joining node first catches up (snapshot + log), then
-//! votes.
+//! The leader also runs its standing duties, decided by [`crate::policy`]: a learner
+//! whose log is close to the leader's is promoted to voter (so a joining node first
+//! catches up, by snapshot + log, then votes), and a witness that leads hands
+//! leadership to a data node.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -27,6 +28,9 @@ use crate::error::{InvalidRequest, LeaderFailure, Refusal};
 use crate::network::{
     self, ForwardError, JoinAccepted, LeaderOp, LeaderReply, PeerClient, RpcHandler, RpcRequest,
     RpcResponse,
+};
+use crate::policy::{
+    self, Decision, Event, LeaderDuties, LeaderView, Member as PolicyMember, PolicyConfig,
 };
 use crate::store::{self, LogStore, SmShared};
 use crate::tls::{self, ClusterCa, JoinToken, NodeIdentity};
@@ -68,8 +72,7 @@ pub struct ReplicaConfig {
 pub const MAX_CDRS_PER_ENTRY: usize = 256;
 /// CDR entries being committed at once by the batcher.
 pub const WRITES_IN_FLIGHT: usize = 4;
-/// A learner within this many entries of the leader is promoted to voter.
-pub const PROMOTE_WITHIN: u64 = 200;
+pub use crate::policy::PROMOTE_WITHIN;
 
 /// Freshness of this node's state compared with the leader.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -200,6 +203,8 @@ pub struct Replica {
     pub blobs: Option<Arc<BlobStore>>,
     /// Blob channel counters and backlog.
     pub blob_stats: Arc<SyncStats>,
+    /// Thresholds of the leader's duties and of the switchover target choice.
+    policy: PolicyConfig,
     /// Fault injection for tests: damage this many outgoing blob chunks
     /// (`TANDEM_FAULT_CORRUPT_CHUNKS`).
     corrupt_chunks: std::sync::atomic::AtomicU64,
@@ -305,6 +310,7 @@ impl Replica {
             blobs: blobs.clone(),
             blob_stats: Arc::new(SyncStats::default()),
             corrupt_chunks: std::sync::atomic::AtomicU64::new(corrupt_chunks),
+            policy: PolicyConfig::new(Duration::from_millis(cfg.election_timeout_min_ms)),
         });
         if let Some(blobs) = blobs {
             tokio::spawn(crate::blobs::sync::run(
@@ -636,6 +642,38 @@ impl Replica {
         }
     }
 
+    /// The cluster as the policy sees it (matched indexes and contact ages are the
+    /// leader's view; call it on the leader).
+    fn leader_view(&self, m: &RaftMetrics, now: Instant) -> LeaderView {
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        LeaderView {
+            me: self.id,
+            my_kind: self.info.kind,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            members: membership
+                .nodes()
+                .map(|(id, info)| PolicyMember {
+                    id: *id,
+                    kind: info.kind,
+                    voter: voters.contains(id),
+                    matched: m
+                        .replication
+                        .as_ref()
+                        .and_then(|r| r.get(id).copied().flatten())
+                        .map(|l| l.index),
+                    contact_age: if *id == self.id {
+                        Some(Duration::ZERO)
+                    } else {
+                        self.contacts
+                            .last(*id)
+                            .map(|t| now.saturating_duration_since(t))
+                    },
+                })
+                .collect(),
+        }
+    }
+
     /// The members with their replication state (leader's view when we lead).
     pub fn members(&self) -> Vec<MemberStatus> {
         let m = self.metrics();
@@ -736,38 +774,17 @@ impl Replica {
         if m.state != ServerState::Leader {
             return Err(Error::NoLeader);
         }
-        let membership = m.membership_config.membership().clone();
-        let candidates: Vec<(NodeId, NodeInfo)> = membership
-            .voter_ids()
-            .filter(|id| *id != self.id)
-            .filter_map(|id| membership.get_node(&id).map(|n| (id, n.clone())))
-            .filter(|(_, n)| n.kind == MemberKind::Data)
-            .collect();
-        let target = match to {
-            Some(t) if t == self.id => {
-                return Err(Error::invalid(InvalidRequest::AlreadyLeader { node: t }))
-            }
-            Some(t) => candidates
-                .iter()
-                .find(|(id, _)| *id == t)
-                .cloned()
-                .ok_or(Error::invalid(InvalidRequest::NotADataVoter { node: t }))?,
-            None => {
-                let matched = |id: &NodeId| {
-                    m.replication
-                        .as_ref()
-                        .and_then(|r| r.get(id).copied().flatten())
-                        .map(|l| l.index)
-                        .unwrap_or(0)
-                };
-                candidates
-                    .iter()
-                    .max_by_key(|(id, _)| matched(id))
-                    .cloned()
-                    .ok_or(Error::invalid(InvalidRequest::NoHandOverTarget))?
-            }
-        };
-        let (target_id, target_info) = target;
+        let view = self.leader_view(&m, Instant::now());
+        let target_id =
+            policy::switchover_target(&view, &self.policy, to).map_err(Error::invalid)?;
+        let target_info = m
+            .membership_config
+            .membership()
+            .get_node(&target_id)
+            .cloned()
+            .ok_or(Error::invalid(InvalidRequest::NotADataVoter {
+                node: target_id,
+            }))?;
         tracing::info!(from = self.id, to = target_id, "switchover: starting");
         self.stepping_down.store(true, SeqCst);
         let result = async {
@@ -1237,84 +1254,53 @@ async fn heartbeat_pacer(replica: std::sync::Weak<Replica>, every: Duration) {
     }
 }
 
+/// The leader's standing duties (see [`crate::policy`]): a thin driver that shows
+/// the policy the cluster as this leader sees it and carries out its decisions.
 async fn leader_duties(replica: std::sync::Weak<Replica>) {
     let mut tick = tokio::time::interval(Duration::from_millis(20));
-    let mut last_promote = Instant::now();
-    let mut last_handover = Instant::now() - Duration::from_secs(1);
-    let handover_busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut duties: Option<LeaderDuties> = None;
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
     loop {
         tick.tick().await;
         let Some(r) = replica.upgrade() else { return };
+        let duties = duties.get_or_insert_with(|| LeaderDuties::new(r.policy));
+        let now = Instant::now();
+        while done_rx.try_recv().is_ok() {
+            duties.handle(Event::HandOverFinished, now);
+        }
         let m = r.metrics();
         if m.state != ServerState::Leader {
             continue;
         }
-        // A witness leads only to bring the data nodes up to date (see the node's
-        // witness rescue): it hands leadership to the most up-to-date data voter it
-        // reaches, one hand-over at a time.
-        if r.info.kind == MemberKind::Witness
-            && !handover_busy.load(std::sync::atomic::Ordering::SeqCst)
-            && last_handover.elapsed() >= Duration::from_secs(1)
-        {
-            let membership = m.membership_config.membership();
-            let last = m.last_log_index.unwrap_or(0);
-            let best = membership
-                .voter_ids()
-                .filter(|id| *id != r.id)
-                .filter(|id| {
-                    membership
-                        .get_node(id)
-                        .is_some_and(|n| n.kind == MemberKind::Data)
-                })
-                .filter_map(|id| {
-                    let matched = m.replication.as_ref()?.get(&id).copied().flatten()?;
-                    Some((matched.index, id))
-                })
-                .filter(|(index, _)| last.saturating_sub(*index) <= PROMOTE_WITHIN)
-                .max();
-            if let Some((_, to)) = best {
-                last_handover = Instant::now();
-                handover_busy.store(true, std::sync::atomic::Ordering::SeqCst);
-                let (r2, busy) = (r.clone(), handover_busy.clone());
-                tokio::spawn(async move {
-                    match r2.switchover(Some(to)).await {
-                        Ok(to) => tracing::info!(to, "witness handed leadership to a data node"),
-                        Err(e) => {
-                            tracing::warn!(to, error = %e, "witness could not hand leadership over yet; will retry")
+        r.clock.record(m.last_log_index.unwrap_or(0), now);
+        let view = r.leader_view(&m, now);
+        for decision in duties.handle(Event::Tick(&view), now) {
+            match decision {
+                Decision::HandOver { to } => {
+                    let (r, done) = (r.clone(), done_tx.clone());
+                    tokio::spawn(async move {
+                        match r.switchover(Some(to)).await {
+                            Ok(to) => {
+                                tracing::info!(to, "witness handed leadership to a data node")
+                            }
+                            Err(e) => {
+                                tracing::warn!(to, error = %e, "witness could not hand leadership over yet; will retry")
+                            }
                         }
+                        let _ = done.send(());
+                    });
+                }
+                Decision::Promote { ids } => {
+                    tracing::info!(ready = ?ids, "promoting caught-up learners to voters");
+                    if let Err(e) = r
+                        .raft
+                        .change_membership(ChangeMembers::AddVoterIds(ids), false)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "promotion failed; will retry");
                     }
-                    busy.store(false, std::sync::atomic::Ordering::SeqCst);
-                });
+                }
             }
-        }
-        r.clock
-            .record(m.last_log_index.unwrap_or(0), Instant::now());
-        if last_promote.elapsed() < Duration::from_millis(500) {
-            continue;
-        }
-        last_promote = Instant::now();
-        let membership = m.membership_config.membership();
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let last = m.last_log_index.unwrap_or(0);
-        let ready: BTreeSet<NodeId> = membership
-            .learner_ids()
-            .filter(|id| {
-                m.replication
-                    .as_ref()
-                    .and_then(|rep| rep.get(id).copied().flatten())
-                    .is_some_and(|l| last.saturating_sub(l.index) <= PROMOTE_WITHIN)
-            })
-            .collect();
-        if ready.is_empty() || voters.is_empty() {
-            continue;
-        }
-        tracing::info!(?ready, "promoting caught-up learners to voters");
-        if let Err(e) = r
-            .raft
-            .change_membership(ChangeMembers::AddVoterIds(ready), false)
-            .await
-        {
-            tracing::warn!(error = %e, "promotion failed; will retry");
         }
     }
 }
