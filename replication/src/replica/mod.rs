@@ -21,7 +21,8 @@
 //! - `duties`: the leader's heartbeats and its standing duties, decided by
 //!   [`crate::policy`] (promote caught-up learners; a witness hands leadership to a
 //!   data node).
-//! - `blob_link`: serving recording chunks to peers.
+//! - `blob_link`: the blob sync's narrow handle on the cluster (`blobs` never names
+//!   `Replica`: this module wires them), and serving recording chunks to peers.
 
 mod blob_link;
 mod duties;
@@ -55,7 +56,7 @@ pub use join::join;
 pub use lag::{Lag, MemberStatus};
 pub use writes::{MAX_CDRS_PER_ENTRY, WRITES_IN_FLIGHT};
 
-use blob_link::BlobServe;
+use blob_link::{BlobLink, BlobServe};
 use join::Joins;
 use lag::Freshness;
 use switchover::Switchover;
@@ -114,6 +115,8 @@ pub struct Replica {
     /// Blob channel counters and backlog.
     pub blob_stats: Arc<SyncStats>,
     blob_serve: BlobServe,
+    /// The blob sync's handle on the cluster (the sync stops when it is dropped).
+    _blob_link: Option<Arc<BlobLink>>,
 }
 
 impl Replica {
@@ -207,6 +210,23 @@ impl Replica {
             tls_dir: cfg.tls_dir.clone(),
             admin_token_file: cfg.admin_token_file.clone(),
         };
+        let blob_stats = Arc::new(SyncStats::default());
+        let blob_link = blobs.as_ref().map(|blobs| {
+            let link = Arc::new(BlobLink {
+                id: cfg.id,
+                raft: raft.clone(),
+                sm: shared.clone(),
+                client_tls: client_tls.clone(),
+                writes: writes.clone(),
+            });
+            tokio::spawn(crate::blobs::sync::run(
+                Arc::downgrade(&link),
+                blobs.clone(),
+                blob_stats.clone(),
+                cfg.recording_cap_kbps,
+            ));
+            link
+        });
         let replica = Arc::new(Replica {
             id: cfg.id,
             info: cfg.info.clone(),
@@ -221,18 +241,11 @@ impl Replica {
             joins,
             freshness: Freshness::default(),
             writes_committed,
-            blobs: blobs.clone(),
-            blob_stats: Arc::new(SyncStats::default()),
+            blobs,
+            blob_stats,
             blob_serve: BlobServe::from_env(),
+            _blob_link: blob_link,
         });
-        if let Some(blobs) = blobs {
-            tokio::spawn(crate::blobs::sync::run(
-                Arc::downgrade(&replica),
-                blobs,
-                replica.blob_stats.clone(),
-                cfg.recording_cap_kbps,
-            ));
-        }
         tokio::spawn(network::serve(
             listener,
             server_tls,
