@@ -29,5 +29,8 @@ pub mod replica;
 pub mod store;
 pub mod tls;
 pub mod types;
+pub mod versioned;
 
 pub use error::{Error, Result};
+#[cfg(test)]
+pub(crate) mod fixtures;
