@@ -4,6 +4,13 @@
 //!  frame = u32 LE length | u8 protocol version | bincode(RpcRequest | RpcResponse)
 //! ```
 //!
+//! The version byte and the body are the message's versioned encoding (see
+//! [`crate::versioned`]): `RpcRequest` and `RpcResponse` are version
+//! [`PROTOCOL_VERSION`], and every frame read is decoded by their `Versioned::decode`.
+//! The handshake stays as it was: a frame of another protocol version is refused
+//! with a message naming both versions (rolling upgrades, which would accept the
+//! previous version and migrate it, are for later).
+//!
 //! One request at a time per connection; concurrency comes from several
 //! connections (openraft opens one client per replication stream; forwarded writes
 //! use a small pool). A client without a certificate may only send `Join`.
@@ -28,6 +35,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::types::{NodeId, NodeInfo, Request, Response, TypeConfig};
+use crate::versioned::{initial_version, Versioned};
 
 /// Version of the peer protocol. A peer speaking another version is refused.
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -101,8 +109,33 @@ pub enum RpcRequest {
     },
 }
 
+impl LeaderOp {
+    /// What the operation does, for messages ("the leader could not {describe}").
+    pub fn describe(&self) -> &'static str {
+        match self {
+            LeaderOp::Write(_) => "commit the write",
+            LeaderOp::AddLearner { .. } => "add the node as a learner",
+            LeaderOp::Remove { .. } => "remove the node",
+            LeaderOp::ReadIndex => "confirm its leadership for a read",
+            LeaderOp::Switchover { .. } => "hand over leadership",
+        }
+    }
+}
+
+impl LeaderReply {
+    /// The variant's name, for "unexpected reply" errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LeaderReply::Written { .. } => "written",
+            LeaderReply::Done => "done",
+            LeaderReply::ReadIndex { .. } => "read_index",
+            LeaderReply::SwitchedTo { .. } => "switched_to",
+        }
+    }
+}
+
 impl RpcRequest {
-    fn name(&self) -> &'static str {
+    pub fn name(&self) -> &'static str {
         match self {
             RpcRequest::AppendEntries(_) => "append_entries",
             RpcRequest::Vote(_) => "vote",
@@ -151,23 +184,46 @@ pub enum RpcResponse {
     Refused(String),
 }
 
-/// `msg` as one frame: length, protocol version, bincode.
-pub fn encode_frame<T: Serialize>(msg: &T) -> io::Result<Vec<u8>> {
-    let body = bincode::serialize(msg).map_err(io::Error::other)?;
-    if body.len() + 1 > MAX_FRAME {
+impl RpcResponse {
+    /// The variant's name, for "unexpected reply" errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RpcResponse::AppendEntries(_) => "append_entries",
+            RpcResponse::Vote(_) => "vote",
+            RpcResponse::InstallSnapshot(_) => "install_snapshot",
+            RpcResponse::Leader(_) => "leader_op",
+            RpcResponse::Join(_) => "join",
+            RpcResponse::Elected(_) => "elected",
+            RpcResponse::Blob(_) => "blob",
+            RpcResponse::Refused(_) => "refused",
+        }
+    }
+}
+
+initial_version!(RpcRequest, "peer request", PROTOCOL_VERSION);
+initial_version!(RpcResponse, "peer response", PROTOCOL_VERSION);
+const _: () = assert!(
+    <RpcRequest as Versioned>::VERSION == PROTOCOL_VERSION
+        && <RpcResponse as Versioned>::VERSION == PROTOCOL_VERSION
+);
+
+/// `msg` as one frame: length, then its versioned encoding (protocol version, bincode).
+pub fn encode_frame<T: Versioned>(msg: &T) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 4];
+    msg.encode_into(&mut buf)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let len = buf.len() - 4;
+    if len > MAX_FRAME {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "frame too large",
         ));
     }
-    let mut buf = Vec::with_capacity(5 + body.len());
-    buf.extend_from_slice(&((body.len() + 1) as u32).to_le_bytes());
-    buf.push(PROTOCOL_VERSION);
-    buf.extend_from_slice(&body);
+    buf[..4].copy_from_slice(&(len as u32).to_le_bytes());
     Ok(buf)
 }
 
-pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
+pub async fn write_frame<W: AsyncWrite + Unpin, T: Versioned>(
     w: &mut W,
     msg: &T,
 ) -> io::Result<()> {
@@ -176,9 +232,7 @@ pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
     w.flush().await
 }
 
-pub async fn read_frame<R: AsyncRead + Unpin, T: serde::de::DeserializeOwned>(
-    r: &mut R,
-) -> io::Result<T> {
+pub async fn read_frame<R: AsyncRead + Unpin, T: Versioned>(r: &mut R) -> io::Result<T> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len).await?;
     let len = u32::from_le_bytes(len) as usize;
@@ -190,13 +244,24 @@ pub async fn read_frame<R: AsyncRead + Unpin, T: serde::de::DeserializeOwned>(
     }
     let mut buf = vec![0u8; len];
     r.read_exact(&mut buf).await?;
-    if buf[0] != PROTOCOL_VERSION {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("peer speaks protocol version {}, this node {PROTOCOL_VERSION}; upgrade the older node", buf[0]),
-        ));
+    decode_frame_body(&buf)
+}
+
+/// The message in a frame's body (version byte + bincode). Only this node's own
+/// protocol version is accepted (the handshake of a mixed-version cluster is refused
+/// as before); decoding goes through the message type's versioned decode.
+pub fn decode_frame_body<T: Versioned>(body: &[u8]) -> io::Result<T> {
+    match body.first() {
+        Some(&PROTOCOL_VERSION) => {}
+        Some(&other) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("peer speaks protocol version {other}, this node {PROTOCOL_VERSION}; upgrade the older node"),
+            ))
+        }
+        None => return Err(io::Error::new(io::ErrorKind::InvalidData, "empty frame")),
     }
-    bincode::deserialize(&buf[1..]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    T::decode(body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 type TlsClientStream = tokio_rustls::client::TlsStream<TcpStream>;
@@ -539,7 +604,10 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     }
 }
 
-fn to_rpc_err<E: std::error::Error>(e: io::Error) -> RPCError<NodeId, NodeInfo, E> {
+/// A transport failure as openraft's [`RPCError`]: `Unreachable` (back off before
+/// retrying) for refused, timed-out or unauthenticated connections, `Network`
+/// otherwise.
+pub fn rpc_error<E: std::error::Error>(e: io::Error) -> RPCError<NodeId, NodeInfo, E> {
     match e.kind() {
         io::ErrorKind::ConnectionRefused
         | io::ErrorKind::TimedOut
@@ -568,7 +636,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         match self
             .call_append(&RpcRequest::AppendEntries(rpc), ttl, option.hard_ttl())
             .await
-            .map_err(to_rpc_err)?
+            .map_err(rpc_error)?
         {
             RpcResponse::AppendEntries(r) => {
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -588,7 +656,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         match self
             .call(&RpcRequest::InstallSnapshot(rpc), option.hard_ttl())
             .await
-            .map_err(to_rpc_err)?
+            .map_err(rpc_error)?
         {
             RpcResponse::InstallSnapshot(r) => {
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -605,7 +673,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         match self
             .call(&RpcRequest::Vote(rpc), option.hard_ttl())
             .await
-            .map_err(to_rpc_err)?
+            .map_err(rpc_error)?
         {
             RpcResponse::Vote(r) => {
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -815,6 +883,55 @@ mod tests {
         assert_eq!(arrival(c.append_entries(append(), opt()).await.unwrap()), 3);
         assert_eq!(arrival(c.append_entries(append(), opt()).await.unwrap()), 4);
         assert_eq!(peer.arrivals.load(Ordering::SeqCst), 5);
+    }
+
+    /// Frames as earlier releases wrote them (`testdata/golden-v1.txt`): they decode
+    /// through the versioned decode, and new frames are the same bytes.
+    #[test]
+    fn frames_of_the_current_protocol_decode_and_encode_unchanged() {
+        use crate::fixtures::{self as f, golden};
+        for (bytes, req) in golden("REQ").iter().zip(f::requests()) {
+            assert_eq!(hex::encode(encode_frame(&req).unwrap()), hex::encode(bytes));
+            let len = u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
+            assert_eq!(len, bytes.len() - 4);
+            let back: RpcRequest = decode_frame_body(&bytes[4..]).unwrap();
+            assert_eq!(format!("{back:?}"), format!("{req:?}"));
+        }
+        for (bytes, resp) in golden("RESP").iter().zip(f::responses()) {
+            assert_eq!(
+                hex::encode(encode_frame(&resp).unwrap()),
+                hex::encode(bytes)
+            );
+            let back: RpcResponse = decode_frame_body(&bytes[4..]).unwrap();
+            assert_eq!(format!("{back:?}"), format!("{resp:?}"));
+        }
+        assert_eq!(golden("REQ").len(), f::requests().len());
+        assert_eq!(golden("RESP").len(), f::responses().len());
+    }
+
+    #[test]
+    fn another_protocol_version_is_refused_as_before() {
+        let mut body = encode_frame(&RpcRequest::Elect).unwrap()[4..].to_vec();
+        body[0] = 2;
+        let e = decode_frame_body::<RpcRequest>(&body).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(
+            e.to_string(),
+            "peer speaks protocol version 2, this node 1; upgrade the older node"
+        );
+        // The versioned decode on its own names the message and the version.
+        match RpcRequest::decode(&body) {
+            Err(crate::versioned::CodecError::Newer {
+                type_name: "peer request",
+                found: 2,
+                newest: 1,
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        // A damaged body of the right version is an error, not a panic.
+        let e = decode_frame_body::<RpcRequest>(&[1, 0xff, 0xff, 0xff, 0xff]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("peer request"), "{e}");
     }
 
     #[test]

@@ -15,8 +15,9 @@
 //! - [`BlobStore`]: the files of one node. Writes go to a temporary name, are fsynced
 //!   and checked against their sha256 before they take their final name; reads
 //!   check the sha256 too (once per file version, cached).
-//! - [`sync::BlobSync`]: fetches every recording this node lacks from a node that
-//!   holds it, resumable, capped, fair; removes files no metadata names.
+//! - [`sync::run`]: fetches every recording this node lacks from a node that
+//!   holds it, resumable, capped, fair; removes files no metadata names. It sees the
+//!   cluster only through [`sync::Cluster`] (implemented by the replica).
 //! - [`rate::TokenBucket`]: the bandwidth cap, a pure function of time.
 //!
 //! Recording bytes never travel in the Raft log: openraft sends heartbeats on the

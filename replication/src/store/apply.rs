@@ -9,7 +9,7 @@ use std::collections::HashSet;
 
 use openraft::{EntryPayload, RaftLogId};
 
-use super::codec;
+use super::codec::{self, AppliedLogId, StoredConfig, Versioned};
 use super::keys;
 use crate::cdr::Cdr;
 use crate::types::{Entry, RecordingMeta, Request, Response, StoredMembership};
@@ -49,7 +49,7 @@ pub fn apply_entries(
             EntryPayload::Blank => Response::Done,
             EntryPayload::Membership(m) => {
                 let stored = StoredMembership::new(Some(log_id), m);
-                batch.insert(keys::MEMBERSHIP, codec::encode(&stored)?);
+                batch.insert(keys::MEMBERSHIP, stored.encode()?);
                 Response::Done
             }
             EntryPayload::Normal(req) => match req {
@@ -60,7 +60,11 @@ pub fn apply_entries(
                     };
                     batch.insert(
                         keys::config_key(&key),
-                        codec::encode(&(log_id.index, value))?,
+                        StoredConfig {
+                            version: log_id.index,
+                            value,
+                        }
+                        .encode()?,
                     );
                     config_written.insert(key.clone(), true);
                     Response::Config {
@@ -114,7 +118,7 @@ pub fn apply_entries(
                             meta
                         }
                     };
-                    batch.insert(keys::recording_key(&merged.id), codec::encode(&merged)?);
+                    batch.insert(keys::recording_key(&merged.id), merged.encode()?);
                     let resp = Response::Recording {
                         id: merged.id.clone(),
                         known: true,
@@ -131,7 +135,7 @@ pub fn apply_entries(
                             } else {
                                 have.holders.remove(&node);
                             }
-                            batch.insert(keys::recording_key(&id), codec::encode(&have)?);
+                            batch.insert(keys::recording_key(&id), have.encode()?);
                             let resp = Response::Recording {
                                 id: id.clone(),
                                 known: true,
@@ -170,7 +174,7 @@ pub fn apply_entries(
         responses.push(resp);
     }
     if let Some(last) = last {
-        batch.insert(keys::APPLIED, codec::encode(&Some(last))?);
+        batch.insert(keys::APPLIED, AppliedLogId(Some(last)).encode()?);
     }
     Ok(Applied {
         batch,
@@ -182,7 +186,7 @@ pub fn apply_entries(
 fn insert_cdr(batch: &mut sled::Batch, cdr: &Cdr) -> Result<(), ApplyError> {
     batch.insert(
         keys::index_key(keys::BY_START, None, &cdr.start, &cdr.id),
-        codec::encode(cdr)?,
+        cdr.encode()?,
     );
     batch.insert(&keys::cdr_key(&cdr.id), &keys::time_key(&cdr.start)[..]);
     batch.insert(
@@ -206,7 +210,7 @@ fn recording(
         return Ok(m.clone());
     }
     match tree.get(keys::recording_key(id))? {
-        Some(v) => Ok(Some(codec::decode(&v)?)),
+        Some(v) => Ok(Some(RecordingMeta::decode(&v)?)),
         None => Ok(None),
     }
 }
@@ -226,7 +230,7 @@ fn expire_cdrs(
             break;
         }
         let (k, v) = item?;
-        let cdr: Cdr = codec::decode(&v)?;
+        let cdr = Cdr::decode(&v)?;
         batch.remove(k);
         batch.remove(&keys::cdr_key(&cdr.id)[..]);
         batch.remove(keys::index_key(
@@ -361,8 +365,8 @@ mod tests {
         // Nothing is visible before the batch is applied, everything after.
         assert!(t.get(keys::APPLIED).unwrap().is_none());
         t.apply_batch(applied.batch).unwrap();
-        let got: Option<LogId> = codec::decode(&t.get(keys::APPLIED).unwrap().unwrap()).unwrap();
-        assert_eq!(got.unwrap().index, 7);
+        let got = AppliedLogId::decode(&t.get(keys::APPLIED).unwrap().unwrap()).unwrap();
+        assert_eq!(got.0.unwrap().index, 7);
         assert!(t.get(keys::config_key("k")).unwrap().is_some());
     }
 
@@ -417,8 +421,9 @@ mod tests {
         // Same entries, byte-identical trees.
         let dump = |t: &sled::Tree| t.iter().map(|kv| kv.unwrap()).collect::<Vec<_>>();
         assert_eq!(dump(&a), dump(&b));
-        let (_, v): (u64, String) =
-            codec::decode(&a.get(keys::config_key("smtp.host")).unwrap().unwrap()).unwrap();
+        let v = StoredConfig::decode(&a.get(keys::config_key("smtp.host")).unwrap().unwrap())
+            .unwrap()
+            .value;
         assert_eq!(v, "\"b\"");
     }
 

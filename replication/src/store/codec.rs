@@ -1,61 +1,100 @@
-//! Encoding of every value tandem stores in sled or in a snapshot.
+//! The records tandem stores in sled or in a snapshot, each with its format version
+//! (see [`crate::versioned`]): one version byte, then bincode.
 //!
-//! Each value is one format-version byte followed by bincode. A reader that meets a
-//! version it does not know fails with a clear error instead of misreading; a later
-//! version adds its migration here (decode old, convert, re-encode).
+//! | record | where | type | version |
+//! |---|---|---|---|
+//! | CDR | `sm.N` / `s…` | [`Cdr`] | 1 |
+//! | recording metadata | `sm.N` / `g…` | [`RecordingMeta`] | 1 |
+//! | config entry (settings, SIP users, alarm outbox…) | `sm.N` / `c…` | [`StoredConfig`] | 1 |
+//! | applied log id | `sm.N` / `\0applied` | [`AppliedLogId`] | 1 |
+//! | membership (also from a snapshot's meta) | `sm.N` / `\0membership` | [`StoredMembership`] | 1 |
+//! | Raft log entry | `log` | [`Entry`] | 1 |
+//! | vote | `raft_meta` / `vote` | [`Vote`] | 1 |
+//! | committed log id | `raft_meta` / `committed` | [`CommittedLogId`] | 1 |
+//! | last purged log id | `raft_meta` / `last_purged` | [`PurgedLogId`] | 1 |
+//!
+//! Version 1 is the format every tandem so far has written (a `1` byte, then
+//! bincode): existing stores open unchanged. The JSON text inside a config entry
+//! (e.g. an alarm outbox mail) is the owner's format, not versioned here.
+//!
+//! Index entries (`d`, `r`, `e`, `G` keys) hold no value or a fixed 8-byte time key:
+//! their layout is the key layout of [`super::keys`].
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-/// Current on-disk format version.
-pub const FORMAT_VERSION: u8 = 1;
+use crate::cdr::{Cdr, CdrRef};
+use crate::types::{Entry, LogId, RecordingMeta, StoredMembership, Vote};
+use crate::versioned::initial_version;
+pub use crate::versioned::{CodecError, Versioned};
 
-#[derive(Debug, thiserror::Error)]
-pub enum CodecError {
-    #[error("empty value (expected a format-version byte)")]
-    Empty,
-    #[error("stored format version {found} is newer than this binary understands ({FORMAT_VERSION}); upgrade tandem")]
-    UnknownVersion { found: u8 },
-    #[error("corrupt value: {0}")]
-    Bincode(#[from] bincode::Error),
+/// A config entry as stored: the log index of the write that set it, and the JSON
+/// text of the value. (Same bytes as the `(u64, String)` tuple of earlier releases.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredConfig {
+    pub version: u64,
+    pub value: String,
 }
 
-pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
-    let mut out = Vec::with_capacity(64);
-    out.push(FORMAT_VERSION);
-    bincode::serialize_into(&mut out, value)?;
-    Ok(out)
+/// The last log id the state machine applied (stored with the data it produced).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedLogId(pub Option<LogId>);
+
+/// The last committed log id the log store knows of (saved by openraft).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedLogId(pub Option<LogId>);
+
+/// The log id up to which the log was purged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgedLogId(pub LogId);
+
+initial_version!(Cdr, "stored CDR", 1);
+initial_version!(RecordingMeta, "stored recording metadata", 1);
+initial_version!(StoredConfig, "stored config entry", 1);
+initial_version!(AppliedLogId, "stored applied log id", 1);
+initial_version!(StoredMembership, "stored membership", 1);
+initial_version!(Entry, "Raft log entry", 1);
+initial_version!(Vote, "stored vote", 1);
+initial_version!(CommittedLogId, "stored committed log id", 1);
+initial_version!(PurgedLogId, "stored purged log id", 1);
+
+/// A view that decodes a stored record in place, borrowing its strings (the CSV
+/// export reads a million CDRs this way). It reads the current version only.
+pub trait BorrowedView<'a>: Deserialize<'a> {
+    /// The owned type whose current layout the view mirrors.
+    type Owned: Versioned;
 }
 
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    decode_borrowed(bytes)
+impl<'a> BorrowedView<'a> for CdrRef<'a> {
+    type Owned = Cdr;
 }
 
-/// Like [`decode`], for types that borrow from `bytes` (e.g. `cdr::CdrRef`).
-pub fn decode_borrowed<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, CodecError> {
+/// Decode `bytes` as a borrowed view of the current version of `T::Owned`. An older
+/// version is [`CodecError::NotCurrent`]: decode it with `T::Owned::decode`, which
+/// migrates it (no older version of any stored record exists yet).
+pub fn decode_borrowed<'a, T: BorrowedView<'a>>(bytes: &'a [u8]) -> Result<T, CodecError> {
+    let name = <T::Owned as Versioned>::NAME;
+    let current = <T::Owned as Versioned>::VERSION;
     match bytes.split_first() {
-        None => Err(CodecError::Empty),
-        Some((&FORMAT_VERSION, rest)) => Ok(bincode::deserialize(rest)?),
-        Some((&found, _)) => Err(CodecError::UnknownVersion { found }),
+        None => Err(CodecError::Empty { type_name: name }),
+        Some((&tag, body)) if tag == current => {
+            bincode::deserialize(body).map_err(|e| CodecError::Corrupt {
+                type_name: name,
+                version: tag,
+                source: std::sync::Arc::new(e),
+            })
+        }
+        Some((&found, _)) if found > current => Err(CodecError::Newer {
+            type_name: name,
+            found,
+            newest: current,
+        }),
+        Some((&found, _)) => Err(CodecError::NotCurrent {
+            type_name: name,
+            found,
+            current,
+        }),
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn round_trip_and_version_check() {
-        let bytes = encode(&(1u64, "x".to_string())).unwrap();
-        assert_eq!(bytes[0], FORMAT_VERSION);
-        let back: (u64, String) = decode(&bytes).unwrap();
-        assert_eq!(back, (1, "x".to_string()));
-        let mut newer = bytes.clone();
-        newer[0] = 9;
-        assert!(matches!(
-            decode::<(u64, String)>(&newer),
-            Err(CodecError::UnknownVersion { found: 9 })
-        ));
-        assert!(matches!(decode::<u64>(&[]), Err(CodecError::Empty)));
-    }
-}
+mod tests;

@@ -17,7 +17,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, RaftLogReader, StorageIOError};
 use tokio::sync::{mpsc, oneshot};
 
-use super::codec;
+use super::codec::{CommittedLogId, PurgedLogId, Versioned};
 use super::durable::DurableDb;
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
@@ -130,26 +130,23 @@ impl LogStore {
         })
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &[u8],
-    ) -> Result<Option<T>, StorageError> {
+    fn get_meta<T: Versioned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
         match self.meta.get(key).map_err(read_err)? {
             None => Ok(None),
-            Some(v) => codec::decode(&v).map(Some).map_err(read_err),
+            Some(v) => T::decode(&v).map(Some).map_err(read_err),
         }
     }
 
     fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
-        self.get_meta(KEY_PURGED)
+        Ok(self.get_meta::<PurgedLogId>(KEY_PURGED)?.map(|p| p.0))
     }
 
     /// The last committed log id this node knows of (saved by openraft).
     pub fn committed(&self) -> Option<LogId> {
-        self.get_meta::<Option<LogId>>(KEY_COMMITTED)
+        self.get_meta::<CommittedLogId>(KEY_COMMITTED)
             .ok()
             .flatten()
-            .flatten()
+            .and_then(|c| c.0)
     }
 
     /// Number of entries currently in the log (for status and tests).
@@ -185,7 +182,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let mut out = Vec::new();
         for item in iter {
             let (_, v) = item.map_err(read_err)?;
-            out.push(codec::decode::<Entry>(&v).map_err(read_err)?);
+            out.push(Entry::decode(&v).map_err(read_err)?);
         }
         Ok(out)
     }
@@ -197,7 +194,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged = self.last_purged()?;
         let last = match self.log.last().map_err(read_err)? {
-            Some((_, v)) => Some(*codec::decode::<Entry>(&v).map_err(read_err)?.get_log_id()),
+            Some((_, v)) => Some(*Entry::decode(&v).map_err(read_err)?.get_log_id()),
             None => None,
         };
         Ok(LogState {
@@ -212,7 +209,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         self.meta
-            .insert(KEY_VOTE, codec::encode(vote).map_err(vote_err)?)
+            .insert(KEY_VOTE, vote.encode().map_err(vote_err)?)
             .map_err(vote_err)?;
         // A vote must be durable before it is answered (Raft §5.2).
         self.flusher.flush().await.map_err(vote_err)?;
@@ -227,13 +224,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Not flushed on its own: it rides on the next log flush. Losing it on a
         // crash only means re-applying from the state machine's applied index.
         self.meta
-            .insert(KEY_COMMITTED, codec::encode(&committed).map_err(write_err)?)
+            .insert(
+                KEY_COMMITTED,
+                CommittedLogId(committed).encode().map_err(write_err)?,
+            )
             .map_err(write_err)?;
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
+        Ok(self
+            .get_meta::<CommittedLogId>(KEY_COMMITTED)?
+            .and_then(|c| c.0))
     }
 
     async fn append<I>(
@@ -248,7 +250,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = sled::Batch::default();
         for entry in entries {
             let key = entry.get_log_id().index.to_be_bytes();
-            batch.insert(&key, codec::encode(&entry).map_err(write_err)?);
+            batch.insert(&key, entry.encode().map_err(write_err)?);
         }
         self.log.apply_batch(batch).map_err(write_err)?;
         if self.flusher.tx.send(FlushWaiter::Append(callback)).is_err() {
@@ -272,7 +274,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Record the purge point first: a crash in between leaves extra entries, never
         // a hole.
         self.meta
-            .insert(KEY_PURGED, codec::encode(&log_id).map_err(write_err)?)
+            .insert(KEY_PURGED, PurgedLogId(log_id).encode().map_err(write_err)?)
             .map_err(write_err)?;
         self.flusher.flush().await.map_err(write_err)?;
         let mut batch = sled::Batch::default();

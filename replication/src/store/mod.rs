@@ -35,11 +35,8 @@ pub use sm::{SmShared, StateMachineStore};
 ///
 /// `cache_mb` bounds sled's page cache. Must be called inside a tokio runtime.
 pub fn open(dir: &Path, cache_mb: u64) -> Result<(LogStore, StateMachineStore), crate::Error> {
-    let err = |e: &dyn std::fmt::Display| crate::Error::Storage {
-        path: dir.to_path_buf(),
-        reason: e.to_string(),
-    };
-    std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
+    use crate::Error;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("create the store directory", dir, e))?;
     let db_dir = dir.join("db");
     let db = sled::Config::new()
         .path(&db_dir)
@@ -50,9 +47,13 @@ pub fn open(dir: &Path, cache_mb: u64) -> Result<(LogStore, StateMachineStore), 
         .flush_every_ms(Some(1000))
         .mode(sled::Mode::HighThroughput)
         .open()
-        .map_err(|e| err(&e))?;
-    let db = std::sync::Arc::new(durable::DurableDb::new(db, &db_dir).map_err(|e| err(&e))?);
-    let log = LogStore::open(db.clone()).map_err(|e| err(&e))?;
-    let sm = StateMachineStore::open(db, &dir.join("snapshots")).map_err(|e| err(&e))?;
+        .map_err(|e| Error::store(&db_dir, e))?;
+    let db = std::sync::Arc::new(
+        durable::DurableDb::new(db, &db_dir).map_err(|e| Error::io("open", &db_dir, e))?,
+    );
+    let log = LogStore::open(db.clone()).map_err(|e| Error::store(&db_dir, e))?;
+    let snap_dir = dir.join("snapshots");
+    let sm = StateMachineStore::open(db, &snap_dir)
+        .map_err(|e| Error::io("open the state machine or its snapshots in", &snap_dir, e))?;
     Ok((log, sm))
 }

@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::codec;
+use super::codec::{self, StoredConfig, Versioned};
 use super::keys;
 use crate::cdr::Cdr;
 
@@ -60,7 +60,7 @@ pub fn config_get(tree: &sled::Tree, key: &str) -> Result<Option<ConfigEntry>, Q
     match tree.get(keys::config_key(key))? {
         None => Ok(None),
         Some(v) => {
-            let (version, value): (u64, String) = codec::decode(&v)?;
+            let StoredConfig { version, value } = StoredConfig::decode(&v)?;
             Ok(Some(ConfigEntry {
                 key: key.to_string(),
                 value,
@@ -74,7 +74,7 @@ pub fn config_list(tree: &sled::Tree, prefix: &str) -> Result<Vec<ConfigEntry>, 
     let mut out = Vec::new();
     for item in tree.scan_prefix(keys::config_key(prefix)) {
         let (k, v) = item?;
-        let (version, value): (u64, String) = codec::decode(&v)?;
+        let StoredConfig { version, value } = StoredConfig::decode(&v)?;
         out.push(ConfigEntry {
             key: String::from_utf8_lossy(&k[1..]).into_owned(),
             value,
@@ -100,7 +100,7 @@ pub fn cdr_get(tree: &sled::Tree, id: &uuid::Uuid) -> Result<Option<Cdr>, QueryE
 fn cdr_at(tree: &sled::Tree, pos: &[u8; 24]) -> Result<Option<Cdr>, QueryError> {
     match tree.get(keys::primary_key(pos))? {
         None => Ok(None),
-        Some(v) => Ok(Some(codec::decode(&v)?)),
+        Some(v) => Ok(Some(Cdr::decode(&v)?)),
     }
 }
 
@@ -187,7 +187,7 @@ pub fn cdr_scan(
 ) -> impl Iterator<Item = Result<(Cursor, Cdr), QueryError>> + Send + 'static {
     cdr_scan_raw(tree, q).map(|item| {
         let (pos, bytes) = item?;
-        Ok((pos, codec::decode::<Cdr>(&bytes)?))
+        Ok((pos, Cdr::decode(&bytes)?))
     })
 }
 
@@ -246,7 +246,7 @@ pub fn recording_get(
 ) -> Result<Option<crate::types::RecordingMeta>, QueryError> {
     match tree.get(keys::recording_key(id))? {
         None => Ok(None),
-        Some(v) => Ok(Some(codec::decode(&v)?)),
+        Some(v) => Ok(Some(crate::types::RecordingMeta::decode(&v)?)),
     }
 }
 
@@ -264,7 +264,7 @@ pub fn recording_scan(
         None => vec![keys::RECORDING],
     };
     tree.range(lo..vec![keys::RECORDING + 1])
-        .map(|item| Ok(codec::decode(&item?.1)?))
+        .map(|item| Ok(crate::types::RecordingMeta::decode(&item?.1)?))
 }
 
 /// Number of recordings known.

@@ -21,14 +21,18 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 
 use super::apply::apply_entries;
-use super::codec;
+use super::codec::{AppliedLogId, Versioned};
 use super::durable::DurableDb;
 use super::keys;
 use crate::types::{
     Entry, LogId, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 
+/// Start of a snapshot file; its last byte is the file format's version (`1`).
+/// The records inside are the tree's keys and versioned values (see `codec`).
 const SNAPSHOT_MAGIC: &[u8; 8] = b"TDMSNAP1";
+/// Version of `current.json` (written as its `version` field; absent = 1).
+const INDEX_VERSION: u8 = 1;
 const POINTER_KEY: &[u8] = b"sm_current";
 const LOAD_BATCH: usize = 10_000;
 
@@ -53,8 +57,40 @@ fn snap_err(verb: ErrorVerb, e: impl ToString) -> StorageError {
 /// Description of the current snapshot file, kept as `current.json` in the snapshot dir.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct SnapshotIndex {
+    /// Format version of this file ([`INDEX_VERSION`]; files of earlier releases
+    /// have none and are version 1).
+    #[serde(default = "index_v1")]
+    version: u8,
     meta: SnapshotMeta,
     file: String,
+}
+
+fn index_v1() -> u8 {
+    1
+}
+
+/// Read `current.json` in `dir`: None if there is none (or it is unreadable: a
+/// snapshot is then built anew), an error if a newer tandem wrote it.
+fn read_index(dir: &Path) -> io::Result<Option<SnapshotIndex>> {
+    let path = dir.join("current.json");
+    let Ok(text) = std::fs::read(&path) else {
+        return Ok(None);
+    };
+    match serde_json::from_slice::<SnapshotIndex>(&text) {
+        Ok(index) if index.version > INDEX_VERSION => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} has format version {}, newer than this tandem understands (up to {INDEX_VERSION}); upgrade this node to the version that wrote it",
+                path.display(),
+                index.version
+            ),
+        )),
+        Ok(index) => Ok(Some(index)),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "unreadable snapshot index; a new snapshot will be built");
+            Ok(None)
+        }
+    }
 }
 
 /// State shared between the state machine, its snapshot builders and readers.
@@ -136,7 +172,9 @@ impl StateMachineStore {
             .map_err(|e| sm_err(ErrorVerb::Read, e))?
         {
             Some(v) => {
-                codec::decode::<Option<LogId>>(&v).map_err(|e| sm_err(ErrorVerb::Read, e))?
+                AppliedLogId::decode(&v)
+                    .map_err(|e| sm_err(ErrorVerb::Read, e))?
+                    .0
             }
             None => None,
         };
@@ -144,15 +182,14 @@ impl StateMachineStore {
             .get(keys::MEMBERSHIP)
             .map_err(|e| sm_err(ErrorVerb::Read, e))?
         {
-            Some(v) => codec::decode(&v).map_err(|e| sm_err(ErrorVerb::Read, e))?,
+            Some(v) => StoredMembership::decode(&v).map_err(|e| sm_err(ErrorVerb::Read, e))?,
             None => StoredMembership::default(),
         };
         Ok((applied, membership))
     }
 
-    fn current_index(&self) -> Option<SnapshotIndex> {
-        let text = std::fs::read(self.shared.snap_dir.join("current.json")).ok()?;
-        serde_json::from_slice(&text).ok()
+    fn current_index(&self) -> io::Result<Option<SnapshotIndex>> {
+        read_index(&self.shared.snap_dir)
     }
 }
 
@@ -185,10 +222,21 @@ fn load_snapshot_file(tree: &sled::Tree, path: &Path) -> io::Result<u64> {
     let mut r = io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic)?;
+    if magic[..7] == SNAPSHOT_MAGIC[..7] && magic[7] != SNAPSHOT_MAGIC[7] {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "snapshot file {} has format version {}, this tandem reads {}; upgrade this node to the version of the leader that sent it",
+                path.display(),
+                char::from(magic[7]),
+                char::from(SNAPSHOT_MAGIC[7])
+            ),
+        ));
+    }
     if &magic != SNAPSHOT_MAGIC {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            "not a tandem snapshot (bad magic)",
+            format!("{} is not a tandem snapshot (bad magic)", path.display()),
         ));
     }
     let mut count = 0u64;
@@ -289,9 +337,7 @@ fn build_blocking(
 fn publish(shared: &SmShared, tmp: &Path, file: &str, meta: &SnapshotMeta) -> io::Result<()> {
     let _guard = shared.snap_lock.lock().expect("snapshot lock poisoned");
     let dir = &shared.snap_dir;
-    let old: Option<SnapshotIndex> = std::fs::read(dir.join("current.json"))
-        .ok()
-        .and_then(|t| serde_json::from_slice(&t).ok());
+    let old = read_index(dir)?;
     // Never replace a newer snapshot with an older one.
     if let Some(old) = &old {
         if old.meta.last_log_id > meta.last_log_id {
@@ -301,6 +347,7 @@ fn publish(shared: &SmShared, tmp: &Path, file: &str, meta: &SnapshotMeta) -> io
     }
     std::fs::rename(tmp, dir.join(file))?;
     let index = SnapshotIndex {
+        version: INDEX_VERSION,
         meta: meta.clone(),
         file: file.to_string(),
     };
@@ -456,7 +503,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let Some(index) = self.current_index() else {
+        let Some(index) = self
+            .current_index()
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?
+        else {
             return Ok(None);
         };
         let f = tokio::fs::File::open(self.shared.snap_dir.join(&index.file))
@@ -491,11 +541,15 @@ fn install_blocking(
     let mut batch = sled::Batch::default();
     batch.insert(
         keys::APPLIED,
-        codec::encode(&meta.last_log_id).map_err(|e| sm_err(ErrorVerb::Write, e))?,
+        AppliedLogId(meta.last_log_id)
+            .encode()
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?,
     );
     batch.insert(
         keys::MEMBERSHIP,
-        codec::encode(&meta.last_membership).map_err(|e| sm_err(ErrorVerb::Write, e))?,
+        meta.last_membership
+            .encode()
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?,
     );
     new_tree
         .apply_batch(batch)
@@ -523,4 +577,50 @@ fn install_blocking(
     publish(shared, &tmp, &file, meta).map_err(err)?;
     tracing::info!(snapshot = %meta.snapshot_id, records, "installed snapshot");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: Some(crate::fixtures::log_id()),
+            last_membership: crate::fixtures::stored_membership(),
+            snapshot_id: "3-42-abc".into(),
+        }
+    }
+
+    #[test]
+    fn current_json_of_earlier_releases_is_version_1_and_newer_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        // The file as earlier releases wrote it: no version field.
+        let old = serde_json::json!({ "meta": meta(), "file": "3-42-abc.snap" });
+        std::fs::write(dir.path().join("current.json"), old.to_string()).unwrap();
+        let index = read_index(dir.path()).unwrap().unwrap();
+        assert_eq!((index.version, index.file.as_str()), (1, "3-42-abc.snap"));
+        assert_eq!(index.meta.snapshot_id, "3-42-abc");
+        // A newer one names the file and its version.
+        let newer = serde_json::json!({ "version": 2, "meta": meta(), "file": "x.snap" });
+        std::fs::write(dir.path().join("current.json"), newer.to_string()).unwrap();
+        let e = read_index(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("current.json has format version 2"), "{e}");
+        // None at all: no snapshot yet.
+        let empty = tempfile::tempdir().unwrap();
+        assert!(read_index(empty.path()).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_snapshot_file_of_another_format_version_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("t").unwrap();
+        let path = dir.path().join("s.snap");
+        std::fs::write(&path, b"TDMSNAP2rest").unwrap();
+        let e = load_snapshot_file(&tree, &path).unwrap_err().to_string();
+        assert!(e.contains("format version 2"), "{e}");
+        std::fs::write(&path, b"NOTSNAPSHOT!").unwrap();
+        let e = load_snapshot_file(&tree, &path).unwrap_err().to_string();
+        assert!(e.contains("not a tandem snapshot"), "{e}");
+    }
 }
