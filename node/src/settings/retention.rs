@@ -42,7 +42,7 @@ impl Default for Retention {
 fn days(key: &str, v: &Value) -> Result<Option<Duration>, SettingError> {
     match v.as_f64() {
         Some(d) if d > 0.0 && d.is_finite() => Ok(Some(Duration::from_secs_f64(d * 86_400.0))),
-        Some(d) if d == 0.0 => Ok(None),
+        Some(0.0) => Ok(None),
         _ => Err(SettingError::new(
             key,
             format!("{v} is not a number of days ≥ 0"),

@@ -325,9 +325,29 @@ async fn test_mail_over_plain_smtp_arrives_once_and_bad_port_names_host_port_cau
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(smtp.wait_mails(3).await.len(), 3);
-    // Bad settings are a 400 naming the key.
-    set(&c, "smtp.security", json!("ssl")).await;
-    let out = alarm_test(&cluster, &[]).await;
+    // Bad settings are refused before they are replicated: 400 naming the key, and
+    // the setting in force is unchanged (the test mail still goes out).
+    let e = c
+        .config_set("smtp.security", &json!("ssl"))
+        .await
+        .expect_err("smtp.security = ssl must be refused");
+    assert_eq!(e.status(), Some(400), "{e}");
+    assert!(
+        e.to_string().contains("smtp.security") && e.to_string().contains("none, starttls, tls"),
+        "{e}"
+    );
+    assert_eq!(
+        c.config_get("smtp.security").await.unwrap().value,
+        json!("none")
+    );
+    // The CLI says the same.
+    let out = tokio::process::Command::new(exe())
+        .args(["config", "set", "smtp.security", "ssl", "--config"])
+        .arg(&cluster.nodes[0].config)
+        .env("TANDEM_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("HTTP 400") && err.contains("smtp.security"),
