@@ -195,3 +195,44 @@ async fn run_without_config_prints_the_admin_token_once() {
         "token printed again: {second:?}"
     );
 }
+
+/// Replicated settings are checked by the server before they are proposed: a bad
+/// value is refused with 400 naming the key, and nothing is replicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_replicated_settings_are_refused_before_they_are_replicated() {
+    let mut cluster = LocalCluster::prepare(exe(), 1, &["127.0.0.1"], "").unwrap();
+    cluster.bootstrap().await.unwrap();
+    let c = cluster.nodes[0].client().unwrap();
+    for (key, value, expect) in [
+        // "true" as a string used to be stored and read as "off".
+        ("maintenance.1", json!("true"), "not a boolean"),
+        // There is no node 99.
+        ("maintenance.99", json!(true), "node 99 is not a member"),
+        ("retention.cdr_days", json!("a year"), "number of days"),
+        ("retention.interval_s", json!(0), "seconds > 0"),
+        ("smtp.port", json!(70000), "smtp.port"),
+        (
+            "alarm.route.cluster",
+            json!(["nobody"]),
+            "recipient list `nobody`",
+        ),
+        ("replication.recording_bandwidth_kbps", json!(-1), "KB/s"),
+        ("sip.user.201", json!({"password": "short"}), "at least 8"),
+    ] {
+        let (status, e) = refused(c.config_set(key, &value).await);
+        assert!(
+            status == Some(400) && e.contains(&format!("config key `{key}`")) && e.contains(expect),
+            "{key} = {value}: {e}"
+        );
+        let (status, _) = refused(c.config_get(key).await);
+        assert_eq!(status, Some(404), "{key} was stored anyway");
+    }
+    // Good values still go through, and free keys take any JSON.
+    c.config_set("retention.cdr_days", &json!(365))
+        .await
+        .unwrap();
+    c.config_set("maintenance.1", &json!(false)).await.unwrap();
+    c.config_set("site.name", &json!({"city": "Berlin"}))
+        .await
+        .unwrap();
+}
