@@ -215,19 +215,27 @@ impl LocalCluster {
         pred: impl Fn(&ClusterView) -> bool,
     ) -> anyhow::Result<ClusterView> {
         let t0 = Instant::now();
+        // What the nodes last said: a timeout then tells "never true" from "no answer".
+        let mut last = String::from("no node answered");
         while t0.elapsed() < timeout {
             for n in self.nodes.iter().filter(|n| n.child.is_some()) {
-                if let Ok(c) = n.client() {
-                    if let Ok(v) = c.cluster().await {
-                        if pred(&v) {
-                            return Ok(v);
+                match n.client() {
+                    Ok(c) => match c.cluster().await {
+                        Ok(v) if pred(&v) => return Ok(v),
+                        Ok(v) => {
+                            last = format!(
+                                "node {}: role {}, {} voters, leader {:?}",
+                                n.id, v.role, v.voters, v.leader_id
+                            )
                         }
-                    }
+                        Err(e) => last = format!("node {}: {e}", n.id),
+                    },
+                    Err(e) => last = format!("node {}: {e}", n.id),
                 }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        bail!("timed out after {timeout:?} waiting for {what}")
+        bail!("timed out after {timeout:?} waiting for {what} (last: {last})")
     }
 
     /// Index of the node that currently reports itself master.
