@@ -5,14 +5,21 @@
 //!   clock tick  ──┼─▶ controller::Controller ────┼─▶ announce::announce (gratuitous ARP / unsolicited NA)
 //!   maintenance ──┘     handle(event, now)       └─▶ hooks::run (on_master / on_standby / on_fenced)
 //!                       -> Vec<Action>
+//!
+//!   replica view ──▶ takeover::Takeover ──▶ Campaign (fast takeover, witness rescue)
+//!   (each tick)       handle(view, now)      MemberDown / MemberUp (master's alarms)
 //! ```
 //!
-//! The controller is plain synchronous logic (no I/O, no clock): the node's driver
-//! feeds it events and performs the actions it returns.
+//! The controller (who holds the VIP) and the takeover logic (when to start an
+//! election without waiting for openraft's timer; which members the master reports
+//! down) are plain synchronous logic: no I/O, no clock. The node's driver
+//! (`node/src/role.rs`) feeds them events and plain-data views and performs the
+//! actions they return.
 
 pub mod announce;
 pub mod controller;
 pub mod error;
 pub mod guard;
 pub mod hooks;
+pub mod takeover;
 pub mod vip;
