@@ -14,7 +14,9 @@
 //! election without waiting for openraft's timer; which members the master reports
 //! down) are plain synchronous logic: no I/O, no clock. The node's driver
 //! (`node/src/role.rs`) feeds them events and plain-data views and performs the
-//! actions they return.
+//! actions they return. `tests/sim` runs both on a simulated cluster (fake clock,
+//! fake network, a small model of openraft 0.9's elections and leases) to check the
+//! failover invariants over thousands of seeded fault schedules.
 
 pub mod announce;
 pub mod controller;
