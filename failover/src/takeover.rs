@@ -25,7 +25,13 @@
 //!   data node has just asked for this witness's vote with a log behind the witness's
 //!   (it cannot win, Raft §5.4.1), or after `WITNESS_RESCUE_AFTER × election_max` in any
 //!   case; retried every `WITNESS_RESCUE_RETRY`.
-//! - **Silence** is the time since the last AppendEntries received.
+//! - **Silence** is the time since the later of the last AppendEntries received and
+//!   the moment this node learned of its current leader (a new term with a known
+//!   leader). A node that learns of a new leader without having heard from it (an old
+//!   master healed from a partition learns the new term from an answer to its own
+//!   heartbeat) first waits to hear that leader, instead of measuring its silence
+//!   from a contact before the partition and deposing the healthy master with a
+//!   higher term (docs/failover.md, "Fast takeover").
 //! - **Members down** (leader only, after `2 × election_max` as leader): a voter that
 //!   has not answered for more than `2 × election_max` is down; each change of the set
 //!   is one `MemberDown` / `MemberUp`.
@@ -122,6 +128,9 @@ pub struct Takeover {
     leader_since: Option<Instant>,
     /// Members the master currently reports down.
     unreachable: BTreeSet<u64>,
+    /// The (term, leader) this node last knew of, and when it learned of it: silence
+    /// is never counted from before that moment.
+    known_leader: Option<(u64, u64, Instant)>,
 }
 
 impl Takeover {
@@ -131,6 +140,7 @@ impl Takeover {
             last_fast_elect: None,
             leader_since: None,
             unreachable: BTreeSet::new(),
+            known_leader: None,
         }
     }
 
@@ -141,14 +151,27 @@ impl Takeover {
 
     /// Decide, at one tick, whether to campaign and which members are down.
     pub fn handle(&mut self, view: &View, now: Instant) -> Vec<Action> {
+        if let Some(leader) = view.leader {
+            if !self
+                .known_leader
+                .is_some_and(|(t, l, _)| t == view.term && l == leader)
+            {
+                self.known_leader = Some((view.term, leader, now));
+            }
+        }
         let mut actions = self.watch_members(view, now);
         actions.extend(self.campaign_due(view, now));
         actions
     }
 
-    /// Time without a leader: since the last AppendEntries.
-    fn silence(&self, view: &View, _now: Instant) -> Option<Duration> {
-        view.since_leader_contact
+    /// Time without a leader: since the last AppendEntries, but never counted from
+    /// before this node learned of its current leader.
+    fn silence(&self, view: &View, now: Instant) -> Option<Duration> {
+        let contact = view.since_leader_contact?;
+        Some(match self.known_leader {
+            Some((_, _, at)) => contact.min(now.saturating_duration_since(at)),
+            None => contact,
+        })
     }
 
     /// On the leader: which members stopped answering (no answer for twice the

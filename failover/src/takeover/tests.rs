@@ -14,6 +14,18 @@ fn takeover(id: u64, kind: Kind) -> Takeover {
     })
 }
 
+/// A data node that learned of leader 1 (term 5) 10 s before `t0` and has followed
+/// it since: the history a standby has when its leader goes silent.
+fn standby(id: u64, t0: Instant) -> Takeover {
+    let mut t = takeover(id, Kind::Data);
+    let then = t0 - Duration::from_secs(10);
+    assert_eq!(
+        t.handle(&follower(three_data(), Some(1), Some(0)), then),
+        vec![]
+    );
+    t
+}
+
 fn member(id: u64, kind: Kind) -> Member {
     Member {
         id,
@@ -64,7 +76,7 @@ fn fast(silence_ms: u64, rank: u32) -> Vec<Action> {
 #[test]
 fn first_standby_campaigns_at_election_max_plus_margin() {
     let t0 = Instant::now();
-    let mut t = takeover(2, Kind::Data);
+    let mut t = standby(2, t0);
     assert_eq!(
         t.handle(&follower(three_data(), Some(1), Some(1514)), t0),
         vec![]
@@ -78,7 +90,7 @@ fn first_standby_campaigns_at_election_max_plus_margin() {
 #[test]
 fn second_standby_waits_one_stagger_more() {
     let t0 = Instant::now();
-    let mut t = takeover(3, Kind::Data);
+    let mut t = standby(3, t0);
     assert_eq!(
         t.handle(&follower(three_data(), Some(1), Some(1594)), t0),
         vec![]
@@ -103,14 +115,14 @@ fn rank_counts_data_voters_other_than_the_leader() {
         },
         member(4, Kind::Data),
     ];
-    let mut t = takeover(4, Kind::Data);
+    let mut t = standby(4, t0);
     assert_eq!(
         t.handle(&follower(members.clone(), Some(1), Some(1515)), t0),
         fast(1515, 0)
     );
     // No leader known (this node granted a vote to a candidate): 1 and 4 are the
     // standbys, so 4 is second.
-    let mut t = takeover(4, Kind::Data);
+    let mut t = standby(4, t0);
     assert_eq!(
         t.handle(&follower(members.clone(), None, Some(1594)), t0),
         vec![]
@@ -124,7 +136,7 @@ fn rank_counts_data_voters_other_than_the_leader() {
 #[test]
 fn a_node_missing_from_the_voters_takes_rank_zero() {
     let t0 = Instant::now();
-    let mut t = takeover(9, Kind::Data);
+    let mut t = standby(9, t0);
     assert_eq!(
         t.handle(&follower(three_data(), Some(1), Some(1515)), t0),
         fast(1515, 0)
@@ -135,7 +147,7 @@ fn a_node_missing_from_the_voters_takes_rank_zero() {
 #[test]
 fn fast_campaigns_are_paced_by_election_max() {
     let t0 = Instant::now();
-    let mut t = takeover(2, Kind::Data);
+    let mut t = standby(2, t0);
     assert_eq!(
         t.handle(&follower(three_data(), Some(1), Some(2000)), t0),
         fast(2000, 0)
@@ -155,7 +167,7 @@ fn only_a_follower_takes_over() {
         RaftState::Learner,
         RaftState::Shutdown,
     ] {
-        let mut t = takeover(2, Kind::Data);
+        let mut t = standby(2, t0);
         let v = View {
             state,
             ..follower(three_data(), Some(1), Some(5000))
@@ -167,7 +179,7 @@ fn only_a_follower_takes_over() {
 #[test]
 fn no_takeover_when_elections_are_not_allowed_or_in_maintenance() {
     let t0 = Instant::now();
-    let mut t = takeover(2, Kind::Data);
+    let mut t = standby(2, t0);
     let v = View {
         elect_allowed: false,
         ..follower(three_data(), Some(1), Some(5000))
@@ -190,7 +202,7 @@ fn no_takeover_when_elections_are_not_allowed_or_in_maintenance() {
 #[test]
 fn no_takeover_without_any_leader_contact() {
     let t0 = Instant::now();
-    let mut t = takeover(2, Kind::Data);
+    let mut t = standby(2, t0);
     assert_eq!(t.handle(&follower(three_data(), Some(1), None), t0), vec![]);
 }
 
@@ -377,4 +389,99 @@ fn losing_leadership_clears_the_down_set_and_restarts_the_grace_period() {
             witness: false
         }]
     );
+}
+
+/// The healed-partition defect seen on real nodes. The old master, healed from a
+/// partition, learns the new leader's term from the answer to its own heartbeat. It
+/// becomes a follower before any AppendEntries of the new leader has arrived. Its
+/// last contact is from before the cut. Counting its silence from that contact, it
+/// campaigned at once, and its higher term deposed the healthy new master. Now it
+/// first waits to hear that leader.
+#[test]
+fn a_healed_old_master_waits_to_hear_the_new_leader() {
+    let t0 = Instant::now();
+    let mut t = takeover(1, Kind::Data);
+    let leading = View {
+        state: RaftState::Leader,
+        ..follower(three_data(), Some(1), Some(9_000))
+    };
+    assert_eq!(t.handle(&leading, t0), vec![]);
+    let healed = |contact_ms: u64| View {
+        term: 6,
+        ..follower(three_data(), Some(2), Some(contact_ms))
+    };
+    let t1 = t0 + MS(400);
+    // The old logic campaigned here: fast(9400, 0).
+    assert_eq!(t.handle(&healed(9_400), t1), vec![]);
+    assert_eq!(t.handle(&healed(10_914), t1 + MS(1514)), vec![]);
+    // Still nothing from the new leader: it is gone too, take over as usual.
+    assert_eq!(t.handle(&healed(10_915), t1 + MS(1515)), fast(1515, 0));
+}
+
+#[test]
+fn a_healed_old_master_that_hears_the_new_leader_stays_a_follower() {
+    let t0 = Instant::now();
+    let mut t = takeover(1, Kind::Data);
+    let leading = View {
+        state: RaftState::Leader,
+        ..follower(three_data(), Some(1), Some(9_000))
+    };
+    t.handle(&leading, t0);
+    let healed = |contact_ms: u64| View {
+        term: 6,
+        ..follower(three_data(), Some(2), Some(contact_ms))
+    };
+    assert_eq!(t.handle(&healed(9_400), t0 + MS(25)), vec![]);
+    for i in 2..200 {
+        assert_eq!(t.handle(&healed(i * 25 % 100), t0 + MS(i * 25)), vec![]);
+    }
+}
+
+/// The fix must not slow the normal takeover: a standby that has long known its
+/// leader campaigns `election_max + 15 ms` after the leader's last AppendEntries.
+#[test]
+fn a_standby_whose_leader_dies_still_campaigns_at_election_max_plus_margin() {
+    let t0 = Instant::now();
+    let mut t = standby(2, t0);
+    for i in 0..=60 {
+        // Heartbeats every 100 ms until t0; the leader dies right after.
+        let now = t0 + MS(i * 25);
+        assert_eq!(
+            t.handle(&follower(three_data(), Some(1), Some(i * 25)), now),
+            vec![]
+        );
+    }
+    assert_eq!(
+        t.handle(&follower(three_data(), Some(1), Some(1514)), t0 + MS(1514)),
+        vec![]
+    );
+    assert_eq!(
+        t.handle(&follower(three_data(), Some(1), Some(1515)), t0 + MS(1515)),
+        fast(1515, 0)
+    );
+}
+
+/// A new leader learned through its own AppendEntries: the contact is as recent as
+/// the learning, so nothing changes; and a vote granted to a candidate (no leader
+/// known at the new term) does not restart the silence either.
+#[test]
+fn learning_a_leader_through_its_heartbeat_or_granting_a_vote_adds_no_wait() {
+    let t0 = Instant::now();
+    let mut t = standby(3, t0);
+    let new_leader = |contact_ms: u64| View {
+        term: 6,
+        ..follower(three_data(), Some(2), Some(contact_ms))
+    };
+    assert_eq!(t.handle(&new_leader(0), t0), vec![]);
+    assert_eq!(t.handle(&new_leader(1514), t0 + MS(1514)), vec![]);
+    // Standbys other than leader 2: 1 and 3, so this node is second.
+    assert_eq!(t.handle(&new_leader(1594), t0 + MS(1594)), vec![]);
+    assert_eq!(t.handle(&new_leader(1595), t0 + MS(1595)), fast(1595, 1));
+
+    let mut t = standby(2, t0);
+    let voted = View {
+        term: 6,
+        ..follower(three_data(), None, Some(1595))
+    };
+    assert_eq!(t.handle(&voted, t0), fast(1595, 1));
 }
