@@ -110,6 +110,12 @@ pub async fn start(replica: Arc<Replica>, cfg: &Config) -> anyhow::Result<Arc<Ro
         on_fenced: cfg.hooks.on_fenced.clone(),
         timeout: Duration::from_millis(cfg.hooks.timeout_ms),
     };
+    let takeover =
+        tandem_failover::takeover::Takeover::new(tandem_failover::takeover::TakeoverConfig {
+            id: replica.id,
+            kind,
+            election_max: Duration::from_millis(cfg.cluster.election_timeout_max_ms),
+        });
     let mut driver = Driver {
         replica,
         controller,
@@ -120,9 +126,7 @@ pub async fn start(replica: Arc<Replica>, cfg: &Config) -> anyhow::Result<Arc<Ro
         garp_count: cfg.vip.garp_count,
         garp_interval: Duration::from_millis(cfg.vip.garp_interval_ms),
         switchover_running: Arc::new(AtomicBool::new(false)),
-        election_max: Duration::from_millis(cfg.cluster.election_timeout_max_ms),
-        last_fast_elect: None,
-        leader_since: None,
+        takeover,
     };
     driver.perform(initial).await;
     tokio::spawn(driver.run());
@@ -139,193 +143,93 @@ struct Driver {
     garp_count: u32,
     garp_interval: Duration,
     switchover_running: Arc<AtomicBool>,
-    /// `election_timeout_max_ms`: followers refuse votes for this long after hearing
-    /// the leader (openraft's leader lease), so a takeover cannot start earlier.
-    election_max: Duration,
-    last_fast_elect: Option<Instant>,
-    /// When this node last became leader (members are judged only after a grace period).
-    leader_since: Option<Instant>,
+    /// Fast takeover, witness rescue and the member-down report (pure, fed each tick).
+    takeover: tandem_failover::takeover::Takeover,
 }
 
-/// Stagger between standbys starting a fast takeover (lowest id first), so that two
-/// standbys do not split the vote.
-pub const TAKEOVER_STAGGER: Duration = Duration::from_millis(80);
-/// Election timeouts without a leader after which a witness campaigns to rescue the
-/// data nodes (see `witness_rescue_due`).
-pub const WITNESS_RESCUE_AFTER: u32 = 3;
-/// Pause between two rescue campaigns of a witness.
-pub const WITNESS_RESCUE_RETRY: Duration = Duration::from_millis(150);
-
 impl Driver {
-    /// On the master: which members stopped answering (no RPC answer for twice the
-    /// election timeout). Each change is a structured alarm event in the log.
-    fn watch_members(&mut self, now: Instant) {
+    /// Feed the takeover logic a view of the replica and perform what it decides:
+    /// alarm events for members that stop (or start again) answering the master, and
+    /// an election started at once (fast takeover, witness rescue).
+    fn takeover(&mut self, now: Instant) {
+        use tandem_failover::takeover::{Action as Takeover, CampaignReason, Member, View};
         let m = self.replica.metrics();
-        let mut down = std::collections::BTreeSet::new();
-        if m.state == ServerState::Leader
-            && self
-                .leader_since
-                .is_some_and(|t| now.duration_since(t) > 2 * self.election_max)
-        {
-            let limit = (2 * self.election_max).as_millis() as u64;
-            for member in self.replica.members() {
-                if member.id != self.replica.id
-                    && member.voter
-                    && member.last_contact_ms.is_none_or(|ms| ms > limit)
-                {
-                    down.insert(member.id);
+        let kind = |k: MemberKind| match k {
+            MemberKind::Data => Kind::Data,
+            MemberKind::Witness => Kind::Witness,
+        };
+        let view = View {
+            state: raft_view(&m).state,
+            term: m.current_term,
+            leader: m.current_leader,
+            members: self
+                .replica
+                .members()
+                .into_iter()
+                .map(|s| Member {
+                    id: s.id,
+                    kind: kind(s.kind),
+                    voter: s.voter,
+                    last_contact_ms: s.last_contact_ms,
+                })
+                .collect(),
+            since_leader_contact: self.replica.since_leader_contact(now),
+            since_stale_candidate: self.replica.since_stale_candidate(now),
+            elect_allowed: self.replica.elect_allowed(),
+            maintenance: self.controller.maintenance(),
+        };
+        let actions = self.takeover.handle(&view, now);
+        if actions.is_empty() {
+            return;
+        }
+        *self.state.unreachable.lock().expect("unreachable lock") =
+            self.takeover.unreachable().clone();
+        let alarm = |witness: bool| {
+            if witness {
+                "cluster.witness_lost"
+            } else {
+                "cluster.node_down"
+            }
+        };
+        for action in actions {
+            match action {
+                Takeover::MemberDown { id, witness } => tracing::warn!(
+                    alarm = alarm(witness),
+                    node = id,
+                    state = "raised",
+                    "alarm: member {id} does not answer the master"
+                ),
+                Takeover::MemberUp { id, witness } => tracing::info!(
+                    alarm = alarm(witness),
+                    node = id,
+                    state = "cleared",
+                    "alarm cleared: member {id} answers again"
+                ),
+                Takeover::Campaign {
+                    reason,
+                    silence_ms,
+                    rank,
+                } => {
+                    match reason {
+                        CampaignReason::FastTakeover => tracing::info!(
+                            silence_ms,
+                            rank,
+                            "no word from the leader: starting an election (fast takeover)"
+                        ),
+                        CampaignReason::WitnessRescue => tracing::warn!(
+                            silence_ms,
+                            "witness: no data node became master; campaigning to hand this witness's log to a data node (it then hands leadership over)"
+                        ),
+                    }
+                    let replica = self.replica.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = replica.campaign_now().await {
+                            tracing::warn!(error = %e, "could not start the election");
+                        }
+                    });
                 }
             }
         }
-        if m.state == ServerState::Leader {
-            self.leader_since.get_or_insert(now);
-        } else {
-            self.leader_since = None;
-        }
-        let mut current = self.state.unreachable.lock().expect("unreachable lock");
-        if *current == down {
-            return;
-        }
-        let kind_of = |id: u64| {
-            m.membership_config
-                .membership()
-                .get_node(&id)
-                .map(|n| n.kind)
-                .unwrap_or(MemberKind::Data)
-        };
-        for id in down.difference(&current) {
-            let alarm = if kind_of(*id) == MemberKind::Witness {
-                "cluster.witness_lost"
-            } else {
-                "cluster.node_down"
-            };
-            tracing::warn!(
-                alarm,
-                node = id,
-                state = "raised",
-                "alarm: member {id} does not answer the master"
-            );
-        }
-        for id in current.difference(&down) {
-            let alarm = if kind_of(*id) == MemberKind::Witness {
-                "cluster.witness_lost"
-            } else {
-                "cluster.node_down"
-            };
-            tracing::info!(
-                alarm,
-                node = id,
-                state = "cleared",
-                "alarm cleared: member {id} answers again"
-            );
-        }
-        *current = down;
-    }
-
-    /// Fast takeover: openraft 0.9 followers wait `election_timeout_max` (their leader
-    /// lease) *plus* a random election timeout before campaigning. A standby that has
-    /// heard nothing from the leader for the lease (plus a per-node stagger) starts the
-    /// election at once instead: votes are granted from then on, and the old master's
-    /// own lease (`lease_ms` < election timeout) has long expired.
-    fn fast_takeover_due(&mut self, now: Instant) -> bool {
-        if self.replica.info.kind == MemberKind::Witness {
-            return self.witness_rescue_due(now);
-        }
-        if self.replica.info.kind != MemberKind::Data
-            || !self.replica.elect_allowed()
-            || self.controller.maintenance()
-        {
-            return false;
-        }
-        let m = self.replica.metrics();
-        if m.state != ServerState::Follower {
-            return false;
-        }
-        let Some(silence) = self.replica.since_leader_contact(now) else {
-            return false;
-        };
-        let membership = m.membership_config.membership();
-        let mut standbys: Vec<u64> = membership
-            .voter_ids()
-            .filter(|id| Some(*id) != m.current_leader)
-            .filter(|id| {
-                membership
-                    .get_node(id)
-                    .is_some_and(|n| n.kind == MemberKind::Data)
-            })
-            .collect();
-        standbys.sort_unstable();
-        let rank = standbys
-            .iter()
-            .position(|id| *id == self.replica.id)
-            .unwrap_or(0) as u32;
-        let wait = self.election_max + Duration::from_millis(15) + TAKEOVER_STAGGER * rank;
-        if silence < wait {
-            return false;
-        }
-        if self
-            .last_fast_elect
-            .is_some_and(|t| now.duration_since(t) < self.election_max)
-        {
-            return false;
-        }
-        self.last_fast_elect = Some(now);
-        tracing::info!(
-            silence_ms = silence.as_millis() as u64,
-            rank,
-            "no word from the leader: starting an election (fast takeover)"
-        );
-        true
-    }
-
-    /// Witness rescue. A witness never campaigns on its own, but it may hold log
-    /// entries that the surviving data node lacks (the dead master replicated them to
-    /// the witness first): that data node can then never win the witness's vote
-    /// (Raft §5.4.1), and without the witness it has no majority. When no leader has
-    /// been heard for one election timeout and a data node has just asked for this
-    /// witness's vote with a log behind the witness's (refused: it cannot win), or
-    /// for `WITNESS_RESCUE_AFTER` election timeouts in any case, the witness
-    /// campaigns itself; as leader it only brings the data
-    /// nodes up to date and hands leadership to one of them at once (replica
-    /// `leader_duties`). It never holds the VIP or runs the telephony service.
-    fn witness_rescue_due(&mut self, now: Instant) -> bool {
-        let m = self.replica.metrics();
-        if m.state == ServerState::Leader {
-            return false;
-        }
-        let Some(silence) = self.replica.since_leader_contact(now) else {
-            return false;
-        };
-        // A data node that asked for this witness's vote with a log behind the
-        // witness's cannot win: rescue at once. Otherwise give the data nodes
-        // WITNESS_RESCUE_AFTER election timeouts (one may still be on its way).
-        let stale_candidate = self
-            .replica
-            .since_stale_candidate(now)
-            .is_some_and(|d| d < self.election_max);
-        let wait = if stale_candidate {
-            self.election_max
-        } else {
-            self.election_max * WITNESS_RESCUE_AFTER
-        };
-        if silence < wait {
-            return false;
-        }
-        // Retried soon: a failed attempt (the data node, still campaigning, was at a
-        // higher term) taught this witness that term, and the next attempt must come
-        // before the data node's own next campaign raises it again.
-        if self
-            .last_fast_elect
-            .is_some_and(|t| now.duration_since(t) < WITNESS_RESCUE_RETRY)
-        {
-            return false;
-        }
-        self.last_fast_elect = Some(now);
-        tracing::warn!(
-            silence_ms = silence.as_millis() as u64,
-            "witness: no data node became master; campaigning to hand this witness's log to a data node (it then hands leadership over)"
-        );
-        true
     }
 
     async fn run(mut self) {
@@ -376,15 +280,7 @@ impl Driver {
             actions.extend(self.controller.handle(event, now));
             self.perform(actions).await;
             if matches!(event, Event::Tick) {
-                self.watch_members(now);
-            }
-            if matches!(event, Event::Tick) && self.fast_takeover_due(now) {
-                let replica = self.replica.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = replica.campaign_now().await {
-                        tracing::warn!(error = %e, "could not start the election");
-                    }
-                });
+                self.takeover(now);
             }
             // A leader in maintenance hands the master role to another node.
             if self.controller.maintenance()
