@@ -191,8 +191,11 @@ impl Switchover {
 
     /// Campaign until this node is leader (asked by the leader during a switchover).
     pub(super) async fn campaign(&self) -> Result<()> {
+        /// How long a refused candidacy waits before a fresh election.
+        const RECAMPAIGN: Duration = Duration::from_millis(60);
         let started = Instant::now();
         let term_at_start = self.metrics().current_term;
+        let mut last_elect = started;
         while started.elapsed() < PATIENCE {
             let m = self.metrics();
             if m.state == ServerState::Leader {
@@ -209,8 +212,15 @@ impl Switchover {
                     });
                 }
             }
-            if m.state != ServerState::Candidate {
+            // The first vote requests go out while the other voters still hold the
+            // old leader's lease (election_timeout_max after its last heartbeat) and
+            // are refused; openraft would then keep this node a candidate for a whole
+            // election timeout, long enough for another standby's fast takeover to
+            // win instead. A fresh election every RECAMPAIGN wins as soon as the
+            // leases lapse.
+            if m.state != ServerState::Candidate || last_elect.elapsed() >= RECAMPAIGN {
                 self.raft.trigger().elect().await?;
+                last_elect = Instant::now();
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
