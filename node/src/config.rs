@@ -22,7 +22,6 @@
 //! `cluster.peers[2].addr`) and how to fix it.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
@@ -119,26 +118,11 @@ fn parse_fix(message: &str) -> &'static str {
     }
 }
 
-/// The role of this node in the cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NodeRole {
-    /// A full node: votes, stores data, can become master and hold the VIP.
-    #[default]
-    Data,
-    /// A tie-breaker: votes in elections but never becomes master, never
-    /// carries calls and never holds the VIP.
-    Witness,
-}
-
-impl fmt::Display for NodeRole {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            NodeRole::Data => "data",
-            NodeRole::Witness => "witness",
-        })
-    }
-}
+/// The role of this node in the cluster (`[node] role`): `data` (votes, stores
+/// data, can become master and hold the VIP) or `witness` (votes, never master,
+/// never carries calls, never holds the VIP). The same enum the cluster uses for its
+/// members.
+pub use tandem_replication::types::MemberKind as NodeRole;
 
 /// One cluster member as listed in `[[cluster.peers]]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -16,9 +16,9 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use tandem_replication::replica::ReplicaConfig;
 use tandem_replication::tls::{ClusterCa, JoinToken, NodeIdentity};
-use tandem_replication::types::{MemberKind, NodeInfo};
+use tandem_replication::types::NodeInfo;
 
-use crate::config::{Config, NodeRole};
+use crate::config::Config;
 
 /// The member description this node announces to the cluster.
 pub fn node_info(cfg: &Config) -> NodeInfo {
@@ -26,10 +26,7 @@ pub fn node_info(cfg: &Config) -> NodeInfo {
         addr: cfg.advertise(),
         api: cfg.api.listen.clone(),
         name: cfg.node_name(),
-        kind: match cfg.node.role {
-            NodeRole::Data => MemberKind::Data,
-            NodeRole::Witness => MemberKind::Witness,
-        },
+        kind: cfg.node.role,
     }
 }
 
