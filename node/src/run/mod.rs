@@ -64,7 +64,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         std::fs::remove_file(bootstrap_marker(&cfg))?;
     }
     let tasks = Tasks::new();
-    let roles = role::start(replica.clone(), &cfg).await?;
+    let roles = role::start(replica.clone(), &cfg, &tasks).await?;
     let alarms = tandem_alarms::service::AlarmService::new(tandem_alarms::service::Identity {
         cluster: cfg.cluster.name.clone(),
         node: cfg.node_name(),
@@ -112,15 +112,22 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tasks.cancel.cancel();
     tasks.join(std::time::Duration::from_secs(5)).await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), replica.raft.shutdown()).await;
+    // The role driver ends once Raft has stopped (it lets go of the VIP first).
+    tasks
+        .join_after_raft(std::time::Duration::from_secs(5))
+        .await;
     Ok(())
 }
 
-/// The node's long-running tasks: one cancellation token for all, and a tracker so
+/// The node's long-running tasks: one cancellation token for all, and trackers so
 /// that shutdown waits for each to end (no task outlives `run`).
 pub struct Tasks {
     /// Cancelled on SIGTERM / Ctrl-C (or when the API server stops).
     pub cancel: CancellationToken,
     tracker: TaskTracker,
+    /// Tasks that must outlive the cancellation and end when Raft stops (the role
+    /// driver: it releases the VIP when Raft's metrics channel closes).
+    after_raft: TaskTracker,
 }
 
 impl Tasks {
@@ -128,6 +135,7 @@ impl Tasks {
         Tasks {
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            after_raft: TaskTracker::new(),
         }
     }
 
@@ -142,6 +150,31 @@ impl Tasks {
                 tracing::debug!(task = name, "task ended");
             }
         });
+    }
+
+    /// Run `job` to its own end (not cancelled); joined after Raft has stopped.
+    pub fn spawn_until_raft_stops<F>(&self, name: &'static str, job: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.after_raft.spawn(async move {
+            job.await;
+            tracing::debug!(task = name, "task ended");
+        });
+    }
+
+    /// Wait (at most `limit`) for the tasks that end with Raft.
+    async fn join_after_raft(&self, limit: std::time::Duration) {
+        self.after_raft.close();
+        if tokio::time::timeout(limit, self.after_raft.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.after_raft.len(),
+                "role driver still running {limit:?} after Raft stopped"
+            );
+        }
     }
 
     /// Wait (at most `limit`) for every task to end after the cancellation.

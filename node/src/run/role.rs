@@ -68,7 +68,13 @@ pub fn vip_spec(cfg: &Config) -> Option<VipSpec> {
 pub const VIP_LIFETIME: Duration = Duration::from_secs(2);
 
 /// Start the driver task; returns the shared role state.
-pub async fn start(replica: Arc<Replica>, cfg: &Config) -> anyhow::Result<Arc<RoleState>> {
+/// Start the role driver. It is tracked by `tasks` but not cancelled: it ends when
+/// Raft stops, and releases the VIP on its way out.
+pub async fn start(
+    replica: Arc<Replica>,
+    cfg: &Config,
+    tasks: &super::Tasks,
+) -> anyhow::Result<Arc<RoleState>> {
     let spec = vip_spec(cfg);
     let lease = Duration::from_millis(cfg.cluster.lease_ms);
     let kind = match replica.info.kind {
@@ -129,7 +135,7 @@ pub async fn start(replica: Arc<Replica>, cfg: &Config) -> anyhow::Result<Arc<Ro
         takeover,
     };
     driver.perform(initial).await;
-    tokio::spawn(driver.run());
+    tasks.spawn_until_raft_stops("role driver", driver.run());
     Ok(state)
 }
 
