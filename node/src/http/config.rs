@@ -120,12 +120,7 @@ pub(crate) async fn config_put(
             value: value.to_string(),
         })
         .await?;
-    let created = matches!(resp, RaftResponse::Config { existed: false, .. });
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = created_or_ok(&resp);
     Ok((
         status,
         Json(api::ConfigEntry {

@@ -80,3 +80,12 @@ pub(crate) fn with_headers(body: Body, headers: HeaderMap, content_type: &'stati
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
 }
+
+/// 201 when a config write created its key, 200 when it replaced a value.
+pub(crate) fn created_or_ok(resp: &tandem_replication::types::Response) -> axum::http::StatusCode {
+    use axum::http::StatusCode;
+    match resp {
+        tandem_replication::types::Response::Config { existed: false, .. } => StatusCode::CREATED,
+        _ => StatusCode::OK,
+    }
+}

@@ -9,6 +9,7 @@ use tandem_api as api;
 use tandem_replication::store::query;
 use tandem_replication::types::{Request, Response as RaftResponse};
 
+use crate::http::params::created_or_ok;
 use crate::http::{state::St, ApiError};
 use crate::settings::sip::{
     check_extension, check_password, StoredUser, BINDING_PREFIX, USER_PREFIX,
@@ -51,13 +52,9 @@ pub async fn user_put(
             value,
         })
         .await?;
-    let created = matches!(resp, RaftResponse::Config { existed: false, .. });
+    let status = created_or_ok(&resp);
+    let created = status == StatusCode::CREATED;
     tracing::info!(extension = %ext, created, "SIP user saved");
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
     Ok((
         status,
         Json(api::SipUser {

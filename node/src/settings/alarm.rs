@@ -47,9 +47,9 @@ pub fn smtp_key(key: &str, value: &Value) -> Result<(), SettingError> {
     }
     let mut entries = BTreeMap::new();
     entries.insert("smtp.host".to_string(), Value::String("localhost".into()));
-    // The pair rule is not this key's business here.
-    for pair in ["smtp.username", "smtp.password"] {
-        if key == "smtp.username" || key == "smtp.password" {
+    // The username/password pair rule is not this key's business here.
+    if key == "smtp.username" || key == "smtp.password" {
+        for pair in ["smtp.username", "smtp.password"] {
             entries.insert(pair.to_string(), Value::String("x".into()));
         }
     }
