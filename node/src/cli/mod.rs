@@ -238,7 +238,10 @@ pub enum ConfigCmd {
         common: Common,
         key: String,
     },
-    /// Set a key to a value (JSON; a bare word is taken as a string).
+    /// Set a key to a value (JSON; a bare word is taken as a string). Values of the
+    /// keys the node reads (smtp.*, alarm.*, retention.*, maintenance.<id>,
+    /// replication.*, sip.*) are checked first: a bad one is refused naming the key
+    /// (docs/api.md).
     Set {
         #[command(flatten)]
         common: Common,
