@@ -24,7 +24,8 @@ impl Algorithm {
         }
     }
 
-    fn parse(s: &str) -> Option<Algorithm> {
+    /// The algorithm an `algorithm=` token (or a config value) names, ignoring case.
+    pub fn from_token(s: &str) -> Option<Algorithm> {
         if s.eq_ignore_ascii_case("MD5") {
             Some(Algorithm::Md5)
         } else if s.eq_ignore_ascii_case("SHA-256") {
@@ -201,7 +202,7 @@ impl Credentials {
         let params = parse_params(rest);
         let get = |k: &str| params.get(k).cloned();
         let algorithm = match get("algorithm") {
-            Some(a) => Algorithm::parse(&a)?,
+            Some(a) => Algorithm::from_token(&a)?,
             None => Algorithm::Md5,
         };
         Some(Credentials {
@@ -291,7 +292,7 @@ pub fn client_authorization(
     let (_, rest) = challenge.trim().split_once(char::is_whitespace)?;
     let p = parse_params(rest);
     let algorithm = match p.get("algorithm") {
-        Some(a) => Algorithm::parse(a)?,
+        Some(a) => Algorithm::from_token(a)?,
         None => Algorithm::Md5,
     };
     let creds = Credentials {

@@ -26,6 +26,8 @@ use openraft::error::{
     RaftError,
 };
 
+use serde::{Deserialize, Serialize};
+
 use crate::types::{NodeId, NodeInfo};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -192,10 +194,46 @@ pub enum LeaderFailure {
     /// This node is the leader: its own error.
     #[error(transparent)]
     Local(Box<Error>),
-    /// The leader is another node: its description of the error (the peer protocol
-    /// carries leader failures as text, see `network::ForwardError`).
+    /// The leader is another node: its description of the error and its class,
+    /// as the peer protocol carries them (see `network::ForwardError`).
     #[error("{reason}")]
-    Remote { reason: String },
+    Remote { reason: String, class: FailureClass },
+}
+
+impl LeaderFailure {
+    /// The class of the leader's error, wherever it ran.
+    pub fn class(&self) -> FailureClass {
+        match self {
+            LeaderFailure::Local(e) => FailureClass::of(e),
+            LeaderFailure::Remote { class, .. } => class.clone(),
+        }
+    }
+}
+
+/// What kind of failure a leader reports to a node that forwarded an operation
+/// to it, so that the forwarding node answers its client exactly as the leader
+/// would have (the same HTTP status, the same retry advice).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureClass {
+    /// The same call may succeed after a short wait ([`Error::is_retryable`]).
+    Retryable,
+    /// The request was refused as invalid.
+    Invalid(InvalidRequest),
+    /// Anything else: retrying will not help.
+    Permanent,
+}
+
+impl FailureClass {
+    /// The class of `e`.
+    pub fn of(e: &Error) -> FailureClass {
+        if let Some(reason) = e.invalid_request() {
+            FailureClass::Invalid(reason.clone())
+        } else if e.is_retryable() {
+            FailureClass::Retryable
+        } else {
+            FailureClass::Permanent
+        }
+    }
 }
 
 /// What a peer answered when it refused a request (join token wrong, election
@@ -207,7 +245,7 @@ pub struct Refusal {
 }
 
 /// A request refused as invalid; each names the node it is about.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum InvalidRequest {
     #[error("node {node} is already the master")]
     AlreadyLeader { node: NodeId },
@@ -224,6 +262,23 @@ pub enum InvalidRequest {
 }
 
 impl Error {
+    /// Why the request was refused as invalid, on this node or on the leader it
+    /// was forwarded to; `None` for any other error.
+    pub fn invalid_request(&self) -> Option<&InvalidRequest> {
+        match self {
+            Error::Invalid { reason } => Some(reason),
+            Error::OnLeader { source, .. } => match source {
+                LeaderFailure::Local(e) => e.invalid_request(),
+                LeaderFailure::Remote {
+                    class: FailureClass::Invalid(reason),
+                    ..
+                } => Some(reason),
+                LeaderFailure::Remote { .. } => None,
+            },
+            _ => None,
+        }
+    }
+
     /// True when the same call may succeed if retried after a short wait.
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -234,8 +289,8 @@ impl Error {
             | Error::NotElected { .. } => true,
             Error::Peer { source, .. } => !matches!(**source, RPCError::RemoteError(_)),
             Error::Membership { source } => matches!(source, ChangeMembershipError::InProgress(_)),
-            Error::OnLeader { .. }
-            | Error::Invalid { .. }
+            Error::OnLeader { source, .. } => source.class() == FailureClass::Retryable,
+            Error::Invalid { .. }
             | Error::Store { .. }
             | Error::Io { .. }
             | Error::Blobs { .. }
@@ -424,6 +479,26 @@ mod tests {
                 }),
             },
         ];
+        let retryable: Vec<Error> = retryable
+            .into_iter()
+            .chain([
+                // A retryable error on the leader is retryable here too, whether
+                // the leader is this node or answered over the peer protocol.
+                Error::OnLeader {
+                    leader: 1,
+                    op: "hand over leadership",
+                    source: LeaderFailure::Local(Box::new(Error::NoLeader)),
+                },
+                Error::OnLeader {
+                    leader: 1,
+                    op: "hand over leadership",
+                    source: LeaderFailure::Remote {
+                        reason: "no leader".into(),
+                        class: FailureClass::Retryable,
+                    },
+                },
+            ])
+            .collect();
         for e in &retryable {
             assert!(e.is_retryable(), "{e:?}");
         }
@@ -442,9 +517,10 @@ mod tests {
             Error::OnLeader {
                 leader: 1,
                 op: "hand over leadership",
-                // A retryable error on the leader is still a refusal of the leader
-                // (the forwarded form is only text: both must answer the same).
-                source: LeaderFailure::Local(Box::new(Error::NoLeader)),
+                source: LeaderFailure::Remote {
+                    reason: "store at /x: disk full".into(),
+                    class: FailureClass::Permanent,
+                },
             },
             Error::invalid(InvalidRequest::NotADataVoter { node: 42 }),
             Error::io("create the store directory", "/x", io_err()),
@@ -507,9 +583,15 @@ mod tests {
             op: "hand over leadership",
             source: LeaderFailure::Remote {
                 reason: "invalid request: node 42 is not a data voter of this cluster".into(),
+                class: FailureClass::Invalid(InvalidRequest::NotADataVoter { node: 42 }),
             },
         };
         assert!(e.to_string().contains("node 42 is not a data voter"), "{e}");
+        assert_eq!(
+            e.invalid_request(),
+            Some(&InvalidRequest::NotADataVoter { node: 42 })
+        );
+        assert!(!e.is_retryable());
         // A clone is the same typed value, not a text copy.
         let c = e.clone();
         assert!(matches!(

@@ -76,13 +76,22 @@ pub enum LeaderReply {
     },
 }
 
-/// Why a forwarded operation failed. `NotLeader` tells the sender where to go.
+/// Why a forwarded operation failed. `NotLeader` tells the sender where to go;
+/// `Refused` carries the leader's error with its class, so the forwarding node
+/// answers as the leader would have.
 #[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
 pub enum ForwardError {
     #[error("not the leader (leader is {leader:?})")]
     NotLeader { leader: Option<NodeId> },
+    /// The first protocol's form: text only. Still read (as a permanent failure)
+    /// from peers that send it; no longer sent.
     #[error("{0}")]
     Failed(String),
+    #[error("{reason}")]
+    Refused {
+        reason: String,
+        class: crate::error::FailureClass,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -907,6 +916,31 @@ mod tests {
         }
         assert_eq!(golden("REQ").len(), f::requests().len());
         assert_eq!(golden("RESP").len(), f::responses().len());
+    }
+
+    /// A leader's refusal crosses the wire with its class (the typed form), and
+    /// the text-only form of the first protocol still decodes.
+    #[test]
+    fn forwarded_failures_keep_their_class() {
+        use crate::error::{FailureClass, InvalidRequest};
+        let class = FailureClass::Invalid(InvalidRequest::NotADataVoter { node: 42 });
+        let sent = RpcResponse::Leader(Err(ForwardError::Refused {
+            reason: "invalid request: node 42 is not a data voter".into(),
+            class: class.clone(),
+        }));
+        let frame = encode_frame(&sent).unwrap();
+        match decode_frame_body::<RpcResponse>(&frame[4..]).unwrap() {
+            RpcResponse::Leader(Err(ForwardError::Refused { class: got, .. })) => {
+                assert_eq!(got, class)
+            }
+            other => panic!("{other:?}"),
+        }
+        let old = RpcResponse::Leader(Err(ForwardError::Failed("disk full".into())));
+        let frame = encode_frame(&old).unwrap();
+        assert!(matches!(
+            decode_frame_body::<RpcResponse>(&frame[4..]).unwrap(),
+            RpcResponse::Leader(Err(ForwardError::Failed(t))) if t == "disk full"
+        ));
     }
 
     #[test]

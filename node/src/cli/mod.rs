@@ -422,8 +422,12 @@ pub fn client_for(
     } else {
         "http"
     };
-    let base =
-        api.unwrap_or_else(|| format!("{scheme}://{}", tandem_api::connectable(&cfg.api.listen)));
+    let base = api.unwrap_or_else(|| {
+        format!(
+            "{scheme}://{}",
+            tandem_api::connectable(&cfg.api.listen.to_string())
+        )
+    });
     let token = match token {
         Some(t) => Some(t),
         None => std::fs::read_to_string(cfg.token_file())

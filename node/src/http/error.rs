@@ -31,13 +31,14 @@ impl ApiError {
 
 impl From<ReplError> for ApiError {
     fn from(e: ReplError) -> ApiError {
+        // The same status whether this node or the leader it forwarded to
+        // found the problem.
         let status = if e.is_retryable() {
             StatusCode::SERVICE_UNAVAILABLE
+        } else if e.invalid_request().is_some() {
+            StatusCode::BAD_REQUEST
         } else {
-            match e {
-                ReplError::Invalid { .. } => StatusCode::BAD_REQUEST,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            }
+            StatusCode::INTERNAL_SERVER_ERROR
         };
         ApiError::new(status, e.to_string())
     }

@@ -24,7 +24,7 @@ use crate::config::Config;
 pub fn node_info(cfg: &Config) -> NodeInfo {
     NodeInfo {
         addr: cfg.advertise(),
-        api: cfg.api.listen.clone(),
+        api: cfg.api.listen.to_string(),
         name: cfg.node_name(),
         kind: cfg.node.role,
     }
@@ -35,7 +35,7 @@ pub fn replica_config(cfg: &Config) -> ReplicaConfig {
         id: cfg.node.id,
         info: node_info(cfg),
         data_dir: cfg.node.data_dir.clone(),
-        listen: cfg.cluster.listen.clone(),
+        listen: cfg.cluster.listen,
         heartbeat_ms: cfg.cluster.heartbeat_ms,
         rpc_timeout_ms: cfg.cluster.rpc_timeout_ms(),
         election_timeout_min_ms: cfg.cluster.election_timeout_min_ms,

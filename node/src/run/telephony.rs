@@ -388,11 +388,7 @@ pub async fn start(
             error: Some(error),
         })
     };
-    let listen: SocketAddr = match cfg.sip.listen.parse() {
-        Ok(a) => a,
-        Err(e) => return failed(format!("sip.listen {:?}: {e}", cfg.sip.listen)),
-    };
-    let listen = vip_listen(listen, cfg.vip_address(), nonlocal_bind_allowed);
+    let listen = vip_listen(cfg.sip.listen, cfg.vip_address(), nonlocal_bind_allowed);
     // The address phones are given: the VIP, else the listen address, else the
     // node's cluster address.
     let advertised_ip = cfg.vip_address().unwrap_or_else(|| {
@@ -405,7 +401,6 @@ pub async fn start(
             listen.ip()
         }
     });
-    let (low, high) = cfg.rtp_port_range();
     let incoming = cfg.node.data_dir.join("recordings").join(".incoming");
     if let Err(e) = std::fs::create_dir_all(&incoming) {
         return failed(format!("{}: {e}", incoming.display()));
@@ -413,8 +408,8 @@ pub async fn start(
     let relay_cfg = tandem_media::relay::RelayConfig {
         bind_ip: listen.ip(),
         advertised_ip,
-        port_low: low,
-        port_high: high,
+        port_low: cfg.sip.rtp_ports.low,
+        port_high: cfg.sip.rtp_ports.high,
         recordings_dir: incoming,
     };
     let relay = match tandem_media::relay::Relay::start(relay_cfg).await {
@@ -431,15 +426,7 @@ pub async fn start(
         SocketAddr::new(advertised_ip, listen.port()),
     );
     scfg.realm = cfg.cluster.name.clone();
-    scfg.digest_algorithms = cfg
-        .sip
-        .digest_algorithms
-        .iter()
-        .map(|a| match a.as_str() {
-            "MD5" => tandem_media::digest::Algorithm::Md5,
-            _ => tandem_media::digest::Algorithm::Sha256,
-        })
-        .collect();
+    scfg.digest_algorithms = cfg.sip.digest_algorithms.clone();
     scfg.active = false;
     let handle = match tandem_media::service::Service::start(scfg, backend, relay.clone()).await {
         Ok(h) => h,

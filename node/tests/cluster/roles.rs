@@ -79,6 +79,14 @@ async fn switchover_under_load_moves_the_master_and_loses_nothing() {
         !out.status.success() && err.contains("node 42 is not a data voter"),
         "{err}"
     );
+    // The same answer from every node: a standby forwards the request and the
+    // leader's refusal keeps its class over the peer protocol (it was a 500 on
+    // standbys while the leader itself said 400).
+    for n in &cluster.nodes {
+        let e = n.client().unwrap().switchover(Some(42)).await.unwrap_err();
+        assert_eq!(e.status(), Some(400), "node {}: {e}", n.id);
+        assert!(e.to_string().contains("node 42 is not a data voter"), "{e}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -69,7 +69,7 @@ pub struct ReplicaConfig {
     pub info: NodeInfo,
     pub data_dir: PathBuf,
     /// Where the peer server listens.
-    pub listen: String,
+    pub listen: std::net::SocketAddr,
     /// How often the leader sends heartbeats (it renews its lease with them).
     pub heartbeat_ms: u64,
     /// How long a peer has to answer an AppendEntries before openraft gives up on
@@ -169,10 +169,10 @@ impl Replica {
             sm,
         )
         .await?;
-        let listener = TcpListener::bind(&cfg.listen)
+        let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| Error::Listen {
-                addr: cfg.listen.clone(),
+                addr: cfg.listen.to_string(),
                 source: Arc::new(e),
             })?;
         let blobs = match cfg.info.kind {

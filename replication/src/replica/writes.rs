@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::switchover::Switchover;
 use crate::cdr::Cdr;
-use crate::error::{InvalidRequest, LeaderFailure};
+use crate::error::{FailureClass, InvalidRequest, LeaderFailure};
 use crate::network::{
     self, ForwardError, LeaderOp, LeaderReply, PeerClient, RpcRequest, RpcResponse,
 };
@@ -251,7 +251,15 @@ impl Writes {
                     ForwardError::Failed(reason) => OpFailure::Failed(Error::OnLeader {
                         leader,
                         op: what,
-                        source: LeaderFailure::Remote { reason },
+                        source: LeaderFailure::Remote {
+                            reason,
+                            class: FailureClass::Permanent,
+                        },
+                    }),
+                    ForwardError::Refused { reason, class } => OpFailure::Failed(Error::OnLeader {
+                        leader,
+                        op: what,
+                        source: LeaderFailure::Remote { reason, class },
                     }),
                 })
             }
@@ -439,17 +447,21 @@ impl OpFailure {
         })
     }
 
-    /// The form sent back to a node that forwarded the op (text: see
-    /// `network::ForwardError`).
+    /// The form sent back to a node that forwarded the op: the error's text and
+    /// its class (see `network::ForwardError`).
     pub(super) fn into_wire(self) -> ForwardError {
+        let refused = |e: &Error| ForwardError::Refused {
+            reason: e.to_string(),
+            class: FailureClass::of(e),
+        };
         match self {
             OpFailure::NotLeader { leader } => ForwardError::NotLeader { leader },
             // The forwarding node adds "the leader could not ...": send the cause.
             OpFailure::Failed(Error::OnLeader {
                 source: LeaderFailure::Local(e),
                 ..
-            }) => ForwardError::Failed(e.to_string()),
-            OpFailure::Failed(e) | OpFailure::Unreachable(e) => ForwardError::Failed(e.to_string()),
+            }) => refused(&e),
+            OpFailure::Failed(e) | OpFailure::Unreachable(e) => refused(&e),
         }
     }
 }
