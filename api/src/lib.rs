@@ -14,5 +14,5 @@
 pub mod client;
 pub mod types;
 
-pub use client::{connectable, Client, ClientError};
+pub use client::{connectable, Client, ClientError, RawAnswer};
 pub use types::*;

@@ -79,9 +79,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(cluster::health))
         .route("/metrics", get(scrape::metrics))
         .nest("/api/v1", admin)
-        .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see docs/api.md")
+        .fallback(|uri: axum::http::Uri| async move {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no such endpoint: {}; see docs/api.md", uri.path()),
+            )
         })
+        .layer(middleware::from_fn(error::json_errors))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             scrape::observe,

@@ -11,6 +11,7 @@ mod membership;
 mod recordings;
 mod roles;
 mod sip;
+mod wrong_answers;
 
 use std::collections::HashSet;
 use std::path::PathBuf;

@@ -399,15 +399,17 @@ async fn cdr_batcher(writes: Weak<Writes>, mut rx: mpsc::Receiver<CdrBatch>) {
         tokio::spawn(async move {
             let cdrs: Vec<Cdr> = group.iter().flat_map(|b| b.cdrs.iter().cloned()).collect();
             let res = r.write(Request::AddCdrs { cdrs }).await;
-            for b in group {
-                let mine = match &res {
-                    Ok((index, Response::Cdrs { duplicate_ids, .. })) => {
-                        let dups: Vec<uuid::Uuid> = b
-                            .cdrs
-                            .iter()
-                            .map(|c| c.id)
-                            .filter(|id| duplicate_ids.contains(id))
-                            .collect();
+            let shares = match &res {
+                Ok((_, Response::Cdrs { duplicate_ids, .. })) => {
+                    let batches: Vec<&[Cdr]> = group.iter().map(|b| &b.cdrs[..]).collect();
+                    Some(share_duplicates(&batches, duplicate_ids))
+                }
+                _ => None,
+            };
+            for (i, b) in group.into_iter().enumerate() {
+                let mine = match (&res, &shares) {
+                    (Ok((index, _)), Some(shares)) => {
+                        let dups = shares[i].clone();
                         Ok((
                             *index,
                             Response::Cdrs {
@@ -417,14 +419,54 @@ async fn cdr_batcher(writes: Weak<Writes>, mut rx: mpsc::Receiver<CdrBatch>) {
                             },
                         ))
                     }
-                    Ok(other) => Ok(other.clone()),
-                    Err(e) => Err(e.clone()),
+                    (Ok(other), _) => Ok(other.clone()),
+                    (Err(e), _) => Err(e.clone()),
                 };
                 let _ = b.done.send(mine);
             }
             drop(permit);
         });
     }
+}
+
+/// Which CDRs of each request of a group commit were duplicates, given the
+/// duplicates the apply reported for the whole entry (one per skipped CDR, in
+/// entry order). Apply keeps the first occurrence of a new id and skips the
+/// later ones; an id already stored is skipped every time. So of the `k`
+/// occurrences of an id with `d` reported duplicates, the first `k - d` were
+/// stored and the rest were not, whichever requests they came from.
+fn share_duplicates(batches: &[&[Cdr]], duplicate_ids: &[uuid::Uuid]) -> Vec<Vec<uuid::Uuid>> {
+    let mut reported: HashMap<uuid::Uuid, usize> = HashMap::new();
+    for id in duplicate_ids {
+        *reported.entry(*id).or_default() += 1;
+    }
+    let mut occurrences: HashMap<uuid::Uuid, usize> = HashMap::new();
+    for cdr in batches.iter().flat_map(|b| b.iter()) {
+        *occurrences.entry(cdr.id).or_default() += 1;
+    }
+    // Occurrences of each id still to be stored, as we walk the entry in order.
+    let mut stored_left: HashMap<uuid::Uuid, usize> = occurrences
+        .iter()
+        .map(|(id, k)| (*id, k - reported.get(id).copied().unwrap_or(0).min(*k)))
+        .collect();
+    batches
+        .iter()
+        .map(|batch| {
+            batch
+                .iter()
+                .filter(|cdr| {
+                    let left = stored_left.get_mut(&cdr.id).expect("counted above");
+                    if *left > 0 {
+                        *left -= 1;
+                        false
+                    } else {
+                        true
+                    }
+                })
+                .map(|cdr| cdr.id)
+                .collect()
+        })
+        .collect()
 }
 
 /// Why a leader operation did not run, as the write path sees it.
@@ -463,5 +505,44 @@ impl OpFailure {
             }) => refused(&e),
             OpFailure::Failed(e) | OpFailure::Unreachable(e) => refused(&e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_id(n: u128) -> Cdr {
+        Cdr {
+            id: uuid::Uuid::from_u128(n),
+            ..crate::fixtures::cdr()
+        }
+    }
+
+    fn counts(shares: &[Vec<uuid::Uuid>]) -> Vec<usize> {
+        shares.iter().map(Vec::len).collect()
+    }
+
+    #[test]
+    fn two_cdrs_of_one_id_in_one_request_store_one() {
+        let a = [with_id(1), with_id(1), with_id(2)];
+        let shares = share_duplicates(&[&a], &[uuid::Uuid::from_u128(1)]);
+        assert_eq!(shares, vec![vec![uuid::Uuid::from_u128(1)]]);
+    }
+
+    #[test]
+    fn the_first_request_of_a_group_stores_an_id_the_next_ones_repeat() {
+        let (a, b, c) = ([with_id(1)], [with_id(1), with_id(3)], [with_id(1)]);
+        let id1 = uuid::Uuid::from_u128(1);
+        let shares = share_duplicates(&[&a, &b, &c], &[id1, id1]);
+        assert_eq!(counts(&shares), vec![0, 1, 1]);
+    }
+
+    #[test]
+    fn an_id_already_stored_is_a_duplicate_everywhere() {
+        let (a, b) = ([with_id(7)], [with_id(7), with_id(8)]);
+        let id7 = uuid::Uuid::from_u128(7);
+        let shares = share_duplicates(&[&a, &b], &[id7, id7]);
+        assert_eq!(counts(&shares), vec![1, 1]);
     }
 }
