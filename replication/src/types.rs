@@ -188,4 +188,7 @@ pub enum Response {
     },
     /// How many records retention removed.
     Expired { cdrs: u32, recordings: u32 },
+    /// `AddRecording` refused: the id is already taken by other bytes (`sha256`
+    /// is the stored recording's). Recordings are immutable.
+    RecordingConflict { id: String, sha256: String },
 }

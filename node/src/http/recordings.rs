@@ -4,6 +4,10 @@
 //!   held in memory), fsyncs it, commits the metadata through Raft, then waits until
 //!   a second data node has fsynced the bytes: 201 "stored". If that takes longer
 //!   than `wait_s`, 202 "pending" (the copy goes on; `tandem status` shows it).
+//!   Recordings are immutable: uploading an id again with the same bytes answers
+//!   200 with the stored recording; with other bytes, 409. Two uploads of one id on
+//!   one node run one after the other; on two nodes, the metadata committed first
+//!   wins and the other upload gets 409 (its file is set aside).
 //! - `GET /api/v1/recordings/{id}`: from any data node that holds it, sha256
 //!   checked, with HTTP range requests. 404 if no such recording; 503 "not yet
 //!   replicated here" with the nodes that hold it.
@@ -26,7 +30,9 @@ use serde_json::json;
 use tandem_replication::blobs::{check_id, BlobError};
 use tandem_replication::replica::Replica;
 use tandem_replication::store::query;
-use tandem_replication::types::{MemberKind, RecordingMeta, Request as RaftRequest};
+use tandem_replication::types::{
+    MemberKind, RecordingMeta, Request as RaftRequest, Response as RaftResponse,
+};
 
 use tandem_api as api;
 
@@ -178,16 +184,16 @@ pub async fn upload(
         ));
     };
     let info = upload_info(&headers, &params)?;
-    if let Some(have) = query::recording_get(&r.tree(), &info.id)? {
-        if blobs.has(&info.id) || have.holders.len() >= copies_needed(&r) {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                format!(
-                    "recording {} already exists (sha256 {}); recordings are immutable",
-                    info.id, have.sha256
-                ),
-            ));
-        }
+    // One upload of an id at a time on this node: a second one waits, then
+    // compares its bytes with what the first stored.
+    let claim = blobs.claim(&info.id).await;
+    let existing = query::recording_get(&r.tree(), &info.id)?;
+    if existing.is_none() && blobs.has(&info.id) {
+        // No metadata refers to it: left by an upload that crashed before its
+        // metadata committed.
+        blobs
+            .set_aside(&info.id, "no metadata refers to it")
+            .map_err(blob_error)?;
     }
     let t0 = Instant::now();
     let mut writer = blobs.writer(&info.id).map_err(blob_error)?;
@@ -206,12 +212,29 @@ pub async fn upload(
         return Err(ApiError::bad("empty body: send the recording's bytes"));
     }
     let expected = info.sha256.clone();
+    let checksum_error = |e: BlobError| match e {
+        BlobError::Checksum { .. } => ApiError::bad(format!("header X-Sha256: {e}")),
+        other => blob_error(other),
+    };
+    if let Some(have) = existing {
+        // Stored already: the same bytes again is a retry (answered like the
+        // first upload), other bytes are refused.
+        let (sha256, _) =
+            tokio::task::spawn_blocking(move || writer.digest_only(expected.as_deref()))
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+                .map_err(checksum_error)?;
+        if sha256 != have.sha256 {
+            return Err(taken(&have.id, &have.sha256, &sha256));
+        }
+        return Ok((StatusCode::OK, Json(meta_json(&have, copies_needed(&r)))).into_response());
+    }
     let (sha256, size) = tokio::task::spawn_blocking(move || writer.finish(expected.as_deref()))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(|e| match e {
-            BlobError::Checksum { .. } => ApiError::bad(format!("header X-Sha256: {e}")),
-            other => blob_error(other),
+            BlobError::Exists { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            other => checksum_error(other),
         })?;
     let meta = RecordingMeta {
         id: info.id.clone(),
@@ -223,8 +246,24 @@ pub async fn upload(
         created: chrono::Utc::now().timestamp_micros(),
         holders: [r.id].into_iter().collect(),
     };
-    r.write(RaftRequest::AddRecording { meta: meta.clone() })
-        .await?;
+    match r
+        .write(RaftRequest::AddRecording { meta: meta.clone() })
+        .await
+    {
+        Ok((_, RaftResponse::RecordingConflict { id, sha256 })) => {
+            // Another node's upload of this id committed first: our bytes are
+            // not the recording's. The sync fetches the real one.
+            if let Err(e) = blobs.set_aside(&id, "another upload of this id committed first") {
+                tracing::warn!(recording = %id, error = %e, "cannot set the refused upload aside");
+            }
+            return Err(taken(&id, &sha256, &meta.sha256));
+        }
+        Ok(_) => {}
+        // The metadata may still commit (a timeout is not a refusal): the file
+        // stays, and a retry of the upload compares against what committed.
+        Err(e) => return Err(e.into()),
+    }
+    drop(claim);
     st.metrics.recordings_uploaded.inc();
     tracing::info!(recording = %meta.id, size, ms = t0.elapsed().as_millis() as u64, "recording received; waiting for a second copy");
     // Wait for the second copy (fsynced on another data node, reported via Raft).
@@ -244,6 +283,17 @@ pub async fn upload(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// 409 for an upload whose bytes differ from the stored recording of that id.
+fn taken(id: &str, stored: &str, sent: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        format!(
+            "recording {id} already exists with other bytes (stored sha256 {stored}, \
+             this upload {sent}); recordings are immutable: upload under another id"
+        ),
+    )
 }
 
 fn blob_error(e: BlobError) -> ApiError {

@@ -399,3 +399,102 @@ async fn retention_deletes_old_cdrs_and_recordings_on_every_node() {
         }
     }
 }
+
+/// `POST /api/v1/recordings` of `data` under `id` straight to `node`, the body
+/// sent in two halves `pause` apart (so that two uploads overlap); the status.
+async fn upload_slowly(node: &LocalNode, id: &str, data: Vec<u8>, pause: Duration) -> u16 {
+    use futures::StreamExt as _;
+    let token = std::fs::read_to_string(node.dir.join("admin.token")).unwrap();
+    let half = data.len() / 2;
+    let (first, second) = (data[..half].to_vec(), data[half..].to_vec());
+    let chunks =
+        futures::stream::iter([first, second])
+            .enumerate()
+            .then(move |(i, c)| async move {
+                if i == 1 {
+                    tokio::time::sleep(pause).await;
+                }
+                Ok::<_, std::io::Error>(c)
+            });
+    reqwest::Client::new()
+        .post(format!(
+            "http://{}/api/v1/recordings?wait_s=20",
+            node.api_addr
+        ))
+        .bearer_auth(token.trim())
+        .header("x-recording-id", id)
+        .header("x-call-id", format!("call-{id}"))
+        .header("content-length", data.len())
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Every node that serves `id` serves bytes with the sha256 of its metadata.
+async fn served_bytes_match_the_metadata(cluster: &LocalCluster, id: &str) -> String {
+    let c = cluster.nodes[0].client().unwrap();
+    let meta = wait_holders(&c, id, 2, Duration::from_secs(30))
+        .await
+        .expect("recording listed");
+    assert!(meta.holders.len() >= 2, "{meta:?}");
+    for n in &cluster.nodes {
+        let (status, bytes, _) = fetch(n, id, None).await;
+        assert_eq!(status, 200, "node {}", n.id);
+        assert_eq!(sha(&bytes), meta.sha256, "node {} serves other bytes", n.id);
+    }
+    meta.sha256
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_uploads_of_one_id_never_leave_bytes_and_metadata_disagreeing() {
+    let cluster = three_nodes("").await;
+    let m = &cluster.nodes[cluster.master().await.unwrap()];
+    let (a, b) = (body(400_000, 11), body(400_000, 12));
+
+    // Overlapping uploads of one id with other bytes, on one node: one is
+    // stored, the other refused (both were "stored" before, the file held the
+    // later bytes under the first sha256, and GET answered 503 for ever).
+    let slow = upload_slowly(m, "same-id", a.clone(), Duration::from_millis(800));
+    let fast = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        upload_slowly(m, "same-id", b.clone(), Duration::ZERO).await
+    };
+    let (s1, s2) = tokio::join!(slow, fast);
+    let mut statuses = [s1, s2];
+    statuses.sort();
+    assert!(
+        matches!(statuses, [201 | 202, 409]),
+        "one stored, one refused: {statuses:?}"
+    );
+    let stored = served_bytes_match_the_metadata(&cluster, "same-id").await;
+    assert!(stored == sha(&a) || stored == sha(&b));
+
+    // Again with the stored bytes: a retry, 200; with other bytes: 409.
+    let winner = if stored == sha(&a) { &a } else { &b };
+    let loser = if stored == sha(&a) { &b } else { &a };
+    assert_eq!(
+        upload_slowly(m, "same-id", winner.clone(), Duration::ZERO).await,
+        200
+    );
+    assert_eq!(
+        upload_slowly(m, "same-id", loser.clone(), Duration::ZERO).await,
+        409
+    );
+
+    // At once on two nodes: the metadata committed first wins.
+    let standby = cluster.nodes.iter().find(|n| n.id != m.id).unwrap();
+    let (s1, s2) = tokio::join!(
+        upload_slowly(m, "two-nodes", a.clone(), Duration::from_millis(100)),
+        upload_slowly(standby, "two-nodes", b.clone(), Duration::from_millis(100)),
+    );
+    let mut statuses = [s1, s2];
+    statuses.sort();
+    assert!(
+        matches!(statuses, [201 | 202, 409]),
+        "one stored, one refused: {statuses:?}"
+    );
+    served_bytes_match_the_metadata(&cluster, "two-nodes").await;
+}

@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
@@ -39,6 +39,12 @@ use sha2::{Digest, Sha256};
 pub const PART_SUFFIX: &str = ".part";
 /// Prefix of a file being written by an upload (not resumable).
 const UPLOAD_PREFIX: &str = ".upload-";
+/// Prefix of a quarantined file (`.corrupt-<id>-<unix seconds>`): ids never start
+/// with '.', so a quarantined file cannot take the name of a recording.
+const QUARANTINE_PREFIX: &str = ".corrupt-";
+/// What earlier releases appended to a quarantined file; still skipped when
+/// listing, hence refused at the end of an id.
+const OLD_QUARANTINE_SUFFIX: &str = ".corrupt";
 /// Longest recording id.
 pub const MAX_ID_LEN: usize = 100;
 /// Written bytes are flushed to disk at least every this many bytes: many small
@@ -50,8 +56,12 @@ pub const FLUSH_EVERY: u64 = 1024 * 1024;
 /// Errors of the blob store.
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
-    #[error("recording id {id:?} is invalid: use 1-{MAX_ID_LEN} letters, digits, '.', '_' or '-', not starting with '.'")]
+    #[error("recording id {id:?} is invalid: use 1-{MAX_ID_LEN} letters, digits, '.', '_' or '-', not starting with '.' and not ending in \".part\" or \".corrupt\" (reserved for partial and quarantined files)")]
     BadId { id: String },
+    #[error(
+        "recording {id} is being stored here by another upload or copy; retry to compare its bytes"
+    )]
+    Exists { id: String },
     #[error("recording {id} is not stored on this node")]
     Missing { id: String },
     #[error("recording {id}: sha256 of the bytes is {actual}, expected {expected}")]
@@ -85,7 +95,8 @@ pub fn check_id(id: &str) -> Result<(), BlobError> {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        && !id.ends_with(PART_SUFFIX);
+        && !id.ends_with(PART_SUFFIX)
+        && !id.ends_with(OLD_QUARANTINE_SUFFIX);
     if ok {
         Ok(())
     } else {
@@ -121,6 +132,29 @@ pub struct BlobStore {
     dir: PathBuf,
     /// Files whose sha256 was checked: id → (modified time, size, sha256).
     verified: Mutex<HashMap<String, (SystemTime, u64, String)>>,
+    /// Ids an upload is storing now (see [`BlobStore::claim`]).
+    claims: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// One upload's hold on a recording id (see [`BlobStore::claim`]); released on drop.
+pub struct IdClaim<'a> {
+    store: &'a BlobStore,
+    id: String,
+    _held: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for IdClaim<'_> {
+    fn drop(&mut self) {
+        let mut claims = self.store.claims.lock().expect("claims lock");
+        // Forget the id once nobody else waits for it (the map and this claim
+        // are the only owners left).
+        if claims
+            .get(&self.id)
+            .is_some_and(|m| Arc::strong_count(m) <= 2)
+        {
+            claims.remove(&self.id);
+        }
+    }
 }
 
 impl BlobStore {
@@ -141,6 +175,7 @@ impl BlobStore {
         Ok(BlobStore {
             dir: dir.to_path_buf(),
             verified: Mutex::new(HashMap::new()),
+            claims: Mutex::new(HashMap::new()),
         })
     }
 
@@ -181,6 +216,43 @@ impl BlobStore {
             dest: self.path(id),
             dir: self.dir.clone(),
         })
+    }
+
+    /// Waits until no other upload on this node is storing `id`, then holds it
+    /// until the claim is dropped: two uploads of one id run one after the other,
+    /// so the second sees what the first stored.
+    pub async fn claim(&self, id: &str) -> IdClaim<'_> {
+        let lock = self
+            .claims
+            .lock()
+            .expect("claims lock")
+            .entry(id.to_string())
+            .or_default()
+            .clone();
+        IdClaim {
+            store: self,
+            id: id.to_string(),
+            _held: lock.lock_owned().await,
+        }
+    }
+
+    /// Sets the file of `id` aside (quarantine name) because no metadata refers
+    /// to it: left by an upload that crashed before its metadata committed.
+    pub fn set_aside(&self, id: &str, why: &str) -> Result<(), BlobError> {
+        check_id(id)?;
+        let path = self.path(id);
+        let bad = self.quarantine_path(id);
+        fs::rename(&path, &bad).map_err(|e| BlobError::io(&path, e))?;
+        self.verified.lock().expect("verified lock").remove(id);
+        tracing::warn!(recording = id, quarantined = %bad.display(), why, "recording file set aside");
+        Ok(())
+    }
+
+    fn quarantine_path(&self, id: &str) -> PathBuf {
+        let secs = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.dir.join(format!("{QUARANTINE_PREFIX}{id}-{secs}"))
     }
 
     /// Take a finished file (e.g. a call recording from the media plane) into the
@@ -231,7 +303,7 @@ impl BlobStore {
     }
 
     /// Check the file of `id` against `sha256` (cached per file version). A file
-    /// that fails is renamed `<id>.corrupt` so that the sync fetches a good copy.
+    /// that fails is renamed `.corrupt-<id>-<unix seconds>` so that the sync fetches a good copy.
     pub fn verify(&self, id: &str, sha256: &str) -> Result<(), BlobError> {
         check_id(id)?;
         let path = self.path(id);
@@ -250,7 +322,7 @@ impl BlobStore {
         }
         let (actual, _) = sha256_file(&path)?;
         if actual != sha256 {
-            let bad = self.dir.join(format!("{id}.corrupt"));
+            let bad = self.quarantine_path(id);
             let _ = fs::rename(&path, &bad);
             tracing::error!(recording = id, expected = sha256, %actual, quarantined = %bad.display(), "recording file failed its sha256 check");
             return Err(BlobError::Checksum {
@@ -320,7 +392,7 @@ impl BlobStore {
         for entry in fs::read_dir(&self.dir).map_err(|e| BlobError::io(&self.dir, e))? {
             let entry = entry.map_err(|e| BlobError::io(&self.dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if check_id(&name).is_err() || name.ends_with(".corrupt") {
+            if check_id(&name).is_err() {
                 continue;
             }
             let t = entry
@@ -436,19 +508,45 @@ impl BlobWriter {
         let f = self.file.take().expect("writer finished twice");
         f.sync_all().map_err(|e| BlobError::io(&self.tmp, e))?;
         drop(f);
-        let sha = hex::encode(std::mem::take(&mut self.hash).finalize());
-        if let Some(want) = expected {
-            if !want.eq_ignore_ascii_case(&sha) {
-                return Err(BlobError::Checksum {
+        let sha = self.checked_digest(expected)?;
+        // Never over another file of that id: a link fails if the name exists
+        // (two uploads of one id must not leave the bytes of one under the
+        // metadata of the other).
+        match fs::hard_link(&self.tmp, &self.dest) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(BlobError::Exists {
                     id: self.id.clone(),
-                    expected: want.to_string(),
-                    actual: sha,
-                });
+                })
             }
+            Err(e) => return Err(BlobError::io(&self.dest, e)),
         }
-        fs::rename(&self.tmp, &self.dest).map_err(|e| BlobError::io(&self.dest, e))?;
+        fs::remove_file(&self.tmp).map_err(|e| BlobError::io(&self.tmp, e))?;
         fsync_dir(&self.dir)?;
         Ok((sha, self.size))
+    }
+}
+
+impl BlobWriter {
+    /// The sha256 and size of what was written, checked against `expected`,
+    /// without storing it (the temporary file is removed): for a second upload
+    /// of an id that is stored already, which is only compared.
+    pub fn digest_only(mut self, expected: Option<&str>) -> Result<(String, u64), BlobError> {
+        self.file.take();
+        let sha = self.checked_digest(expected)?;
+        Ok((sha, self.size))
+    }
+
+    fn checked_digest(&mut self, expected: Option<&str>) -> Result<String, BlobError> {
+        let sha = hex::encode(std::mem::take(&mut self.hash).finalize());
+        match expected {
+            Some(want) if !want.eq_ignore_ascii_case(&sha) => Err(BlobError::Checksum {
+                id: self.id.clone(),
+                expected: want.to_string(),
+                actual: sha,
+            }),
+            _ => Ok(sha),
+        }
     }
 }
 
@@ -484,6 +582,44 @@ mod tests {
             Err(BlobError::Checksum { .. })
         ));
         assert!(!s.has("rec-1"));
+    }
+
+    #[test]
+    fn a_second_writer_of_one_id_never_replaces_the_first_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlobStore::open(dir.path()).unwrap();
+        let (mut first, mut second) = (s.writer("r").unwrap(), s.writer("r").unwrap());
+        first.write(b"first bytes").unwrap();
+        second.write(b"other bytes").unwrap();
+        let (sha, _) = first.finish(None).unwrap();
+        assert!(matches!(second.finish(None), Err(BlobError::Exists { .. })));
+        s.verify("r", &sha).unwrap();
+        // Only the file itself is left: the loser's temporary file is gone.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn quarantined_files_cannot_take_a_recordings_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlobStore::open(dir.path()).unwrap();
+        assert!(matches!(
+            s.writer("a.corrupt"),
+            Err(BlobError::BadId { .. })
+        ));
+        let mut w = s.writer("a").unwrap();
+        w.write(b"abc").unwrap();
+        let (sha, _) = w.finish(None).unwrap();
+        fs::write(s.path("a"), b"abd").unwrap();
+        assert!(s.verify("a", &sha).is_err());
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names.len() == 1 && names[0].starts_with(".corrupt-a-"),
+            "{names:?}"
+        );
+        assert!(s.list().unwrap().is_empty());
     }
 
     #[test]

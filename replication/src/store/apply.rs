@@ -105,27 +105,39 @@ pub fn apply_entries(
                     }
                 }
                 Request::AddRecording { meta } => {
-                    let current = recording(tree, &recordings, &meta.id)?;
-                    let merged = match current {
-                        // A retry (or a second upload of the same id): keep the first
-                        // metadata, add the new holders.
-                        Some(mut have) => {
-                            have.holders.extend(meta.holders.iter().copied());
-                            have
+                    match recording(tree, &recordings, &meta.id)? {
+                        // The id is taken by other bytes (two uploads raced on two
+                        // nodes): the first one committed stays, the other is refused.
+                        Some(have) if have.sha256 != meta.sha256 => Response::RecordingConflict {
+                            id: have.id,
+                            sha256: have.sha256,
+                        },
+                        current => {
+                            let merged = match current {
+                                // A retry (or a second upload of the same bytes): keep
+                                // the first metadata, add the new holders.
+                                Some(mut have) => {
+                                    have.holders.extend(meta.holders.iter().copied());
+                                    have
+                                }
+                                None => {
+                                    batch.insert(
+                                        keys::recording_age_key(meta.created, &meta.id),
+                                        &[][..],
+                                    );
+                                    meta
+                                }
+                            };
+                            batch.insert(keys::recording_key(&merged.id), merged.encode()?);
+                            let resp = Response::Recording {
+                                id: merged.id.clone(),
+                                known: true,
+                                holders: merged.holders.iter().copied().collect(),
+                            };
+                            recordings.insert(merged.id.clone(), Some(merged));
+                            resp
                         }
-                        None => {
-                            batch.insert(keys::recording_age_key(meta.created, &meta.id), &[][..]);
-                            meta
-                        }
-                    };
-                    batch.insert(keys::recording_key(&merged.id), merged.encode()?);
-                    let resp = Response::Recording {
-                        id: merged.id.clone(),
-                        known: true,
-                        holders: merged.holders.iter().copied().collect(),
-                    };
-                    recordings.insert(merged.id.clone(), Some(merged));
-                    resp
+                    }
                 }
                 Request::RecordingHeld { id, node, held } => {
                     match recording(tree, &recordings, &id)? {
@@ -488,6 +500,37 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(m.created, 10, "the first metadata stays");
+    }
+
+    #[test]
+    fn a_recording_id_taken_by_other_bytes_is_refused_and_keeps_its_holders() {
+        let t = tree();
+        let other = RecordingMeta {
+            sha256: "cd".repeat(32),
+            ..meta("a", 20, 2)
+        };
+        let r = run(
+            &t,
+            vec![
+                entry(
+                    1,
+                    Request::AddRecording {
+                        meta: meta("a", 10, 1),
+                    },
+                ),
+                entry(2, Request::AddRecording { meta: other }),
+            ],
+        );
+        assert!(
+            matches!(&r[1], Response::RecordingConflict { id, sha256 } if id == "a" && *sha256 == "ab".repeat(32)),
+            "{:?}",
+            r[1]
+        );
+        let m = crate::store::query::recording_get(&t, "a")
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.holders.into_iter().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(m.sha256, "ab".repeat(32));
     }
 
     #[test]
