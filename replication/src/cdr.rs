@@ -249,16 +249,36 @@ impl CdrRef<'_> {
                 Some(Err(m)) => w.write_field(m.to_string())?,
             }
         }
-        w.write_field(self.caller)?;
-        w.write_field(self.callee)?;
+        w.write_field(csv_text(self.caller).as_bytes())?;
+        w.write_field(csv_text(self.callee).as_bytes())?;
         w.write_field(self.direction.as_str())?;
         w.write_field(self.disposition.as_str())?;
         let mut n = [0u8; 20];
         w.write_field(u64_text(self.duration, &mut n))?;
         w.write_field(u64_text(self.billsec, &mut n))?;
-        w.write_field(self.recording_id.unwrap_or(""))?;
-        w.write_field(self.node)?;
+        w.write_field(csv_text(self.recording_id.unwrap_or("")).as_bytes())?;
+        w.write_field(csv_text(self.node).as_bytes())?;
         w.write_record(None::<&[u8]>)
+    }
+}
+
+/// A text cell as it is safe to open in a spreadsheet: a value that a spreadsheet
+/// would run as a formula (starting with `=`, `@`, a tab or a carriage return, or
+/// with `+` / `-` followed by anything but a plain number) gets a leading `'`, so
+/// `=HYPERLINK(...)` in a caller name is shown as text. Phone numbers such as
+/// `+4930123456` and `-1` are left as they are (a spreadsheet reads them as numbers,
+/// never as formulas).
+pub fn csv_text(value: &str) -> std::borrow::Cow<'_, str> {
+    let plain_number = |rest: &str| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit());
+    let risky = match value.as_bytes().first() {
+        Some(b'=' | b'@' | b'\t' | b'\r') => true,
+        Some(b'+' | b'-') => !plain_number(&value[1..]),
+        _ => false,
+    };
+    if risky {
+        std::borrow::Cow::Owned(format!("'{value}"))
+    } else {
+        std::borrow::Cow::Borrowed(value)
     }
 }
 
@@ -361,14 +381,14 @@ impl Cdr {
             rfc3339(&self.start),
             self.answer.as_ref().map(rfc3339).unwrap_or_default(),
             rfc3339(&self.end),
-            self.caller.clone(),
-            self.callee.clone(),
+            csv_text(&self.caller).into_owned(),
+            csv_text(&self.callee).into_owned(),
             self.direction.as_str().to_string(),
             self.disposition.as_str().to_string(),
             self.duration.to_string(),
             self.billsec.to_string(),
-            self.recording_id.clone().unwrap_or_default(),
-            self.node.clone(),
+            csv_text(self.recording_id.as_deref().unwrap_or_default()).into_owned(),
+            csv_text(&self.node).into_owned(),
         ]
     }
 
@@ -489,7 +509,37 @@ mod tests {
     }
 
     #[test]
+    fn spreadsheet_formulas_are_neutralised_and_phone_numbers_kept() {
+        for (cell, shown) in [
+            (
+                "=HYPERLINK(\"http://evil\",\"x\")",
+                "'=HYPERLINK(\"http://evil\",\"x\")",
+            ),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("+cmd|' /C calc'!A0", "'+cmd|' /C calc'!A0"),
+            ("-2+3", "'-2+3"),
+            ("\t=1", "'\t=1"),
+            ("+4930123456", "+4930123456"),
+            ("-1", "-1"),
+            ("100", "100"),
+            ("Smith <100>", "Smith <100>"),
+            ("", ""),
+            ("+", "'+"),
+        ] {
+            assert_eq!(csv_text(cell), shown, "{cell:?}");
+        }
+    }
+
+    #[test]
     fn borrowed_csv_row_equals_the_owned_one() {
+        let formula = Cdr::new_call(
+            "=HYPERLINK(\"http://x\",\"call me\")",
+            "+4930123456",
+            t("2026-03-04T05:06:07Z"),
+            None,
+            t("2026-03-04T05:06:08Z"),
+            "-node",
+        );
         let mut quoted = Cdr::new_call(
             "Smith, \"J\" <100>",
             "200",
@@ -507,7 +557,7 @@ mod tests {
             t("9999-12-31T23:59:59.999999999Z"),
             "",
         );
-        for cdr in [quoted, unanswered] {
+        for cdr in [quoted, unanswered, formula] {
             // Stored times keep microseconds: compare with the stored form.
             let bin = bincode::serialize(&cdr).unwrap();
             let stored: Cdr = bincode::deserialize(&bin).unwrap();

@@ -13,7 +13,7 @@ use tandem_replication::store::query::{self, CdrQuery, Cursor};
 use tandem_replication::types::Response as RaftResponse;
 
 use crate::http::error::ApiError;
-use crate::http::export::stream_csv;
+use crate::http::export::csv_stream;
 use crate::http::params::*;
 use crate::http::state::St;
 use crate::http::{MAX_BATCH, MAX_LIMIT};
@@ -201,11 +201,7 @@ pub(crate) async fn cdrs_get(
             Ok(with_headers(Body::from(body), headers, "application/json"))
         }
         Format::Csv => {
-            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
-            tokio::task::spawn_blocking(move || stream_csv(tree, q, limit, tx));
-            let stream = futures::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|item| (item, rx))
-            });
+            let stream = csv_stream(tree, q, limit)?;
             Ok(with_headers(
                 Body::from_stream(stream),
                 headers,

@@ -1,11 +1,17 @@
 //! The CSV export engine: a full export is cut into start-time slices scanned by worker
 //! threads and streamed in order through bounded channels (memory stays flat).
 
+use std::time::Duration;
+
 use axum::body::Bytes;
+use axum::http::StatusCode;
 use tandem_replication::cdr::{CdrRef, CSV_COLUMNS};
 use tandem_replication::store::codec;
 use tandem_replication::store::query::{self, CdrQuery};
 use tandem_replication::store::Tree;
+use tokio::sync::Semaphore;
+
+use crate::http::ApiError;
 
 /// Hands CSV bytes on in ~256 KiB chunks to `send` (a bounded channel: memory stays
 /// flat however many rows are exported).
@@ -57,19 +63,74 @@ fn client_gone() -> std::io::Error {
 const EXPORT_SLICES: usize = 64;
 const EXPORT_WORKERS: usize = 2;
 
-pub(crate) fn stream_csv(
+/// Most CSV exports one node runs at once; one more is answered 503. Each holds
+/// a thread of its own (plus [`EXPORT_WORKERS`] scan threads for a full export)
+/// for as long as its client reads.
+pub const MAX_EXPORTS: usize = 8;
+/// An export whose client takes no data for this long is stopped (its thread
+/// and its slot freed).
+pub const EXPORT_STALL: Duration = Duration::from_secs(30);
+
+static EXPORTS: Semaphore = Semaphore::const_new(MAX_EXPORTS);
+
+/// The CSV of `q` (at most `limit` rows) as a stream of chunks, produced on a
+/// thread of the export's own (never tokio's blocking pool, which the rest of
+/// the node needs): 503 when [`MAX_EXPORTS`] are running already.
+pub(crate) fn csv_stream(
     tree: Tree,
     q: CdrQuery,
     limit: Option<usize>,
-    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+) -> Result<impl futures::Stream<Item = std::io::Result<Bytes>>, ApiError> {
+    let busy = || {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{MAX_EXPORTS} CSV exports are running on this node, its limit: retry when \
+                 one ends, or export from another node"
+            ),
+        )
+    };
+    let permit = EXPORTS.try_acquire().map_err(|_| busy())?;
+    let runtime = tokio::runtime::Handle::current();
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(8);
+    std::thread::Builder::new()
+        .name("csv-export".into())
+        .spawn(move || {
+            let _slot = permit;
+            stream_csv(&runtime, tree, q, limit, tx);
+        })
+        .map_err(|e| {
+            tracing::warn!(error = %e, "cannot start a CSV export thread");
+            busy()
+        })?;
+    Ok(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+}
+
+fn stream_csv(
+    runtime: &tokio::runtime::Handle,
+    tree: Tree,
+    q: CdrQuery,
+    limit: Option<usize>,
+    tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
 ) {
-    let err_tx = tx.clone();
-    let w = csv::Writer::from_writer(ChunkSender::new(move |chunk| {
-        tx.blocking_send(Ok(Bytes::from(chunk)))
-            .map_err(|_| client_gone())
-    }));
+    // Waits for the client to take a chunk, at most EXPORT_STALL.
+    let send = |item: std::io::Result<Bytes>| {
+        // The timer is made inside block_on: it needs the runtime's context.
+        match runtime.block_on(async { tokio::time::timeout(EXPORT_STALL, tx.send(item)).await }) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(client_gone()),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("client took no data for {} s", EXPORT_STALL.as_secs()),
+            )),
+        }
+    };
+    let w = csv::Writer::from_writer(ChunkSender::new(|chunk| send(Ok(Bytes::from(chunk)))));
     if let Err(e) = export(&tree, q, limit, w) {
-        let _ = err_tx.blocking_send(Err(std::io::Error::other(e)));
+        tracing::info!(error = %e, "CSV export stopped");
+        let _ = send(Err(std::io::Error::other(e)));
     }
 }
 

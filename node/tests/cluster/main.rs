@@ -6,6 +6,7 @@
 mod alarms;
 mod api_errors;
 mod durability;
+mod exports;
 mod https;
 mod membership;
 mod recordings;

@@ -39,7 +39,7 @@ pub struct LogStore {
 /// concurrent `flush_async` calls: sled 0.34 can leave concurrent `flush_async`
 /// futures un-woken forever (spacejam/sled#1241), which froze a node's Raft core when
 /// a deposed leader saved its new vote and truncated its log at the same moment. The
-/// task runs sled's blocking `flush` on the blocking pool, one at a time.
+/// task runs sled's blocking `flush` on a thread of its own, one at a time.
 pub struct Flusher {
     tx: mpsc::UnboundedSender<FlushWaiter>,
 }
@@ -55,6 +55,21 @@ enum FlushWaiter {
 impl Flusher {
     fn start(db: Arc<DurableDb>) -> Flusher {
         let (tx, mut rx) = mpsc::unbounded_channel::<FlushWaiter>();
+        // The fsync runs on a thread of its own, never on tokio's blocking pool:
+        // whatever else fills that pool (CSV exports waiting for slow clients,
+        // recording reads), the log's durability does not wait behind it.
+        let (flush_tx, flush_rx) =
+            std::sync::mpsc::channel::<oneshot::Sender<Result<(), String>>>();
+        let spawned = std::thread::Builder::new()
+            .name("raft-log-fsync".into())
+            .spawn(move || {
+                while let Ok(done) = flush_rx.recv() {
+                    let _ = done.send(db.flush().map_err(|e| e.to_string()));
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the log fsync thread: every log write will fail");
+        }
         tokio::spawn(async move {
             let mut batch = Vec::new();
             while let Some(first) = rx.recv().await {
@@ -62,11 +77,12 @@ impl Flusher {
                 while let Ok(more) = rx.try_recv() {
                     batch.push(more);
                 }
-                let db = db.clone();
-                let res = match tokio::task::spawn_blocking(move || db.flush()).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(e) => Err(format!("flush task failed: {e}")),
+                let (done, flushed) = oneshot::channel();
+                let res = match flush_tx.send(done) {
+                    Ok(()) => flushed
+                        .await
+                        .unwrap_or_else(|_| Err("log fsync thread stopped".into())),
+                    Err(_) => Err("log fsync thread stopped".into()),
                 };
                 for waiter in batch.drain(..) {
                     let r = res.clone().map_err(io::Error::other);
