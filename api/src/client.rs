@@ -316,6 +316,20 @@ impl Client {
         Ok((status == 201, e))
     }
 
+    /// `PUT /api/v1/config/maintenance.{node}` (`tandem maintenance on|off`);
+    /// `force` accepts putting the last data node that may be master in
+    /// maintenance (the service stops).
+    pub async fn maintenance_set(&self, node: u64, on: bool, force: bool) -> Result<ConfigEntry> {
+        let path = format!(
+            "/api/v1/config/maintenance.{node}{}",
+            if force { "?force=true" } else { "" }
+        );
+        let (_, e) = self
+            .send_json(reqwest::Method::PUT, &path, &serde_json::Value::Bool(on))
+            .await?;
+        Ok(e)
+    }
+
     /// `DELETE /api/v1/config/{key}`.
     pub async fn config_delete(&self, key: &str) -> Result<ConfigDeleted> {
         let what = format!("DELETE /api/v1/config/{key}");

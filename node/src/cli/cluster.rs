@@ -135,15 +135,15 @@ struct Maintenance {
 }
 
 /// `tandem maintenance on|off [--node ID]`.
-pub async fn maintenance(common: &Common, on: bool, node: Option<u64>) -> anyhow::Result<()> {
+pub async fn maintenance(
+    common: &Common,
+    on: bool,
+    node: Option<u64>,
+    force: bool,
+) -> anyhow::Result<()> {
     let (cfg, c) = connect(common)?;
     let id = node.unwrap_or(cfg.node.id);
-    let (_, e) = c
-        .config_set(
-            &crate::settings::maintenance_key(id),
-            &serde_json::Value::Bool(on),
-        )
-        .await?;
+    let e = c.maintenance_set(id, on, force).await?;
     let v = Maintenance {
         node: id,
         maintenance: on,

@@ -113,6 +113,10 @@ pub enum Command {
         /// Node id (default: the node of --config).
         #[arg(long)]
         node: Option<u64>,
+        /// Accept putting the last data node that may be master in maintenance:
+        /// no node carries the service until one leaves maintenance.
+        #[arg(long)]
+        force: bool,
     },
     /// (internal) Watchdog child that removes the VIP when the node stops refreshing it.
     #[command(hide = true)]
@@ -489,7 +493,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             common,
             state,
             node,
-        } => cluster::maintenance(&common, state == "on", node).await,
+            force,
+        } => cluster::maintenance(&common, state == "on", node, force).await,
         Command::VipGuard {
             interface,
             address,

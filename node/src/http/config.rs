@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 use tandem_replication::store::query::{self};
-use tandem_replication::types::{Request as RaftRequest, Response as RaftResponse};
+use tandem_replication::types::{MemberKind, Request as RaftRequest, Response as RaftResponse};
 
 use tandem_api as api;
 use tandem_replication::store::query::ConfigEntry;
@@ -99,13 +99,33 @@ pub(crate) async fn config_get(
 pub(crate) async fn config_put(
     State(st): St,
     Path(key): Path<String>,
+    Query(mut params): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     check_key(&key)?;
+    let force = match params.remove("force").as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::bad(format!(
+                "force={other}: use force=true or leave it out"
+            )))
+        }
+    };
+    no_unknown(&params)?;
     let value: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad(format!("body must be a JSON value: {e}")))?;
+    let members = st.replica.members();
+    let tree = st.replica.tree();
     let ctx = crate::settings::Context {
-        members: st.replica.members().iter().map(|m| m.id).collect(),
+        members: members.iter().map(|m| m.id).collect(),
+        eligible: members
+            .iter()
+            .filter(|m| m.voter && m.kind == MemberKind::Data)
+            .filter(|m| !crate::settings::in_maintenance(&tree, m.id))
+            .map(|m| m.id)
+            .collect(),
+        force,
         alarm_entries: if key.starts_with("alarm.") {
             crate::http::alarms::alarm_entries(&st.replica.tree())?
         } else {

@@ -21,13 +21,12 @@ use tandem_failover::guard::GuardHandle;
 use tandem_failover::hooks::Hooks;
 use tandem_failover::vip::{Vip, VipSpec};
 use tandem_replication::replica::Replica;
-use tandem_replication::store::query;
 use tandem_replication::types::{MemberKind, RaftMetrics};
 
 use crate::config::{Config, NodeRole};
 pub use tandem_failover::state::RoleState;
 
-pub use crate::settings::maintenance_key;
+pub use crate::settings::{in_maintenance, maintenance_key};
 
 fn raft_view(m: &RaftMetrics) -> RaftView {
     RaftView {
@@ -258,11 +257,7 @@ impl Driver {
             let mut actions = Vec::new();
             if now.duration_since(last_maintenance_check) >= Duration::from_millis(200) {
                 last_maintenance_check = now;
-                let key = maintenance_key(self.replica.id);
-                let on = query::config_get(&self.replica.tree(), &key)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|e| e.value == "true");
+                let on = in_maintenance(&self.replica.tree(), self.replica.id);
                 if on != self.controller.maintenance() {
                     tracing::info!(maintenance = on, "maintenance mode changed");
                     self.state.maintenance.store(on, Ordering::SeqCst);

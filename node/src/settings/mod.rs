@@ -45,6 +45,12 @@ impl SettingError {
 pub struct Context {
     /// Ids of the current members (for `maintenance.<id>`).
     pub members: Vec<u64>,
+    /// Ids of the data voters that are not in maintenance now (for
+    /// `maintenance.<id>`: the last one may not be put in maintenance).
+    pub eligible: Vec<u64>,
+    /// The operator said "I know" (`?force=true`, `--force`): a change that
+    /// would leave no node able to be master is accepted.
+    pub force: bool,
     /// The current `alarm.*` and `smtp.*` entries (alarm rules are checked as a whole).
     pub alarm_entries: BTreeMap<String, Value>,
 }
@@ -52,6 +58,15 @@ pub struct Context {
 /// Config key that holds a node's maintenance flag (replicated, so the master knows).
 pub fn maintenance_key(id: u64) -> String {
     format!("maintenance.{id}")
+}
+
+/// Whether node `id` is in maintenance, as `tree` (this node's copy of the
+/// replicated config) says.
+pub fn in_maintenance(tree: &tandem_replication::store::Tree, id: u64) -> bool {
+    tandem_replication::store::query::config_get(tree, &maintenance_key(id))
+        .ok()
+        .flatten()
+        .is_some_and(|e| e.value == "true")
 }
 
 /// The node id of a `maintenance.<id>` key.
@@ -105,12 +120,24 @@ pub fn validate(key: &str, value: &Value, ctx: &Context) -> Result<(), SettingEr
     }
     if let Some(id) = maintenance_node(key) {
         let id = id?;
-        maintenance_value(key, value)?;
+        let on = maintenance_value(key, value)?;
         if !ctx.members.contains(&id) {
             return Err(SettingError::new(
                 key,
                 format!("node {id} is not a member of this cluster"),
                 format!("members are {:?} (`tandem status`)", ctx.members),
+            ));
+        }
+        if on && !ctx.force && ctx.eligible.iter().all(|&e| e == id) {
+            return Err(SettingError::new(
+                key,
+                format!(
+                    "node {id} is the last data node that may be master: in maintenance, \
+                     no node would carry the service"
+                ),
+                "take another data node out of maintenance first, or add --force \
+                 (`?force=true`) to stop the service on purpose"
+                    .to_string(),
             ));
         }
         return Ok(());

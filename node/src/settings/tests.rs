@@ -11,6 +11,8 @@ use super::*;
 fn ctx() -> Context {
     Context {
         members: vec![1, 2, 3],
+        eligible: vec![1, 2],
+        force: false,
         alarm_entries: BTreeMap::new(),
     }
 }
@@ -31,6 +33,31 @@ fn maintenance_takes_a_boolean_for_a_member() {
     assert!(e.to_string().contains("node 99 is not a member"), "{e}");
     let e = refused("maintenance.x", json!(true));
     assert!(e.to_string().contains("not a node id"), "{e}");
+}
+
+#[test]
+fn the_last_data_node_that_may_be_master_needs_force_for_maintenance() {
+    let last = Context {
+        eligible: vec![2],
+        ..ctx()
+    };
+    let e = validate("maintenance.2", &json!(true), &last).unwrap_err();
+    assert!(e.to_string().contains("last data node"), "{e}");
+    assert!(e.fix.contains("--force"), "{e}");
+    // Taking it out, another node, or with force: accepted.
+    assert!(validate("maintenance.2", &json!(false), &last).is_ok());
+    assert!(validate("maintenance.1", &json!(true), &last).is_ok());
+    let forced = Context {
+        force: true,
+        ..last
+    };
+    assert!(validate("maintenance.2", &json!(true), &forced).is_ok());
+    // No eligible node at all (all in maintenance already): still needs force.
+    let none = Context {
+        eligible: vec![],
+        ..ctx()
+    };
+    assert!(validate("maintenance.3", &json!(true), &none).is_err());
 }
 
 #[test]

@@ -82,3 +82,28 @@ async fn leaving_as_the_last_voter_is_refused_with_the_reason() {
     let e = c.switchover(Some(9)).await.unwrap_err();
     assert_eq!(e.status(), Some(400), "{e}");
 }
+
+/// Defect 9: maintenance on the only data node took the service down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_on_the_last_eligible_data_node_needs_force() {
+    let mut cluster = LocalCluster::prepare(exe(), 1, &["127.0.0.1"], "").unwrap();
+    cluster.bootstrap().await.unwrap();
+    let c = cluster.nodes[0].client().unwrap();
+    let e = c.maintenance_set(1, true, false).await.unwrap_err();
+    assert_eq!(e.status(), Some(400), "{e}");
+    assert!(e.to_string().contains("last data node"), "{e}");
+    assert_eq!(cluster.master().await, Some(0), "still the master");
+    // The CLI says how to do it on purpose, and --force does it.
+    let config = cluster.nodes[0].config.to_str().unwrap().to_string();
+    let err = cluster
+        .tandem(&["maintenance", "on", "--config", &config])
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("--force"), "{err:#}");
+    cluster
+        .tandem(&["maintenance", "on", "--force", "--config", &config])
+        .await
+        .unwrap();
+    let v = c.config_get("maintenance.1").await.unwrap();
+    assert_eq!(v.value, serde_json::json!(true));
+}
