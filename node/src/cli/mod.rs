@@ -480,7 +480,15 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Demo { .. } | Command::Bench { .. } => {
             anyhow::bail!("`tandem demo` and `tandem bench` are started by the binary's main")
         }
-        Command::Run { common } => crate::run::run(load_config(&common)?).await,
+        Command::Run { common } => {
+            let cfg = load_config(&common)?;
+            let path = common
+                .config
+                .as_deref()
+                .unwrap_or(std::path::Path::new(DEFAULT_CONFIG_PATH));
+            cfg.check_host(path)?;
+            crate::run::run(cfg).await
+        }
         Command::Init { common } => cluster::init(&common),
         Command::Join {
             common,

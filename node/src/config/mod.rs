@@ -38,6 +38,9 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/tandem/tandem.toml";
 /// from a file (for example [`Config::default_single_node`]).
 pub const DEFAULTS_PATH: &str = "<defaults>";
 
+/// Fewest log entries between two snapshots (`cluster.snapshot_logs`).
+const MIN_SNAPSHOT_LOGS: u64 = 10;
+
 /// Timer defaults, repeated in the fix hints of timer errors.
 const TIMER_DEFAULTS: &str = "defaults: heartbeat_ms = 100, lease_ms = 600, \
      election_timeout_min_ms = 1000, election_timeout_max_ms = 1500";
@@ -575,10 +578,46 @@ impl Config {
         v.cluster_addresses(self)?;
         v.peers(self)?;
         v.timers(&self.cluster)?;
+        v.snapshot_logs(&self.cluster)?;
         v.vip(self)?;
         v.api(&self.api)?;
         v.sip(&self.sip)?;
         v.hooks(&self.hooks)?;
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Checks what `validate` cannot because it looks at this host: every
+    /// configured hook exists and is executable. Run at start-up (a hook that
+    /// cannot run would only be noticed at the first failover).
+    pub fn check_host(&self, path: &Path) -> Result<(), ConfigError> {
+        use std::os::unix::fs::PermissionsExt;
+        let v = Validator { path };
+        for (key, hook) in [
+            ("hooks.on_master", &self.hooks.on_master),
+            ("hooks.on_standby", &self.hooks.on_standby),
+            ("hooks.on_fenced", &self.hooks.on_fenced),
+        ] {
+            let Some(hook) = hook else { continue };
+            let problem = match std::fs::metadata(hook) {
+                Err(e) => format!("{}: {e}", hook.display()),
+                Ok(m) if !m.is_file() => format!("{} is not a file", hook.display()),
+                Ok(m) if m.permissions().mode() & 0o111 == 0 => {
+                    format!("{} is not executable", hook.display())
+                }
+                Ok(_) => continue,
+            };
+            return Err(v.invalid(
+                key,
+                problem,
+                format!(
+                    "install the script at {} and make it executable (chmod 755), or remove \
+                     the key",
+                    hook.display()
+                ),
+            ));
+        }
         Ok(())
     }
 }
@@ -995,6 +1034,20 @@ impl Validator<'_> {
         if s.digest_algorithms.is_empty() {
             let e = fields::digest_algorithms::parse(&[]).unwrap_err();
             return Err(self.invalid("sip.digest_algorithms", e.problem, e.fix));
+        }
+        Ok(())
+    }
+
+    fn snapshot_logs(&self, c: &ClusterSection) -> Result<(), ConfigError> {
+        if c.snapshot_logs < MIN_SNAPSHOT_LOGS {
+            return Err(self.invalid(
+                "cluster.snapshot_logs",
+                format!(
+                    "{} is too few: the node would build a snapshot every {} log entries",
+                    c.snapshot_logs, c.snapshot_logs
+                ),
+                format!("set snapshot_logs = 20000 (the default); at least {MIN_SNAPSHOT_LOGS}"),
+            ));
         }
         Ok(())
     }

@@ -15,11 +15,19 @@ use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
+/// The fix of an API certificate or key file that cannot be opened.
+const FILE_FIX: &str = "put the PEM file there, readable by the user tandem runs as, or \
+     correct the path; remove both api.tls_cert and api.tls_key to serve plain HTTP";
+
 /// Build the server TLS config from PEM files (certificate chain, private key).
 pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(cert)
-            .with_context(|| format!("api.tls_cert: cannot open {}", cert.display()))?,
+        std::fs::File::open(cert).with_context(|| {
+            format!(
+                "api.tls_cert: cannot open {} — fix: {FILE_FIX}",
+                cert.display()
+            )
+        })?,
     ))
     .collect::<Result<Vec<_>, _>>()
     .with_context(|| {
@@ -32,8 +40,12 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::Serv
         anyhow::bail!("api.tls_cert: {} holds no certificate", cert.display());
     }
     let key_der = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-        std::fs::File::open(key)
-            .with_context(|| format!("api.tls_key: cannot open {}", key.display()))?,
+        std::fs::File::open(key).with_context(|| {
+            format!(
+                "api.tls_key: cannot open {} — fix: {FILE_FIX}",
+                key.display()
+            )
+        })?,
     ))
     .with_context(|| format!("api.tls_key: {} is not a PEM private key", key.display()))?
     .with_context(|| format!("api.tls_key: {} holds no private key", key.display()))?;

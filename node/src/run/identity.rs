@@ -65,8 +65,7 @@ pub fn init(cfg: &Config) -> anyhow::Result<JoinToken> {
             cfg.node.data_dir.display()
         );
     }
-    std::fs::create_dir_all(&cfg.node.data_dir)
-        .with_context(|| format!("creating data dir {}", cfg.node.data_dir.display()))?;
+    create_data_dir(cfg)?;
     let ca = ClusterCa::generate(&cfg.cluster.name)?;
     ca.save(&dir)?;
     ca.issue_identity(cfg.node.id)?.save(&dir)?;
@@ -111,4 +110,18 @@ pub fn admin_token(cfg: &Config) -> anyhow::Result<(String, bool)> {
             Ok((token, true))
         }
     }
+}
+
+/// Creates `node.data_dir` (and its parents); the error names the key, the
+/// directory and the fix.
+pub fn create_data_dir(cfg: &Config) -> anyhow::Result<()> {
+    let dir = &cfg.node.data_dir;
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!(
+            "node.data_dir: cannot create {} — fix: create it and give it to the user tandem \
+             runs as (the package uses /var/lib/tandem, owner tandem), or point node.data_dir \
+             at a writable directory",
+            dir.display()
+        )
+    })
 }

@@ -29,8 +29,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         (Some(cert), Some(key)) => Some(crate::http::tls::server_config(cert, key)?),
         _ => None,
     };
-    std::fs::create_dir_all(&cfg.node.data_dir)
-        .with_context(|| format!("creating data dir {}", cfg.node.data_dir.display()))?;
+    identity::create_data_dir(&cfg)?;
     // First start (also when `init` runs implicitly below): the token is printed once.
     let first_start = !cfg.token_file().exists();
     if !NodeIdentity::exists(&cfg.tls_dir()) {
@@ -86,7 +85,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let listener = tokio::net::TcpListener::bind(&cfg.api.listen)
         .await
-        .with_context(|| format!("api.listen: cannot listen on {}", cfg.api.listen))?;
+        .with_context(|| {
+            format!(
+                "api.listen: cannot listen on {} — fix: another program (or another tandem) \
+                 uses that port, stop it or choose another api.listen; a port below 1024 needs \
+                 CAP_NET_BIND_SERVICE",
+                cfg.api.listen
+            )
+        })?;
     tracing::info!(node = cfg.node.id, api = %cfg.api.listen, peer = %cfg.cluster.listen, "tandem node running");
     tasks.spawn("retention", retention::retention(replica.clone()));
     let stop = tasks.cancel.clone();

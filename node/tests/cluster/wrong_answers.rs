@@ -107,3 +107,108 @@ async fn maintenance_on_the_last_eligible_data_node_needs_force() {
     let v = c.config_get("maintenance.1").await.unwrap();
     assert_eq!(v.value, serde_json::json!(true));
 }
+
+/// `tandem run --config <text>` must fail at start-up; its stderr.
+async fn startup_refused(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(exe())
+            .args(["run", "--config"])
+            .arg(&path)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{name}: the node started instead of refusing"))
+    .unwrap();
+    assert!(!out.status.success(), "{name}: exit status {}", out.status);
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_errors_name_the_key_the_file_and_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let base = |extra: &str| {
+        format!(
+            "[node]\nid = 1\ndata_dir = {:?}\n[cluster]\nlisten = \"127.0.0.1:0\"\n\
+             [api]\nlisten = \"127.0.0.1:0\"\n{extra}",
+            data.display()
+        )
+    };
+    let err = startup_refused(
+        dir.path(),
+        "snap",
+        &base("").replace("[api]", "snapshot_logs = 0\n[api]"),
+    )
+    .await;
+    assert!(
+        err.contains("cluster.snapshot_logs") && err.contains("fix"),
+        "{err}"
+    );
+
+    let hook = dir.path().join("on-master.sh");
+    let err = startup_refused(
+        dir.path(),
+        "hook",
+        &base(&format!("[hooks]\non_master = {:?}\n", hook.display())),
+    )
+    .await;
+    assert!(
+        err.contains("hooks.on_master") && err.contains("chmod"),
+        "{err}"
+    );
+    std::fs::write(&hook, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = startup_refused(
+        dir.path(),
+        "hook2",
+        &base(&format!("[hooks]\non_master = {:?}\n", hook.display())),
+    )
+    .await;
+    assert!(err.contains("is not executable"), "{err}");
+
+    let err = startup_refused(
+        dir.path(),
+        "datadir",
+        "[node]\nid = 1\ndata_dir = \"/proc/tandem-cannot-be-here\"\n",
+    )
+    .await;
+    assert!(
+        err.contains("node.data_dir")
+            && err.contains("/proc/tandem-cannot-be-here")
+            && err.contains("fix"),
+        "{err}"
+    );
+
+    let err = startup_refused(
+        dir.path(),
+        "tls",
+        // Appended to the [api] section.
+        &base("tls_cert = \"/nonexistent/c.pem\"\ntls_key = \"/nonexistent/k.pem\"\n"),
+    )
+    .await;
+    assert!(
+        err.contains("api.tls_cert") && err.contains("/nonexistent/c.pem") && err.contains("fix"),
+        "{err}"
+    );
+
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let err = startup_refused(
+        dir.path(),
+        "bind",
+        &base("").replace(
+            "[api]\nlisten = \"127.0.0.1:0\"",
+            &format!("[api]\nlisten = \"127.0.0.1:{port}\""),
+        ),
+    )
+    .await;
+    assert!(
+        err.contains("api.listen") && err.contains(&port.to_string()) && err.contains("fix"),
+        "{err}"
+    );
+}
