@@ -23,7 +23,9 @@
 //!   bincode, decode migrating older versions up, typed errors for unknown ones. Used
 //!   by every stored record and by both peer messages.
 //! - [`tls`]: cluster CA, node certificates, join tokens.
-//! - [`network`]: peer RPC (Raft, join, forwarded writes, blob reads).
+//! - [`network`]: peer RPC (Raft, join, forwarded writes, blob reads); its
+//!   [`server`](network::server) admits connections and bounds what a client
+//!   without a certificate can cost (one small join, a deadline, a pool of its own).
 //! - [`replica`]: a running member: Raft + peer server, and its jobs in modules of
 //!   their own (writes and forwarding, switchover, join, lag, leader duties, the blob
 //!   link).

@@ -13,7 +13,9 @@
 //!
 //! One request at a time per connection; concurrency comes from several
 //! connections (openraft opens one client per replication stream; forwarded writes
-//! use a small pool). A client without a certificate may only send `Join`.
+//! use a small pool). A client without a certificate may only send one small `Join`
+//! within a deadline; the limits of the server (connections, sizes, timeouts) are
+//! in [`server`].
 
 use std::collections::VecDeque;
 use std::io;
@@ -31,17 +33,22 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 use crate::types::{NodeId, NodeInfo, Request, Response, TypeConfig};
 use crate::versioned::{initial_version, Versioned};
+
+pub mod server;
+pub use server::{serve, serve_with, PeerLimits};
 
 /// Version of the peer protocol. A peer speaking another version is refused.
 pub const PROTOCOL_VERSION: u8 = 1;
 /// Shortest timeout for an AppendEntries exchange.
 pub const APPEND_TIMEOUT_FLOOR: Duration = Duration::from_secs(1);
-/// Largest frame accepted (a snapshot chunk or a batch of entries is far smaller).
+/// Largest frame accepted from a member (a snapshot chunk or a batch of entries is
+/// far smaller). A connection without a client certificate may send much less:
+/// [`server::MAX_JOIN_FRAME`].
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
 
 /// A membership or write operation that only the leader can perform.
@@ -260,17 +267,20 @@ pub async fn read_frame<R: AsyncRead + Unpin, T: Versioned>(r: &mut R) -> io::Re
 /// protocol version is accepted (the handshake of a mixed-version cluster is refused
 /// as before); decoding goes through the message type's versioned decode.
 pub fn decode_frame_body<T: Versioned>(body: &[u8]) -> io::Result<T> {
-    match body.first() {
-        Some(&PROTOCOL_VERSION) => {}
-        Some(&other) => {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("peer speaks protocol version {other}, this node {PROTOCOL_VERSION}; upgrade the older node"),
-            ))
-        }
-        None => return Err(io::Error::new(io::ErrorKind::InvalidData, "empty frame")),
-    }
+    check_version(body)?;
     T::decode(body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// A frame body of another protocol version (or an empty one) is refused.
+fn check_version(body: &[u8]) -> io::Result<()> {
+    match body.first() {
+        Some(&PROTOCOL_VERSION) => Ok(()),
+        Some(&other) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("peer speaks protocol version {other}, this node {PROTOCOL_VERSION}; upgrade the older node"),
+        )),
+        None => Err(io::Error::new(io::ErrorKind::InvalidData, "empty frame")),
+    }
 }
 
 type TlsClientStream = tokio_rustls::client::TlsStream<TcpStream>;
@@ -701,80 +711,12 @@ pub trait RpcHandler: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = RpcResponse> + Send;
 }
 
-/// Accept peer connections until the listener fails.
-pub async fn serve<H: RpcHandler>(
-    listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    handler: Arc<H>,
-) {
-    let acceptor = TlsAcceptor::from(tls);
-    loop {
-        let (tcp, remote) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "peer listener accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let handler = handler.clone();
-        tokio::spawn(async move {
-            let mut stream = match tokio::time::timeout(
-                Duration::from_secs(5),
-                acceptor.accept(tcp),
-            )
-            .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::warn!(%remote, error = %e, "peer refused: TLS handshake failed (certificate not signed by this cluster's CA?)");
-                    return;
-                }
-                Err(_) => {
-                    tracing::warn!(%remote, "peer refused: TLS handshake timed out");
-                    return;
-                }
-            };
-            let peer = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(crate::tls::peer_node_id);
-            loop {
-                let req: RpcRequest = match read_frame(&mut stream).await {
-                    Ok(r) => r,
-                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return,
-                    Err(e) => {
-                        tracing::warn!(%remote, error = %e, "bad frame from peer; closing");
-                        let _ =
-                            write_frame(&mut stream, &RpcResponse::Refused(e.to_string())).await;
-                        return;
-                    }
-                };
-                let resp = if peer.is_none() && !matches!(req, RpcRequest::Join { .. }) {
-                    tracing::warn!(%remote, rpc = req.name(), "peer refused: no client certificate (only join is allowed without one)");
-                    RpcResponse::Refused(
-                        "a client certificate signed by the cluster CA is required".into(),
-                    )
-                } else {
-                    handler.handle(peer, req).await
-                };
-                if let Err(e) = write_frame(&mut stream, &resp).await {
-                    tracing::debug!(%remote, error = %e, "peer connection closed while answering");
-                    return;
-                }
-            }
-        });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use openraft::Vote;
     use std::sync::atomic::AtomicUsize;
+    use tokio::net::TcpListener;
 
     /// A peer whose answers echo the request (vote term; for AppendEntries the
     /// arrival number, in a `HigherVote` term) after a delay chosen per arrival.

@@ -729,8 +729,9 @@ impl FromStr for JoinToken {
 
 /// Server side of peer traffic: presents `[node cert, CA cert]`; verifies
 /// client certificates against the cluster CA but also admits clients without
-/// a certificate (joining nodes). The RPC layer must refuse all but Join on a
-/// connection whose [`peer_node_id`] is `None`.
+/// a certificate (joining nodes). The peer server ([`crate::network::server`])
+/// allows a connection whose [`peer_node_id`] is `None` one small Join only, within
+/// a deadline, and keeps such connections in a pool of their own.
 pub fn server_config(id: &NodeIdentity) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = provider();
     let verifier =

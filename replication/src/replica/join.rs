@@ -10,10 +10,13 @@ use openraft::error::{RPCError, RemoteError};
 
 use super::writes::Writes;
 use crate::error::Refusal;
+use crate::network::server::Throttle;
 use crate::network::{self, JoinAccepted, LeaderOp, RpcRequest, RpcResponse};
 use crate::tls::{self, ClusterCa, JoinToken, NodeIdentity};
 use crate::types::{NodeId, NodeInfo, Raft};
 use crate::{Error, Result};
+
+static WRONG_TOKEN_WARNING: Throttle = Throttle::new(network::server::WARN_EVERY);
 
 /// Admits new nodes (only the node that ran `tandem init` holds the CA key).
 pub(super) struct Joins {
@@ -54,7 +57,11 @@ impl Joins {
                     source: Arc::new(e),
                 })?;
         if !token.secret_matches(&secret) {
-            tracing::warn!(joiner = id, "join refused: wrong token");
+            // Anyone reaching the peer port can send these: logged at most every
+            // `WARN_EVERY`, with the number left out.
+            if let Some(left_out) = WRONG_TOKEN_WARNING.allow() {
+                tracing::warn!(joiner = id, left_out, "join refused: wrong token");
+            }
             return Err(JoinRefusal::WrongSecret);
         }
         let members = self
