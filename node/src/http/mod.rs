@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod params;
 pub mod recordings;
 pub mod scrape;
+pub mod serve;
 pub mod sip;
 pub mod state;
 pub mod tls;

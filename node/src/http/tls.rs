@@ -1,19 +1,10 @@
-//! HTTPS for the API when `[api] tls_cert` and `tls_key` are set.
-//!
-//! TCP connections are accepted by a background task and each TLS handshake runs in
-//! its own task (with a timeout), so a slow or broken client never holds up the others;
-//! finished streams are handed to axum through the [`axum::serve::Listener`] trait.
+//! The API's TLS configuration when `[api] tls_cert` and `tls_key` are set (the
+//! handshake itself runs per connection in [`crate::http::serve`], with a timeout).
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
 
 /// The fix of an API certificate or key file that cannot be opened.
 const FILE_FIX: &str = "put the PEM file there, readable by the user tandem runs as, or \
@@ -63,65 +54,4 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::Serv
         )
     })?;
     Ok(Arc::new(cfg))
-}
-
-/// A listener that yields TLS streams whose handshake has completed.
-pub struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl TlsListener {
-    pub fn new(tcp: TcpListener, tls: Arc<rustls::ServerConfig>) -> std::io::Result<TlsListener> {
-        let local = tcp.local_addr()?;
-        let (tx, rx) = mpsc::channel(64);
-        let acceptor = TlsAcceptor::from(tls);
-        tokio::spawn(async move {
-            loop {
-                let (stream, remote) = match tcp.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "API accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                if tx.is_closed() {
-                    return;
-                }
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, remote)).await;
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(%remote, error = %e, "API TLS handshake failed")
-                        }
-                        Err(_) => tracing::debug!(%remote, "API TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(TlsListener { rx, local })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(conn) => conn,
-            // The accept task ended (cannot happen while we hold the receiver): park.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
-    }
 }

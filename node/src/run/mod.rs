@@ -101,19 +101,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         stop.cancel();
     });
     let app = crate::http::router(state);
-    match api_tls {
-        Some(tls) => {
-            let listener = crate::http::tls::TlsListener::new(listener, tls)?;
-            axum::serve(listener, app)
-                .with_graceful_shutdown(tasks.cancel.clone().cancelled_owned())
-                .await
-                .context("HTTPS API server")?;
-        }
-        None => axum::serve(listener, app)
-            .with_graceful_shutdown(tasks.cancel.clone().cancelled_owned())
-            .await
-            .context("HTTP API server")?,
-    }
+    crate::http::serve::serve(
+        listener,
+        api_tls,
+        app,
+        crate::http::serve::Limits::default(),
+        tasks.cancel.clone(),
+    )
+    .await;
     tracing::info!("shutting down");
     tasks.cancel.cancel();
     tasks.join(std::time::Duration::from_secs(5)).await;

@@ -8,6 +8,7 @@ mod api_errors;
 mod durability;
 mod exports;
 mod https;
+mod limits;
 mod membership;
 mod recordings;
 mod roles;
