@@ -135,6 +135,7 @@ alarm_ids! {
     Maintenance => "cluster.maintenance",
     ReplicationLag => "replication.lag",
     DiskSpaceLow => "storage.disk_space_low",
+    DiskFull => "storage.disk_full",
     RecordingSyncBehind => "media.recording_sync_behind",
     AuthFailures => "security.auth_failures",
     CertExpiring => "security.cert_expiring",
@@ -269,6 +270,22 @@ pub const CATALOG: &[AlarmDef] = &[
                  retention (`retention.*` config keys). A full disk stops replication \
                  on this node.",
         repeat_s: Some(6 * HOUR),
+        default_enabled: true,
+    },
+    AlarmDef {
+        id: AlarmId::DiskFull,
+        family: Family::Storage,
+        severity: Severity::Critical,
+        kind: Kind::State,
+        title: "Disk full: writes refused",
+        cleared_title: "Disk space back: writes accepted",
+        text: "Node {subject} refuses writes that add data: less free space than its \
+               reserve. {detail}",
+        advice: "Free space in the data directory now (old recordings, logs, files that \
+                 do not belong there) or lower the retention (`retention.*`); writes resume \
+                 by themselves. Reads go on meanwhile. If this node is the master, a \
+                 switchover to a standby with space resumes writes at once.",
+        repeat_s: Some(HOUR),
         default_enabled: true,
     },
     AlarmDef {

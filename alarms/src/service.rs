@@ -371,6 +371,10 @@ impl AlarmService {
                 }
             }
         }
+        // This node's data directory below its reserve: writes are refused.
+        if let Err(e) = replica.space.check(replica.id) {
+            s.local.insert(AlarmId::DiskFull, e.to_string());
+        }
         // This node's recordings volume and blob sync.
         if let Some(blobs) = &replica.blobs {
             let threshold = entries

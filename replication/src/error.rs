@@ -109,6 +109,16 @@ pub enum Error {
     #[error("invalid request: {reason}")]
     Invalid { reason: InvalidRequest },
 
+    /// Less than the reserve is free in the data directory of `node`: writes that
+    /// add data are refused until space is freed.
+    #[error("disk full: node {node} has {} MiB free in {}, less than the {} MiB it keeps in reserve; writes are refused until space is freed (old recordings, logs, or lower retention.* / [cluster] min_free_mb); reads go on", free >> 20, dir.display(), reserve >> 20)]
+    DiskFull {
+        node: NodeId,
+        dir: PathBuf,
+        free: u64,
+        reserve: u64,
+    },
+
     /// The store (sled) under `path` failed.
     #[error("store at {}: {source}; check the disk (free space, errors in the kernel log) and that the tandem user may write there", path.display())]
     Store {
@@ -219,6 +229,8 @@ pub enum FailureClass {
     Retryable,
     /// The request was refused as invalid.
     Invalid(InvalidRequest),
+    /// The leader's disk is full ([`Error::DiskFull`]); the text says which.
+    DiskFull,
     /// Anything else: retrying will not help.
     Permanent,
 }
@@ -228,6 +240,8 @@ impl FailureClass {
     pub fn of(e: &Error) -> FailureClass {
         if let Some(reason) = e.invalid_request() {
             FailureClass::Invalid(reason.clone())
+        } else if e.is_disk_full() {
+            FailureClass::DiskFull
         } else if e.is_retryable() {
             FailureClass::Retryable
         } else {
@@ -279,6 +293,16 @@ impl Error {
         }
     }
 
+    /// True when a disk that is full refused the request, on this node or on the
+    /// leader it was forwarded to.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Error::DiskFull { .. } => true,
+            Error::OnLeader { source, .. } => source.class() == FailureClass::DiskFull,
+            _ => false,
+        }
+    }
+
     /// True when the same call may succeed if retried after a short wait.
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -291,6 +315,7 @@ impl Error {
             Error::Membership { source } => matches!(source, ChangeMembershipError::InProgress(_)),
             Error::OnLeader { source, .. } => source.class() == FailureClass::Retryable,
             Error::Invalid { .. }
+            | Error::DiskFull { .. }
             | Error::Store { .. }
             | Error::Io { .. }
             | Error::Blobs { .. }

@@ -235,6 +235,11 @@ pub struct ClusterSection {
     /// Page cache size of the embedded database (sled), in MiB; at least 1.
     /// Default: 64.
     pub cache_mb: u64,
+    /// Free space kept in `node.data_dir`, in MiB: below it, writes that add data
+    /// (CDRs, config, recordings) are refused with 507 and `storage.disk_full` is
+    /// raised, before the store runs out of space; 0 turns the guard off.
+    /// Default: 256.
+    pub min_free_mb: u64,
     /// Directory with the peer TLS material (CA, node certificate and key).
     /// Default: `"<data_dir>/tls"` (filled in by [`Config::resolve`]).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -258,6 +263,7 @@ impl Default for ClusterSection {
             lease_ms: 600,
             snapshot_logs: 20_000,
             cache_mb: 64,
+            min_free_mb: 256,
             tls_dir: None,
             peers: Vec::new(),
         }

@@ -18,18 +18,28 @@ use crate::http::params::*;
 use crate::http::state::St;
 
 /// `GET /health` (no token).
-pub(crate) async fn health(State(st): St) -> Json<api::Health> {
+/// `GET /health`: 200 while the Raft core runs, 503 once it stopped (the node is
+/// about to exit and be restarted; a load balancer must not send traffic here).
+pub(crate) async fn health(State(st): St) -> (StatusCode, Json<api::Health>) {
     let r = &st.replica;
     let m = r.metrics();
-    Json(api::Health {
-        node_id: r.id,
-        role: st.roles.role().as_str().to_string(),
-        leader_id: m.current_leader,
-        term: m.current_term,
-        applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
-        commit_index: r.commit_index(),
-        vip_held: st.roles.vip_held(),
-    })
+    let status = if m.running_state.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(api::Health {
+            node_id: r.id,
+            role: st.roles.role().as_str().to_string(),
+            leader_id: m.current_leader,
+            term: m.current_term,
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            commit_index: r.commit_index(),
+            vip_held: st.roles.vip_held(),
+        }),
+    )
 }
 
 /// The cluster view shown by `tandem status`.

@@ -38,6 +38,8 @@ impl From<ReplError> for ApiError {
         // found the problem.
         let status = if e.is_retryable() {
             StatusCode::SERVICE_UNAVAILABLE
+        } else if e.is_disk_full() {
+            StatusCode::INSUFFICIENT_STORAGE
         } else {
             match e.invalid_request() {
                 // Refused because of the cluster's current state.

@@ -184,6 +184,8 @@ pub async fn upload(
         ));
     };
     let info = upload_info(&headers, &params)?;
+    // The bytes land on this node's disk before anything is proposed.
+    r.space.check(r.id)?;
     // One upload of an id at a time on this node: a second one waits, then
     // compares its bytes with what the first stored.
     let claim = blobs.claim(&info.id).await;

@@ -42,6 +42,7 @@ pub fn replica_config(cfg: &Config) -> ReplicaConfig {
         election_timeout_max_ms: cfg.cluster.election_timeout_max_ms,
         snapshot_logs: cfg.cluster.snapshot_logs,
         cache_mb: cfg.cluster.cache_mb,
+        min_free_bytes: cfg.cluster.min_free_mb << 20,
         recording_cap_kbps: cfg.replication.recording_bandwidth_kbps,
         tls_dir: cfg.tls_dir(),
         admin_token_file: cfg.token_file(),

@@ -100,6 +100,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         shutdown_signal().await;
         stop.cancel();
     });
+    let raft_stopped = watch_raft(&replica, &tasks);
     let app = crate::http::router(state);
     crate::http::serve::serve(
         listener,
@@ -117,7 +118,44 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tasks
         .join_after_raft(std::time::Duration::from_secs(5))
         .await;
+    if let Some(why) = raft_stopped.get() {
+        anyhow::bail!(
+            "the Raft core stopped: {why}; the node exits so that systemd restarts it \
+             (check the disk of node.data_dir: free space, errors in the kernel log)"
+        );
+    }
     Ok(())
+}
+
+/// Watches the Raft core: if it stops on its own (a storage error such as a full
+/// disk), the node shuts down and `run` fails, so that the process exits non-zero
+/// and systemd restarts it, instead of running on as a fenced node whose `/health`
+/// looks alive. The reason, once it happened.
+fn watch_raft(
+    replica: &Arc<tandem_replication::replica::Replica>,
+    tasks: &Tasks,
+) -> Arc<std::sync::OnceLock<String>> {
+    let stopped = Arc::new(std::sync::OnceLock::new());
+    let (mut metrics, seen, stop) = (
+        replica.raft.metrics(),
+        stopped.clone(),
+        tasks.cancel.clone(),
+    );
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = &metrics.borrow_and_update().running_state {
+                tracing::error!(error = %e, "Raft core stopped: shutting down to be restarted");
+                let _ = seen.set(e.to_string());
+                stop.cancel();
+                return;
+            }
+            tokio::select! {
+                changed = metrics.changed() => if changed.is_err() { return },
+                _ = stop.cancelled() => return,
+            }
+        }
+    });
+    stopped
 }
 
 /// The node's long-running tasks: one cancellation token for all, and trackers so

@@ -5,6 +5,7 @@
 
 mod alarms;
 mod api_errors;
+mod disk_full;
 mod durability;
 mod exports;
 mod https;

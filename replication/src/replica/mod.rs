@@ -28,6 +28,7 @@ mod blob_link;
 mod duties;
 mod join;
 mod lag;
+pub mod space;
 mod switchover;
 mod writes;
 
@@ -90,6 +91,9 @@ pub struct ReplicaConfig {
     /// Recording transfer cap from the node file, kbit/s (0 = unlimited); the
     /// replicated key `replication.recording_bandwidth_kbps` overrides it.
     pub recording_cap_kbps: u64,
+    /// Bytes kept free in `data_dir`: writes that add data are refused (disk
+    /// full) below it; 0 turns the guard off.
+    pub min_free_bytes: u64,
 }
 
 /// A running member of the cluster.
@@ -105,6 +109,8 @@ pub struct Replica {
     /// Thresholds of the leader's duties (see `duties`).
     policy: PolicyConfig,
     writes: Arc<Writes>,
+    /// Free space of the data directory (writes are refused below the reserve).
+    pub space: Arc<space::Space>,
     switchover: Arc<Switchover>,
     joins: Joins,
     freshness: Freshness,
@@ -196,12 +202,14 @@ impl Replica {
             policy,
         ));
         let writes_committed = Arc::new(AtomicU64::new(0));
+        let space = Arc::new(space::Space::new(&cfg.data_dir, cfg.min_free_bytes));
         let writes = Writes::start(
             cfg.id,
             raft.clone(),
             client_tls.clone(),
             switchover.clone(),
             writes_committed.clone(),
+            space.clone(),
         );
         let joins = Joins {
             id: cfg.id,
@@ -237,6 +245,7 @@ impl Replica {
             contacts,
             policy,
             writes,
+            space,
             switchover,
             joins,
             freshness: Freshness::default(),

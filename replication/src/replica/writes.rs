@@ -48,6 +48,8 @@ pub(super) struct Writes {
     cdr_tx: mpsc::Sender<CdrBatch>,
     /// Writes committed through this node (metrics; shared with `Replica`).
     writes_committed: Arc<AtomicU64>,
+    /// This node's free space: checked when it leads, before a write is proposed.
+    space: Arc<super::space::Space>,
 }
 
 impl Writes {
@@ -58,6 +60,7 @@ impl Writes {
         client_tls: Arc<rustls::ClientConfig>,
         switchover: Arc<Switchover>,
         writes_committed: Arc<AtomicU64>,
+        space: Arc<super::space::Space>,
     ) -> Arc<Writes> {
         let (cdr_tx, cdr_rx) = mpsc::channel(4096);
         let writes = Arc::new(Writes {
@@ -68,6 +71,7 @@ impl Writes {
             forward_pool: Mutex::new(HashMap::new()),
             cdr_tx,
             writes_committed,
+            space,
         });
         tokio::spawn(cdr_batcher(Arc::downgrade(&writes), cdr_rx));
         writes
@@ -298,16 +302,22 @@ impl Writes {
                 .await
                 .map(|leader| LeaderReply::SwitchedTo { leader })
                 .map_err(|e| OpFailure::on_leader(self.id, what, e)),
-            LeaderOp::Write(req) => match self.raft.client_write(req).await {
-                Ok(resp) => {
-                    self.writes_committed.fetch_add(1, Ordering::Relaxed);
-                    Ok(LeaderReply::Written {
-                        index: resp.log_id.index,
-                        response: resp.data,
-                    })
+            LeaderOp::Write(req) => {
+                // Refused before the store runs out of space (which would stop Raft).
+                self.space
+                    .check_request(self.id, &req)
+                    .map_err(|e| OpFailure::on_leader(self.id, what, e))?;
+                match self.raft.client_write(req).await {
+                    Ok(resp) => {
+                        self.writes_committed.fetch_add(1, Ordering::Relaxed);
+                        Ok(LeaderReply::Written {
+                            index: resp.log_id.index,
+                            response: resp.data,
+                        })
+                    }
+                    Err(e) => Err(refused(e.into())),
                 }
-                Err(e) => Err(refused(e.into())),
-            },
+            }
             LeaderOp::ReadIndex => match self.raft.ensure_linearizable().await {
                 Ok(read_log_id) => Ok(LeaderReply::ReadIndex {
                     index: read_log_id.map(|l| l.index).unwrap_or(0),
