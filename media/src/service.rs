@@ -16,6 +16,7 @@ use crate::b2bua::{CallStatus, Clock, Core, CoreConfig, Counters, Output, Peer};
 use crate::backend::Backend;
 use crate::digest::Algorithm;
 use crate::error::MediaError;
+use crate::guard::GuardConfig;
 use crate::registrar::RegistrarConfig;
 use crate::relay::Relay;
 use crate::sip::message;
@@ -47,12 +48,8 @@ pub struct ServiceConfig {
     pub max_expires: u32,
     /// Registration time when the phone names none.
     pub default_expires: u32,
-    /// Authentication failures from one address before it is blocked.
-    pub auth_failure_threshold: u32,
-    /// Window for counting them.
-    pub auth_failure_window: Duration,
-    /// First block duration (doubles on repeat).
-    pub auth_block: Duration,
+    /// Password-guessing limits: per source (ban), per account (lock), log interval.
+    pub guard: GuardConfig,
     /// Digest nonce lifetime in seconds.
     pub nonce_ttl_secs: i64,
     /// RFC 3261 timer values.
@@ -80,9 +77,7 @@ impl ServiceConfig {
             min_expires: 60,
             max_expires: 3600,
             default_expires: 3600,
-            auth_failure_threshold: 5,
-            auth_failure_window: Duration::from_secs(60),
-            auth_block: Duration::from_secs(30),
+            guard: GuardConfig::default(),
             nonce_ttl_secs: 300,
             timers: TimerConfig::default(),
             tcp: true,
@@ -230,9 +225,7 @@ impl Service {
             no_answer_timeout: cfg.no_answer_timeout,
             timers: cfg.timers,
             user_agent: cfg.user_agent.clone(),
-            auth_failure_threshold: cfg.auth_failure_threshold,
-            auth_failure_window: cfg.auth_failure_window,
-            auth_block: cfg.auth_block,
+            guard: cfg.guard.clone(),
             nonce_ttl_secs: cfg.nonce_ttl_secs,
             digest_algorithms: cfg.digest_algorithms.clone(),
         };
@@ -456,7 +449,16 @@ async fn perform<B: Backend>(
                 }
             });
         }
-        Output::SecurityEvent { source, failures } => backend.security_event(source, failures),
+        Output::SecurityEvent(burst) => backend.security_event(&burst),
+        Output::Ban(ban) => {
+            let backend = backend.clone();
+            tokio::spawn(async move {
+                let source = ban.source;
+                if let Err(e) = backend.ban(ban).await {
+                    tracing::warn!(%source, error = %e, "sip: ban not replicated; this service still drops the source");
+                }
+            });
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use tandem_media::backend::{
-    Backend, Binding, CallRecord, Disposition as MediaDisposition, SipUser,
+    AuthBurst, Backend, Binding, CallRecord, Disposition as MediaDisposition, SipUser, SourceBan,
 };
 use tandem_media::error::BackendError;
 use tandem_media::relay::RecordingFile;
@@ -22,6 +22,7 @@ use tandem_replication::replica::Replica;
 use tandem_replication::store::query;
 use tandem_replication::types::{RecordingMeta, Request};
 
+use crate::settings::bans::{ban_key, StoredBan, BAN_PREFIX};
 use crate::settings::sip::{binding_key, StoredUser, BINDING_PREFIX, USER_PREFIX};
 use tandem_alarms::service::AlarmService;
 
@@ -175,29 +176,69 @@ impl Backend for NodeBackend {
             .map_err(backend_err)
     }
 
-    fn security_event(&self, source: IpAddr, failures: u32) {
-        self.alarms.auth_failure_burst(source, failures);
+    fn security_event(&self, burst: &AuthBurst) {
+        // One alarm per burst: the alarm names the first source; the WARN line of
+        // the service lists the others and the accounts.
+        if let Some(source) = burst.sample.first() {
+            self.alarms.auth_failure_burst(*source, burst.failures);
+        }
+    }
+
+    async fn ban(&self, ban: SourceBan) -> Result<(), BackendError> {
+        let value = serde_json::to_string(&StoredBan {
+            until_unix: ban.until_unix,
+            failures: ban.failures,
+        })
+        .map_err(|e| fatal(e.to_string()))?;
+        self.replica
+            .write(Request::SetConfig {
+                key: ban_key(ban.source),
+                value,
+            })
+            .await
+            .map(|_| ())
+            .map_err(backend_err)
+    }
+
+    fn banned(&self, source: IpAddr, now_unix: i64) -> bool {
+        query::config_get(&self.replica.tree(), &ban_key(source))
+            .ok()
+            .flatten()
+            .and_then(|e| serde_json::from_str::<StoredBan>(&e.value).ok())
+            .is_some_and(|b| b.until_unix > now_unix)
     }
 }
 
-/// On the master, remove registrations that expired (every minute).
-pub async fn expire_bindings(replica: Arc<Replica>) {
+/// On the master, remove registrations and bans that expired (every `every`).
+pub async fn expire_bindings(replica: Arc<Replica>, every: std::time::Duration) {
     loop {
-        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        tokio::time::sleep(every).await;
         if !replica.is_leader() {
             continue;
         }
         let now = chrono::Utc::now().timestamp();
-        let Ok(entries) = query::config_list(&replica.tree(), BINDING_PREFIX) else {
-            continue;
+        let lapsed = |prefix: &str, expired: &dyn Fn(&str) -> bool| -> Vec<String> {
+            query::config_list(&replica.tree(), prefix)
+                .map(|entries| {
+                    entries
+                        .into_iter()
+                        .filter(|e| expired(&e.value))
+                        .map(|e| e.key)
+                        .collect()
+                })
+                .unwrap_or_default()
         };
-        for e in entries {
-            let expired = serde_json::from_str::<Binding>(&e.value)
-                .map(|b| b.expires_at_unix < now)
-                .unwrap_or(true);
-            if expired {
-                let _ = replica.write(Request::DeleteConfig { key: e.key }).await;
+        let mut keys = lapsed(BINDING_PREFIX, &|v| {
+            serde_json::from_str::<Binding>(v).map_or(true, |b| b.expires_at_unix < now)
+        });
+        keys.extend(lapsed(BAN_PREFIX, &|v| {
+            serde_json::from_str::<StoredBan>(v).map_or(true, |b| b.until_unix <= now)
+        }));
+        for key in keys {
+            if key.starts_with(BAN_PREFIX) {
+                tracing::info!(%key, "sip: ban lapsed, removed");
             }
+            let _ = replica.write(Request::DeleteConfig { key }).await;
         }
     }
 }
@@ -460,7 +501,10 @@ pub async fn start(
             }
         }
     });
-    tasks.spawn("registration expiry", expire_bindings(replica));
+    tasks.spawn(
+        "registration expiry",
+        expire_bindings(replica, std::time::Duration::from_secs(10)),
+    );
     rt
 }
 
