@@ -166,3 +166,106 @@ async fn password_guessing_from_many_addresses_locks_the_account_with_one_alarm(
     );
     e.svc.shutdown().await;
 }
+async fn read_until_closed(s: &mut tokio::net::TcpStream, secs: u64) -> bool {
+    let mut buf = vec![0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+fn options(server: SocketAddr, local: SocketAddr, n: usize) -> String {
+    format!(
+        "OPTIONS sip:{server} SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bKtcp{n}\r\nFrom: <sip:1001@{server}>;tag=t{n}\r\n\
+To: <sip:{server}>\r\nCall-ID: tcp-opt-{n}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// Whether an OPTIONS on `s` is answered (false: the connection was closed).
+async fn answered(s: &mut tokio::net::TcpStream, server: SocketAddr, n: usize) -> bool {
+    let local = s.local_addr().unwrap();
+    if s.write_all(options(server, local, n).as_bytes())
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = vec![0u8; 4096];
+    match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => buf[..n].starts_with(b"SIP/2.0 200 "),
+        Ok(_) => false,
+        Err(_) => panic!("connection {n}: neither answered nor closed within 5 s"),
+    }
+}
+
+#[tokio::test]
+async fn tcp_connections_over_the_per_source_cap_are_closed() {
+    let e = env(33200, |_| {}).await;
+    let mut conns = Vec::new();
+    for _ in 0..140 {
+        conns.push(tokio::net::TcpStream::connect(e.server).await.unwrap());
+    }
+    let mut ok = 0;
+    for (i, s) in conns.iter_mut().enumerate() {
+        if answered(s, e.server, i).await {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 128, "the default per-source cap is 128 connections");
+    // Closing some frees room for new ones.
+    conns.truncate(100);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut s = tokio::net::TcpStream::connect(e.server).await.unwrap();
+    assert!(answered(&mut s, e.server, 999).await);
+    e.svc.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_tcp_connection_that_never_completes_a_message_is_closed() {
+    let e = env(33300, |_| {}).await;
+    let mut silent = tokio::net::TcpStream::connect(e.server).await.unwrap();
+    let mut partial = tokio::net::TcpStream::connect(e.server).await.unwrap();
+    let local = partial.local_addr().unwrap();
+    let msg = options(e.server, local, 1);
+    partial
+        .write_all(&msg.as_bytes()[..msg.len() / 2])
+        .await
+        .unwrap();
+    // The default header timeout is 10 s; 30 s is the liveness bound.
+    assert!(
+        read_until_closed(&mut silent, 30).await,
+        "silent connection kept"
+    );
+    assert!(
+        read_until_closed(&mut partial, 30).await,
+        "half a header kept"
+    );
+    e.svc.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_idle_tcp_connection_is_closed_and_the_total_cap_holds() {
+    let e = env(33400, |c| {
+        c.tcp_limits.idle_timeout = Duration::from_secs(2);
+        c.tcp_limits.max_connections = 3;
+    })
+    .await;
+    let mut a = tokio::net::TcpStream::connect(e.server).await.unwrap();
+    assert!(answered(&mut a, e.server, 1).await);
+    // The cap counts every source: 3 open, the 4th (another address) is closed.
+    let b = tokio::net::TcpSocket::new_v4().unwrap();
+    b.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut b = b.connect(e.server).await.unwrap();
+    assert!(answered(&mut b, e.server, 2).await);
+    let mut c = tokio::net::TcpStream::connect(e.server).await.unwrap();
+    assert!(answered(&mut c, e.server, 3).await);
+    let mut d = tokio::net::TcpStream::connect(e.server).await.unwrap();
+    assert!(!answered(&mut d, e.server, 4).await, "over the total cap");
+    // Idle for 2 s after its last message: closed (15 s is the liveness bound).
+    assert!(read_until_closed(&mut a, 15).await, "idle connection kept");
+    e.svc.shutdown().await;
+}

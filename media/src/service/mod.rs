@@ -19,17 +19,19 @@ use crate::error::MediaError;
 use crate::guard::GuardConfig;
 use crate::registrar::RegistrarConfig;
 use crate::relay::Relay;
-use crate::sip::message;
 use crate::sip::transaction::TimerConfig;
 use crate::sip::Transport;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
+
+mod tcp;
+use tcp::Tcp;
+pub use tcp::{Backoff, TcpLimits};
 
 /// Settings of the SIP service (`[sip]` in the node config).
 #[derive(Debug, Clone)]
@@ -56,6 +58,8 @@ pub struct ServiceConfig {
     pub timers: TimerConfig,
     /// Whether to listen on TCP too.
     pub tcp: bool,
+    /// Connection caps and timeouts of SIP over TCP.
+    pub tcp_limits: TcpLimits,
     /// User-Agent / Server header.
     pub user_agent: String,
     /// Digest algorithms offered in challenges, most preferred first. Default
@@ -81,6 +85,7 @@ impl ServiceConfig {
             nonce_ttl_secs: 300,
             timers: TimerConfig::default(),
             tcp: true,
+            tcp_limits: TcpLimits::default(),
             user_agent: format!("tandem/{}", env!("CARGO_PKG_VERSION")),
             active: true,
             digest_algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
@@ -132,8 +137,6 @@ enum Event {
     Shutdown,
 }
 
-type TcpConns = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>;
-
 /// Control of a running service.
 pub struct ServiceHandle<B: Backend> {
     /// Bound address (UDP and TCP share the port).
@@ -157,6 +160,36 @@ pub struct ServiceHandle<B: Backend> {
 /// The SIP service.
 pub struct Service;
 
+/// The UDP socket and, with `tcp`, the TCP listener on the same address. With port
+/// 0 the kernel picks the UDP port; the same number may be taken for TCP (by any
+/// outgoing connection's ephemeral port), then another port is tried.
+async fn bind(
+    listen: SocketAddr,
+    tcp: bool,
+) -> Result<(UdpSocket, Option<TcpListener>), MediaError> {
+    let err = |transport, addr, source| MediaError::SipBind {
+        transport,
+        addr,
+        source,
+    };
+    let mut tries = if listen.port() == 0 { 20 } else { 1 };
+    loop {
+        tries -= 1;
+        let udp = UdpSocket::bind(listen)
+            .await
+            .map_err(|e| err("UDP", listen, e))?;
+        if !tcp {
+            return Ok((udp, None));
+        }
+        let local = udp.local_addr().map_err(|e| err("UDP", listen, e))?;
+        match TcpListener::bind(local).await {
+            Ok(l) => return Ok((udp, Some(l))),
+            Err(e) if tries > 0 && e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => return Err(err("TCP", local, e)),
+        }
+    }
+}
+
 impl Service {
     /// Bind the sockets and start the core task. The service starts inactive when
     /// `cfg.active` is false (standby).
@@ -165,13 +198,7 @@ impl Service {
         backend: Arc<B>,
         relay: Relay,
     ) -> Result<ServiceHandle<B>, MediaError> {
-        let udp = UdpSocket::bind(cfg.listen)
-            .await
-            .map_err(|source| MediaError::SipBind {
-                transport: "UDP",
-                addr: cfg.listen,
-                source,
-            })?;
+        let (udp, listener) = bind(cfg.listen, cfg.tcp).await?;
         let local = udp.local_addr().map_err(|source| MediaError::SipBind {
             transport: "UDP",
             addr: cfg.listen,
@@ -195,25 +222,15 @@ impl Service {
         }
         let (tx, rx) = mpsc::channel::<Event>(4096);
         let active = Arc::new(AtomicBool::new(cfg.active));
-        let conns: TcpConns = Arc::default();
-        let accept = if cfg.tcp {
-            let listener =
-                TcpListener::bind(local)
-                    .await
-                    .map_err(|source| MediaError::SipBind {
-                        transport: "TCP",
-                        addr: local,
-                        source,
-                    })?;
-            Some(tokio::spawn(accept_loop(
+        let conns = Arc::new(Tcp::new(cfg.tcp_limits.clone()));
+        let accept = listener.map(|listener| {
+            tokio::spawn(tcp::accept_loop(
                 listener,
                 tx.clone(),
                 conns.clone(),
                 active.clone(),
-            )))
-        } else {
-            None
-        };
+            ))
+        });
         let core_cfg = CoreConfig {
             advertised,
             registrar: RegistrarConfig {
@@ -346,7 +363,7 @@ async fn core_loop<B: Backend>(
     udp: Arc<UdpSocket>,
     mut rx: mpsc::Receiver<Event>,
     tx: mpsc::Sender<Event>,
-    conns: TcpConns,
+    conns: Arc<Tcp>,
     active: Arc<AtomicBool>,
     backend: Arc<B>,
 ) {
@@ -387,7 +404,7 @@ async fn core_loop<B: Backend>(
 async fn perform<B: Backend>(
     out: Output,
     udp: &Arc<UdpSocket>,
-    conns: &TcpConns,
+    conns: &Arc<Tcp>,
     tx: &mpsc::Sender<Event>,
     backend: &Arc<B>,
 ) {
@@ -402,7 +419,7 @@ async fn perform<B: Backend>(
                     }
                 }
             }
-            Transport::Tcp => send_tcp(peer.addr, bytes, conns, tx),
+            Transport::Tcp => tcp::send(peer.addr, bytes, conns, tx),
         },
         Output::WriteBindings {
             token,
@@ -460,119 +477,4 @@ async fn perform<B: Backend>(
             });
         }
     }
-}
-
-fn send_tcp(addr: SocketAddr, bytes: Vec<u8>, conns: &TcpConns, tx: &mpsc::Sender<Event>) {
-    let existing = conns
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&addr)
-        .cloned();
-    if let Some(w) = existing {
-        if w.try_send(bytes).is_ok() {
-            return;
-        }
-        tracing::debug!(to = %addr, "sip: TCP connection gone");
-        return;
-    }
-    // No connection to that address: open one (RFC 3261 §18.1.1).
-    let conns = conns.clone();
-    let tx = tx.clone();
-    tokio::spawn(async move {
-        match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => {
-                let w = spawn_connection(stream, addr, tx, conns);
-                let _ = w.send(bytes).await;
-            }
-            _ => tracing::debug!(to = %addr, "sip: TCP connect failed"),
-        }
-    });
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    tx: mpsc::Sender<Event>,
-    conns: TcpConns,
-    active: Arc<AtomicBool>,
-) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, addr)) => {
-                if !active.load(Ordering::Relaxed) {
-                    continue;
-                }
-                spawn_connection(stream, addr, tx.clone(), conns.clone());
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "sip: TCP accept error");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-/// Reader and writer tasks of one TCP connection; returns the writer's queue.
-fn spawn_connection(
-    stream: TcpStream,
-    addr: SocketAddr,
-    tx: mpsc::Sender<Event>,
-    conns: TcpConns,
-) -> mpsc::Sender<Vec<u8>> {
-    let (mut rd, mut wr) = stream.into_split();
-    let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(256);
-    conns
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(addr, wtx.clone());
-    tokio::spawn(async move {
-        while let Some(b) = wrx.recv().await {
-            if wr.write_all(&b).await.is_err() {
-                break;
-            }
-        }
-    });
-    tokio::spawn(async move {
-        let peer = Peer {
-            addr,
-            transport: Transport::Tcp,
-        };
-        let mut buf: Vec<u8> = Vec::with_capacity(8192);
-        let mut chunk = vec![0u8; 16384];
-        'conn: loop {
-            let n = match rd.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            buf.extend_from_slice(&chunk[..n]);
-            loop {
-                let skip = message::skip_keepalive(&buf);
-                buf.drain(..skip);
-                if buf.is_empty() {
-                    break;
-                }
-                match message::frame(&buf) {
-                    Ok(len) => {
-                        let msg: Vec<u8> = buf.drain(..len).collect();
-                        if tx.send(Event::Bytes(msg, peer)).await.is_err() {
-                            break 'conn;
-                        }
-                    }
-                    Err(message::ParseError::Incomplete) => break,
-                    Err(e) => {
-                        // Framing lost (no Content-Length, too large): answer if we can, then close.
-                        tracing::debug!(%addr, error = %e, "sip: TCP framing error, closing");
-                        let _ = tx.send(Event::Bytes(std::mem::take(&mut buf), peer)).await;
-                        // Leave the writer a moment for the 4xx/5xx answer before closing.
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        break 'conn;
-                    }
-                }
-            }
-        }
-        conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&addr);
-    });
-    wtx
 }
