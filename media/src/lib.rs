@@ -18,6 +18,7 @@ pub mod b2bua;
 pub mod backend;
 pub mod digest;
 pub mod error;
+pub mod firewall;
 pub mod g711;
 pub mod guard;
 pub mod registrar;

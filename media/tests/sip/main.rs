@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
 
 mod core;
+mod firewall;
 mod security;
 
 struct Env {

@@ -243,6 +243,50 @@ pub async fn expire_bindings(replica: Arc<Replica>, every: std::time::Duration) 
     }
 }
 
+/// Apply the replicated ban list (`sip.ban.*`) to this node's nftables sets: when
+/// it changes (checked every 2 s), and once a minute while there are bans (a
+/// reload of the appliance's nftables.conf empties the sets). nft is not run while
+/// there are no bans; a failure is logged once and retried a minute later.
+pub async fn sync_ban_firewall(replica: Arc<Replica>, nft: tandem_media::firewall::NftConfig) {
+    use std::time::{Duration, Instant};
+    let mut applied: Option<std::collections::BTreeMap<IpAddr, i64>> = None;
+    let mut last = Instant::now();
+    let mut reported: Option<String> = None;
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = chrono::Utc::now().timestamp();
+        let entries: Vec<(String, String)> = query::config_list(&replica.tree(), BAN_PREFIX)
+            .map(|v| v.into_iter().map(|e| (e.key, e.value)).collect())
+            .unwrap_or_default();
+        let want = crate::settings::bans::active(&entries, now);
+        let was_empty = applied.as_ref().is_none_or(|a| a.is_empty());
+        if want.is_empty() && was_empty {
+            continue;
+        }
+        let changed = applied.as_ref() != Some(&want);
+        if !changed && last.elapsed() < Duration::from_secs(60) {
+            continue;
+        }
+        last = Instant::now();
+        match tandem_media::firewall::apply(&nft, &want, now).await {
+            Ok(()) => {
+                if changed {
+                    tracing::info!(bans = want.len(), table = %nft.table, "sip: banned sources applied to the nftables sets sip_ban/sip_ban6");
+                }
+                reported = None;
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if reported.as_deref() != Some(text.as_str()) {
+                    tracing::warn!(error = %text, bans = want.len(), "sip: banned sources not put into the firewall (retried every minute; set [sip] ban_firewall = false to stop trying)");
+                    reported = Some(text);
+                }
+            }
+        }
+        applied = Some(want);
+    }
+}
+
 /// The telephony service of this node, as the daemon runs it.
 pub struct SipRuntime {
     /// The running service (None if it could not start: `error` says why).
@@ -473,6 +517,7 @@ pub async fn start(
         Ok(h) => h,
         Err(e) => return failed(e.to_string()),
     };
+    let sip_port = handle.local_addr().port();
     tracing::info!(listen = %handle.local_addr(), advertised = %advertised_ip, rtp_ports = %cfg.sip.rtp_ports, "telephony service started (answers while this node is master)");
     let rt = Arc::new(SipRuntime {
         handle: Some(handle),
@@ -501,6 +546,10 @@ pub async fn start(
             }
         }
     });
+    if cfg.sip.ban_firewall {
+        let nft = tandem_media::firewall::NftConfig::new(sip_port);
+        tasks.spawn("sip ban firewall", sync_ban_firewall(replica.clone(), nft));
+    }
     tasks.spawn(
         "registration expiry",
         expire_bindings(replica, std::time::Duration::from_secs(10)),
