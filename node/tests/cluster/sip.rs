@@ -237,7 +237,18 @@ async fn a_banned_source_is_on_every_node_and_stays_banned_after_a_failover() {
         "the new master answered a banned source"
     );
     // Lifted by the operator: answered again.
-    nc.config_delete(key).await.unwrap();
+    let out = std::process::Command::new(exe())
+        .args(["config", "delete", key, "--config"])
+        .arg(&cluster.nodes[new].config)
+        .env("TANDEM_IGNORE_ETC", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("deleted"),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (code, _) = register(&attacker, server, 102, None, 5000)
         .await
         .expect("unbanned source answered");
