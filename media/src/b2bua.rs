@@ -127,6 +127,12 @@ pub struct Counters {
     pub active_calls: AtomicU64,
     /// Messages that could not be parsed.
     pub parse_errors: AtomicU64,
+    /// Correct digests with a nonce count used before (replays), challenged again.
+    pub auth_replays: AtomicU64,
+    /// Sources banned for password guessing.
+    pub sources_banned: AtomicU64,
+    /// Accounts locked for password guessing.
+    pub accounts_locked: AtomicU64,
 }
 
 /// A call in progress, for `tandem sip status`.
@@ -670,6 +676,7 @@ impl<B: Backend> Core<B> {
 
     fn challenge(&mut self, req: &Request, key: &str, proxy: bool, ch: Challenge, clock: &Clock) {
         if ch.replayed {
+            self.counters.auth_replays.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(source = %ch.source, method = %req.method, "sip: digest nonce count used before (replay?), challenged again");
         }
         let code = if proxy { 407 } else { 401 };
@@ -734,11 +741,20 @@ impl<B: Backend> Core<B> {
                     source,
                     duration,
                     failures,
-                } => self.out.push(Output::Ban(SourceBan {
-                    source,
-                    until_unix: clock.unix + duration.as_secs() as i64,
-                    failures,
-                })),
+                } => {
+                    self.counters.sources_banned.fetch_add(1, Ordering::Relaxed);
+                    self.out.push(Output::Ban(SourceBan {
+                        source,
+                        until_unix: clock.unix + duration.as_secs() as i64,
+                        failures,
+                    }));
+                }
+                GuardAction::Locked { account } => {
+                    self.counters
+                        .accounts_locked
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(account, "sip: account locked");
+                }
                 GuardAction::Alarm(burst) => {
                     tracing::warn!(
                         alarm = "security.auth_failures",

@@ -96,6 +96,11 @@ pub enum GuardAction {
     },
     /// Raise the security alarm: an attack began.
     Alarm(AuthBurst),
+    /// An account was locked (for the metrics; logged through [`Notice::Locked`]).
+    Locked {
+        /// The account.
+        account: String,
+    },
     /// Write this line (WARN unless said otherwise).
     Log(Notice),
 }
@@ -343,6 +348,9 @@ impl AuthGuard {
             ) {
                 detected = true;
                 iv.locks += 1;
+                out.push(GuardAction::Locked {
+                    account: a.to_string(),
+                });
                 if !iv.logged_lock {
                     iv.logged_lock = true;
                     out.push(GuardAction::Log(Notice::Locked {

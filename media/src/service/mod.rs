@@ -129,6 +129,18 @@ pub struct SipStatus {
     pub active_calls: u64,
     /// Unparseable messages (counter).
     pub parse_errors_total: u64,
+    /// Replayed digest nonce counts, challenged again (counter).
+    #[serde(default)]
+    pub auth_replays_total: u64,
+    /// Sources banned for password guessing (counter).
+    #[serde(default)]
+    pub sources_banned_total: u64,
+    /// Accounts locked for password guessing (counter).
+    #[serde(default)]
+    pub accounts_locked_total: u64,
+    /// SIP/TCP connections closed at accept, over a cap (counter).
+    #[serde(default)]
+    pub tcp_refused_total: u64,
 }
 
 enum Event {
@@ -155,6 +167,8 @@ pub struct ServiceHandle<B: Backend> {
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The TCP accept task.
     accept: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// TCP connections (for the refusal counter).
+    tcp: Arc<Tcp>,
 }
 
 /// The SIP service.
@@ -223,6 +237,7 @@ impl Service {
         let (tx, rx) = mpsc::channel::<Event>(4096);
         let active = Arc::new(AtomicBool::new(cfg.active));
         let conns = Arc::new(Tcp::new(cfg.tcp_limits.clone()));
+        let conns_view = conns.clone();
         let accept = listener.map(|listener| {
             tokio::spawn(tcp::accept_loop(
                 listener,
@@ -268,6 +283,7 @@ impl Service {
             backend,
             task: Mutex::new(Some(task)),
             accept: Mutex::new(accept),
+            tcp: conns_view,
         })
     }
 }
@@ -320,6 +336,10 @@ impl<B: Backend> ServiceHandle<B> {
             call_failures_total: c.call_failures.load(Ordering::Relaxed),
             active_calls: c.active_calls.load(Ordering::Relaxed),
             parse_errors_total: c.parse_errors.load(Ordering::Relaxed),
+            auth_replays_total: c.auth_replays.load(Ordering::Relaxed),
+            sources_banned_total: c.sources_banned.load(Ordering::Relaxed),
+            accounts_locked_total: c.accounts_locked.load(Ordering::Relaxed),
+            tcp_refused_total: self.tcp.refused(),
         }
     }
 

@@ -20,7 +20,7 @@ use crate::sip::message;
 use crate::sip::Transport;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -61,6 +61,8 @@ pub(super) struct Tcp {
     limits: TcpLimits,
     writers: Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>,
     accepted: Mutex<Accepted>,
+    /// Connections closed at accept, over a cap.
+    refused: AtomicU64,
 }
 
 #[derive(Default)]
@@ -101,7 +103,13 @@ impl Tcp {
             limits,
             writers: Mutex::default(),
             accepted: Mutex::default(),
+            refused: AtomicU64::new(0),
         }
+    }
+
+    /// Connections refused over a cap so far.
+    pub(super) fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     fn slot(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Full> {
@@ -200,6 +208,7 @@ pub(super) async fn accept_loop(
                         spawn_connection(stream, addr, tx.clone(), tcp.clone(), Some(slot));
                     }
                     Err(full) => {
+                        tcp.refused.fetch_add(1, Ordering::Relaxed);
                         // Dropping the stream closes it: the client sees the refusal.
                         tracing::debug!(%addr, ?full, "sip: TCP connection refused, over the cap");
                     }

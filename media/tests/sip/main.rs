@@ -425,6 +425,7 @@ async fn wrong_password_is_refused_then_rate_limited_with_alarm() {
     let left = bans[0].until_unix - e.backend.now_unix();
     assert!((590..=600).contains(&left), "{left}");
     assert_eq!(e.svc.status().auth_failures_total, 3);
+    assert_eq!(e.svc.status().sources_banned_total, 1);
     e.svc.shutdown().await;
 }
 

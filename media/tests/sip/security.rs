@@ -59,8 +59,9 @@ async fn a_replayed_authorization_is_challenged_again_not_accepted() {
     // And a lower count after a higher one is refused.
     let r = phone.register_with(None, &auth).await;
     assert_eq!(r.status_code.code(), 401);
-    // None of that is a wrong password.
-    assert_eq!(e.svc.status().auth_failures_total, 0);
+    // None of that is a wrong password; the replays are counted.
+    let st = e.svc.status();
+    assert_eq!((st.auth_failures_total, st.auth_replays_total), (0, 2));
     e.svc.shutdown().await;
 }
 
@@ -150,6 +151,8 @@ async fn password_guessing_from_many_addresses_locks_the_account_with_one_alarm(
     assert_eq!(r.status_code.code(), 403, "locked account, unknown address");
     // The registered phone refreshes its registration as usual.
     assert_eq!(registered(&mut phone).await, 200);
+    let st = e.svc.status();
+    assert_eq!((st.accounts_locked_total, st.sources_banned_total), (1, 0));
     // One alarm for the whole burst, and a bounded number of warnings.
     assert_eq!(
         e.backend.security_events().len(),
@@ -216,6 +219,7 @@ async fn tcp_connections_over_the_per_source_cap_are_closed() {
         }
     }
     assert_eq!(ok, 128, "the default per-source cap is 128 connections");
+    assert_eq!(e.svc.status().tcp_refused_total, 12);
     // Closing some frees room for new ones.
     conns.truncate(100);
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -380,6 +380,30 @@ impl crate::http::state::TelephonyStatus for SipRuntime {
                 "Unparseable SIP messages",
                 s.parse_errors_total,
             );
+            for (name, help, v) in [
+                (
+                    "tandem_sip_auth_replays_total",
+                    "Digest responses with a nonce count used before, challenged again",
+                    s.auth_replays_total,
+                ),
+                (
+                    "tandem_sip_sources_banned_total",
+                    "Sources banned for password guessing",
+                    s.sources_banned_total,
+                ),
+                (
+                    "tandem_sip_accounts_locked_total",
+                    "Accounts locked for password guessing",
+                    s.accounts_locked_total,
+                ),
+                (
+                    "tandem_sip_tcp_refused_total",
+                    "SIP/TCP connections closed at accept, over a cap",
+                    s.tcp_refused_total,
+                ),
+            ] {
+                line(name, "counter", help, v);
+            }
         }
         if let Some(r) = &self.relay {
             let s = r.stats();
