@@ -161,6 +161,7 @@ async fn password_guessing_from_many_addresses_locks_the_account_with_one_alarm(
         e.backend.security_events()
     );
     let warns = log.lines("WARN");
+    eprintln!("warnings of the burst:\n{}", warns.join("\n"));
     assert!(
         !warns.is_empty() && warns.len() <= 6,
         "{} warnings:\n{}",
