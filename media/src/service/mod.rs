@@ -23,7 +23,7 @@ use crate::sip::transaction::TimerConfig;
 use crate::sip::Transport;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, UdpSocket};
@@ -492,7 +492,16 @@ async fn perform<B: Backend>(
             tokio::spawn(async move {
                 let source = ban.source;
                 if let Err(e) = backend.ban(ban).await {
-                    tracing::warn!(%source, error = %e, "sip: ban not replicated; this service still drops the source");
+                    // At most one warning a minute: an attack from many sources
+                    // may fail many writes (no quorum, full list).
+                    static LAST: AtomicI64 = AtomicI64::new(0);
+                    let now = chrono::Utc::now().timestamp();
+                    if now - LAST.load(Ordering::Relaxed) >= 60 {
+                        LAST.store(now, Ordering::Relaxed);
+                        tracing::warn!(%source, error = %e, "sip: ban not replicated (further failures this minute not logged); this service still drops the source");
+                    } else {
+                        tracing::debug!(%source, error = %e, "sip: ban not replicated");
+                    }
                 }
             });
         }

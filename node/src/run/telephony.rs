@@ -22,7 +22,7 @@ use tandem_replication::replica::Replica;
 use tandem_replication::store::query;
 use tandem_replication::types::{RecordingMeta, Request};
 
-use crate::settings::bans::{ban_key, StoredBan, BAN_PREFIX};
+use crate::settings::bans::{ban_key, StoredBan, BAN_PREFIX, MAX_BANS};
 use crate::settings::sip::{binding_key, StoredUser, BINDING_PREFIX, USER_PREFIX};
 use tandem_alarms::service::AlarmService;
 
@@ -185,6 +185,13 @@ impl Backend for NodeBackend {
     }
 
     async fn ban(&self, ban: SourceBan) -> Result<(), BackendError> {
+        let held = query::config_list(&self.replica.tree(), BAN_PREFIX).map_or(0, |v| v.len());
+        if held >= MAX_BANS {
+            return Err(fatal(format!(
+                "the ban list is full ({MAX_BANS} sip.ban.* entries); {} is dropped by this master's SIP service only",
+                ban.source
+            )));
+        }
         let value = serde_json::to_string(&StoredBan {
             until_unix: ban.until_unix,
             failures: ban.failures,

@@ -21,6 +21,11 @@ use super::SettingError;
 /// Prefix of ban keys.
 pub const BAN_PREFIX: &str = "sip.ban.";
 
+/// Most bans the telephony service writes (a guessing attack from a whole network
+/// must not grow the replicated config without limit; past it the master's SIP
+/// service still drops the sources it banned, and the per-account lock holds).
+pub const MAX_BANS: usize = 10_000;
+
 /// The stored form of a ban.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
