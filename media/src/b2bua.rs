@@ -489,7 +489,7 @@ impl<B: Backend> Core<B> {
         }
         let needs_auth = matches!(req.method, Method::Register | Method::Invite)
             && message::tag(message::to(h).unwrap_or_default()).is_none();
-        let ip = peer.addr.ip();
+        let ip = peer.addr.ip().to_canonical();
         if needs_auth
             && (self.guard.is_banned(ip, clock.now) || self.backend.banned(ip, clock.unix))
         {
@@ -722,11 +722,11 @@ impl<B: Backend> Core<B> {
     /// Whether a request for `account` from `peer` may be checked: `Some(true)` yes,
     /// `Some(false)` answer 403 unchecked (locked account), `None` drop (banned).
     fn admit(&mut self, account: &str, peer: Peer, clock: &Clock) -> Option<bool> {
-        let ip = peer.addr.ip();
+        let ip = peer.addr.ip().to_canonical();
         let registered_here = self
             .live_bindings(account, clock.unix)
             .iter()
-            .any(|b| b.source.ip() == ip);
+            .any(|b| b.source.ip().to_canonical() == ip);
         match self.guard.admit(ip, account, registered_here, clock.now) {
             Admission::Allow => Some(true),
             Admission::AccountLocked => Some(false),
@@ -803,7 +803,7 @@ impl<B: Backend> Core<B> {
             let r = sip::response(req, 400, Some(&random_token()), &self.cfg.user_agent);
             return self.respond(key, r, clock);
         };
-        let ip = peer.addr.ip();
+        let ip = peer.addr.ip().to_canonical();
         match self.admit(&aor, peer, clock) {
             Some(true) => {}
             Some(false) => return self.forbidden(req, key, clock),
@@ -961,7 +961,7 @@ impl<B: Backend> Core<B> {
             let r = sip::response(&req, 400, Some(&random_token()), &self.cfg.user_agent);
             return self.respond(&key, r, clock);
         };
-        let ip = peer.addr.ip();
+        let ip = peer.addr.ip().to_canonical();
         match self.admit(&caller, peer, clock) {
             Some(true) => {}
             Some(false) => return self.forbidden(&req, &key, clock),

@@ -9,8 +9,10 @@
 //! Registrations are written through Raft before the REGISTER is answered, so a
 //! phone stays registered on the new master after a failover.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tandem_media::backend::{
     AuthBurst, Backend, Binding, CallRecord, Disposition as MediaDisposition, SipUser, SourceBan,
@@ -250,14 +252,41 @@ pub async fn expire_bindings(replica: Arc<Replica>, every: std::time::Duration) 
     }
 }
 
-/// Apply the replicated ban list (`sip.ban.*`) to this node's nftables sets: when
-/// it changes (checked every 2 s), and once a minute while there are bans (a
-/// reload of the appliance's nftables.conf empties the sets). nft is not run while
-/// there are no bans; a failure is logged once and retried a minute later.
+/// When to run nft for the ban list (the decision; [`sync_ban_firewall`] does the I/O).
+#[derive(Debug, Default)]
+struct BanSync {
+    /// What was last handed to nft (None: nothing yet) and when.
+    applied: Option<(BTreeMap<IpAddr, i64>, Instant)>,
+}
+
+impl BanSync {
+    /// Re-apply an unchanged, non-empty list this often (a reload of the
+    /// appliance's nftables.conf empties the sets; a failed apply is retried).
+    const REFRESH: Duration = Duration::from_secs(60);
+
+    /// The list to apply now, if any: when it changed, or [`BanSync::REFRESH`]
+    /// after the last apply while there are bans; never while there are none and
+    /// none were applied (nft is not touched on a node that never banned).
+    fn due(&mut self, want: BTreeMap<IpAddr, i64>, now: Instant) -> Option<BTreeMap<IpAddr, i64>> {
+        let due = match &self.applied {
+            None => !want.is_empty(),
+            Some((had, at)) => {
+                (*had != want && !(had.is_empty() && want.is_empty()))
+                    || (!want.is_empty() && now.saturating_duration_since(*at) >= Self::REFRESH)
+            }
+        };
+        if !due {
+            return None;
+        }
+        self.applied = Some((want.clone(), now));
+        Some(want)
+    }
+}
+
+/// Apply the replicated ban list (`sip.ban.*`) to this node's nftables sets,
+/// checked every 2 s (see [`BanSync`]); a failure is logged once per distinct error.
 pub async fn sync_ban_firewall(replica: Arc<Replica>, nft: tandem_media::firewall::NftConfig) {
-    use std::time::{Duration, Instant};
-    let mut applied: Option<std::collections::BTreeMap<IpAddr, i64>> = None;
-    let mut last = Instant::now();
+    let mut sync = BanSync::default();
     let mut reported: Option<String> = None;
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -265,22 +294,16 @@ pub async fn sync_ban_firewall(replica: Arc<Replica>, nft: tandem_media::firewal
         let entries: Vec<(String, String)> = query::config_list(&replica.tree(), BAN_PREFIX)
             .map(|v| v.into_iter().map(|e| (e.key, e.value)).collect())
             .unwrap_or_default();
-        let want = crate::settings::bans::active(&entries, now);
-        let was_empty = applied.as_ref().is_none_or(|a| a.is_empty());
-        if want.is_empty() && was_empty {
+        let Some(want) = sync.due(crate::settings::bans::active(&entries, now), Instant::now())
+        else {
             continue;
-        }
-        let changed = applied.as_ref() != Some(&want);
-        if !changed && last.elapsed() < Duration::from_secs(60) {
-            continue;
-        }
-        last = Instant::now();
+        };
         match tandem_media::firewall::apply(&nft, &want, now).await {
             Ok(()) => {
-                if changed {
-                    tracing::info!(bans = want.len(), table = %nft.table, "sip: banned sources applied to the nftables sets sip_ban/sip_ban6");
+                if reported.take().is_some() {
+                    tracing::info!("sip: the nftables ban sets work again");
                 }
-                reported = None;
+                tracing::debug!(bans = want.len(), table = %nft.table, "sip: banned sources applied to the nftables sets sip_ban/sip_ban6");
             }
             Err(e) => {
                 let text = e.to_string();
@@ -290,7 +313,6 @@ pub async fn sync_ban_firewall(replica: Arc<Replica>, nft: tandem_media::firewal
                 }
             }
         }
-        applied = Some(want);
     }
 }
 
@@ -590,8 +612,31 @@ pub async fn start(
 
 #[cfg(test)]
 mod tests {
-    use super::vip_listen;
+    use super::{vip_listen, BanSync};
+    use std::collections::BTreeMap;
     use std::net::{IpAddr, SocketAddr};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn nft_runs_when_the_ban_list_changes_and_every_minute_while_there_are_bans() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut sync = BanSync::default();
+        let ban: BTreeMap<IpAddr, i64> = [("198.18.0.5".parse().unwrap(), 1000)].into();
+        // A node that never banned leaves the firewall alone.
+        assert_eq!(sync.due(BTreeMap::new(), t0), None);
+        assert_eq!(sync.due(ban.clone(), t0), Some(ban.clone()));
+        assert_eq!(sync.due(ban.clone(), t0 + s(2)), None);
+        assert_eq!(
+            sync.due(ban.clone(), t0 + s(60)),
+            Some(ban.clone()),
+            "refresh"
+        );
+        // Lifted: the sets are emptied once, then left alone.
+        assert_eq!(sync.due(BTreeMap::new(), t0 + s(62)), Some(BTreeMap::new()));
+        assert_eq!(sync.due(BTreeMap::new(), t0 + s(64)), None);
+        assert_eq!(sync.due(BTreeMap::new(), t0 + s(200)), None);
+    }
 
     #[test]
     fn the_default_listen_address_becomes_the_vip_when_it_can_be_bound() {
