@@ -323,7 +323,8 @@ async fn main() {
         "127.0.0.1:0".parse().unwrap(),
     );
     cfg.digest_algorithms = vec![tandem_media::digest::Algorithm::Md5];
-    cfg.auth_failure_threshold = 1_000_000;
+    cfg.guard.source_threshold = 1_000_000;
+    cfg.guard.account_threshold = 1_000_000;
     let svc = Service::start(cfg, backend.clone(), relay).await.unwrap();
     let server = svc.local_addr();
 

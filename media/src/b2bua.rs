@@ -13,10 +13,11 @@
 //! Outputs ([`Output`]) are performed by the driver. Time comes in as a [`Clock`];
 //! reads of users and bindings are the backend's local (replicated) state.
 
-use crate::backend::{Backend, Binding, CallRecord, Disposition};
+use crate::backend::{Backend, Binding, CallRecord, Disposition, SourceBan};
 use crate::digest::NonceKeeper;
 use crate::error::BackendError;
-use crate::registrar::{self, AuthGuard, AuthOutcome, RegisterOutcome, RegistrarConfig};
+use crate::guard::{Admission, AuthBurst, AuthGuard, GuardAction, GuardConfig, Notice};
+use crate::registrar::{self, AuthOutcome, RegisterOutcome, RegistrarConfig};
 use crate::relay::{Codec, MediaSession, Relay};
 use crate::sdp::Sdp;
 use crate::sip::dialog::{Dialog, DialogState};
@@ -46,12 +47,8 @@ pub struct CoreConfig {
     pub timers: TimerConfig,
     /// Server / User-Agent header value.
     pub user_agent: String,
-    /// Authentication failures from one address before it is blocked.
-    pub auth_failure_threshold: u32,
-    /// Window in which those failures are counted.
-    pub auth_failure_window: Duration,
-    /// First block duration (doubles on repeat).
-    pub auth_block: Duration,
+    /// Password-guessing limits (per source, per account, logging).
+    pub guard: GuardConfig,
     /// How long a digest nonce stays valid (seconds).
     pub nonce_ttl_secs: i64,
     /// Digest algorithms offered, most preferred first (RFC 8760 §2.4).
@@ -105,13 +102,10 @@ pub enum Output {
         /// The call's relay session, when one was allocated.
         media: Option<MediaSession>,
     },
-    /// Raise the authentication-failure alarm for a source.
-    SecurityEvent {
-        /// Offending address.
-        source: IpAddr,
-        /// Failures counted.
-        failures: u32,
-    },
+    /// Raise the authentication-failure alarm (once per burst).
+    SecurityEvent(AuthBurst),
+    /// Put a source on the replicated ban list.
+    Ban(SourceBan),
 }
 
 /// Counters for metrics (shared with the service handle).
@@ -133,6 +127,12 @@ pub struct Counters {
     pub active_calls: AtomicU64,
     /// Messages that could not be parsed.
     pub parse_errors: AtomicU64,
+    /// Correct digests with a nonce count used before (replays), challenged again.
+    pub auth_replays: AtomicU64,
+    /// Sources banned for password guessing.
+    pub sources_banned: AtomicU64,
+    /// Accounts locked for password guessing.
+    pub accounts_locked: AtomicU64,
 }
 
 /// A call in progress, for `tandem sip status`.
@@ -233,6 +233,73 @@ struct ClientEntry {
     owner: Owner,
 }
 
+/// A challenge to send: to whom, and why.
+#[derive(Debug, Clone, Copy)]
+struct Challenge {
+    /// Where the request came from (the nonce is bound to it).
+    source: IpAddr,
+    /// `stale=true` (RFC 7616 §3.3).
+    stale: bool,
+    /// The nonce count was used before.
+    replayed: bool,
+}
+
+/// Write a guard's log line: the only WARNs of authentication failures, bounded
+/// per interval (see [`crate::guard`]).
+fn log_notice(n: Notice) {
+    match n {
+        Notice::Failure { source, account } => tracing::warn!(
+            %source,
+            account,
+            "sip: authentication failed (further failures this interval are summarised)"
+        ),
+        Notice::Banned {
+            source,
+            failures,
+            duration,
+        } => tracing::warn!(
+            %source,
+            failures,
+            ban_s = duration.as_secs(),
+            "sip: source banned after repeated authentication failures (lift it: `tandem config delete sip.ban.<ip>`)"
+        ),
+        Notice::Locked {
+            account,
+            failures,
+            duration,
+        } => tracing::warn!(
+            account,
+            failures,
+            lock_s = duration.as_secs(),
+            "sip: account locked for new authentications after repeated failures; its registered phones keep working"
+        ),
+        Notice::Summary {
+            interval,
+            failures,
+            sources,
+            sample,
+            accounts,
+            bans,
+            locks,
+            refused,
+        } => tracing::warn!(
+            interval_s = interval.as_secs(),
+            failures,
+            sources,
+            sample = ?sample,
+            accounts = ?accounts,
+            bans,
+            locks,
+            refused,
+            "sip: authentication failures in the last interval"
+        ),
+        Notice::BurstOver { failures } => tracing::info!(
+            failures,
+            "sip: password guessing stopped (no failure for a while); the next burst raises the alarm again"
+        ),
+    }
+}
+
 struct PendingRegister {
     server_key: String,
     response: Response,
@@ -322,11 +389,7 @@ impl<B: Backend> Core<B> {
     pub fn new(cfg: CoreConfig, backend: Arc<B>, relay: Relay) -> Core<B> {
         Core {
             nonces: NonceKeeper::new(cfg.nonce_ttl_secs),
-            guard: AuthGuard::new(
-                cfg.auth_failure_threshold,
-                cfg.auth_failure_window,
-                cfg.auth_block,
-            ),
+            guard: AuthGuard::new(cfg.guard.clone()),
             cfg,
             backend,
             relay,
@@ -366,7 +429,11 @@ impl<B: Backend> Core<B> {
 
     /// When [`Core::poll`] must run next.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((t, _))| *t)
+        let timer = self.timers.peek().map(|Reverse((t, _))| *t);
+        match (timer, self.guard.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn send(&mut self, peer: Peer, bytes: Vec<u8>) {
@@ -422,8 +489,11 @@ impl<B: Backend> Core<B> {
         }
         let needs_auth = matches!(req.method, Method::Register | Method::Invite)
             && message::tag(message::to(h).unwrap_or_default()).is_none();
-        if needs_auth && self.guard.is_blocked(peer.addr.ip(), clock.now) {
-            tracing::debug!(source = %peer.addr, "sip: request from blocked source dropped");
+        let ip = peer.addr.ip().to_canonical();
+        if needs_auth
+            && (self.guard.is_banned(ip, clock.now) || self.backend.banned(ip, clock.unix))
+        {
+            tracing::debug!(source = %peer.addr, "sip: request from a banned source dropped");
             return;
         }
         let kind = if req.method == Method::Invite {
@@ -555,6 +625,8 @@ impl<B: Backend> Core<B> {
 
     /// Fire due timers.
     pub fn poll(&mut self, clock: &Clock) {
+        let actions = self.guard.poll(clock.now);
+        self.guard_actions(actions, clock);
         for _ in 0..100_000 {
             let due = matches!(self.timers.peek(), Some(Reverse((t, _))) if *t <= clock.now);
             if !due {
@@ -602,14 +674,19 @@ impl<B: Backend> Core<B> {
 
     // ------------------------------------------------------------ registrar
 
-    fn challenge(&mut self, req: &Request, key: &str, proxy: bool, stale: bool, clock: &Clock) {
+    fn challenge(&mut self, req: &Request, key: &str, proxy: bool, ch: Challenge, clock: &Clock) {
+        if ch.replayed {
+            self.counters.auth_replays.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(source = %ch.source, method = %req.method, "sip: digest nonce count used before (replay?), challenged again");
+        }
         let code = if proxy { 407 } else { 401 };
         let mut r = sip::response(req, code, Some(&random_token()), &self.cfg.user_agent);
         for c in self.nonces.challenges(
             &self.cfg.registrar.realm,
             &self.cfg.digest_algorithms,
+            ch.source,
             clock.unix,
-            stale,
+            ch.stale,
         ) {
             r.headers.push(if proxy {
                 Header::ProxyAuthenticate(c.into())
@@ -620,15 +697,78 @@ impl<B: Backend> Core<B> {
         self.respond(key, r, clock);
     }
 
-    fn auth_failed(&mut self, req: &Request, key: &str, source: IpAddr, clock: &Clock) {
+    /// A wrong password (or user name): count it, answer 403.
+    fn auth_failed(
+        &mut self,
+        req: &Request,
+        key: &str,
+        source: IpAddr,
+        (tried, account): (String, Option<String>),
+        clock: &Clock,
+    ) {
         self.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(%source, method = %req.method, "sip: authentication failed");
-        if let Some(failures) = self.guard.failure(source, clock.now) {
-            tracing::warn!(%source, failures, "sip: repeated authentication failures, source blocked");
-            self.out.push(Output::SecurityEvent { source, failures });
-        }
+        let actions = self
+            .guard
+            .failure(source, &tried, account.as_deref(), clock.now);
+        self.guard_actions(actions, clock);
+        self.forbidden(req, key, clock);
+    }
+
+    fn forbidden(&mut self, req: &Request, key: &str, clock: &Clock) {
         let r = sip::response(req, 403, Some(&random_token()), &self.cfg.user_agent);
         self.respond(key, r, clock);
+    }
+
+    /// Whether a request for `account` from `peer` may be checked: `Some(true)` yes,
+    /// `Some(false)` answer 403 unchecked (locked account), `None` drop (banned).
+    fn admit(&mut self, account: &str, peer: Peer, clock: &Clock) -> Option<bool> {
+        let ip = peer.addr.ip().to_canonical();
+        let registered_here = self
+            .live_bindings(account, clock.unix)
+            .iter()
+            .any(|b| b.source.ip().to_canonical() == ip);
+        match self.guard.admit(ip, account, registered_here, clock.now) {
+            Admission::Allow => Some(true),
+            Admission::AccountLocked => Some(false),
+            Admission::SourceBanned => None,
+        }
+    }
+
+    fn guard_actions(&mut self, actions: Vec<GuardAction>, clock: &Clock) {
+        for a in actions {
+            match a {
+                GuardAction::Ban {
+                    source,
+                    duration,
+                    failures,
+                } => {
+                    self.counters.sources_banned.fetch_add(1, Ordering::Relaxed);
+                    self.out.push(Output::Ban(SourceBan {
+                        source,
+                        until_unix: clock.unix + duration.as_secs() as i64,
+                        failures,
+                    }));
+                }
+                GuardAction::Locked { account } => {
+                    self.counters
+                        .accounts_locked
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(account, "sip: account locked");
+                }
+                GuardAction::Alarm(burst) => {
+                    tracing::warn!(
+                        alarm = "security.auth_failures",
+                        failures = burst.failures,
+                        sources = burst.sources,
+                        sample = ?burst.sample,
+                        accounts = ?burst.accounts,
+                        "sip: password guessing detected; raising the alarm (once for this burst)"
+                    );
+                    self.out.push(Output::SecurityEvent(burst));
+                }
+                GuardAction::Log(n) => log_notice(n),
+            }
+        }
     }
 
     fn authenticate(
@@ -636,6 +776,7 @@ impl<B: Backend> Core<B> {
         req: &Request,
         user: &str,
         proxy: bool,
+        source: IpAddr,
         clock: &Clock,
     ) -> AuthOutcome {
         let value = req.headers.iter().find_map(|h| match (h, proxy) {
@@ -649,8 +790,9 @@ impl<B: Backend> Core<B> {
             &req.method.to_string(),
             Some(user),
             &self.cfg.registrar.realm,
-            &self.nonces,
+            &mut self.nonces,
             |e| backend.user(e),
+            source,
             clock.unix,
         )
     }
@@ -661,12 +803,25 @@ impl<B: Backend> Core<B> {
             let r = sip::response(req, 400, Some(&random_token()), &self.cfg.user_agent);
             return self.respond(key, r, clock);
         };
-        match self.authenticate(req, &aor, false, clock) {
-            AuthOutcome::Challenge { stale } => {
-                return self.challenge(req, key, false, stale, clock)
+        let ip = peer.addr.ip().to_canonical();
+        match self.admit(&aor, peer, clock) {
+            Some(true) => {}
+            Some(false) => return self.forbidden(req, key, clock),
+            None => return,
+        }
+        match self.authenticate(req, &aor, false, ip, clock) {
+            AuthOutcome::Challenge { stale, replayed } => {
+                let ch = Challenge {
+                    source: ip,
+                    stale,
+                    replayed,
+                };
+                return self.challenge(req, key, false, ch, clock);
             }
-            AuthOutcome::Forbidden => return self.auth_failed(req, key, peer.addr.ip(), clock),
-            AuthOutcome::Ok(_) => self.guard.success(peer.addr.ip()),
+            AuthOutcome::Forbidden { tried, account } => {
+                return self.auth_failed(req, key, ip, (tried, account), clock)
+            }
+            AuthOutcome::Ok(_) => self.guard.success(ip),
         }
         let existing = self.backend.bindings(&aor);
         let outcome = registrar::process_register(
@@ -806,13 +961,26 @@ impl<B: Backend> Core<B> {
             let r = sip::response(&req, 400, Some(&random_token()), &self.cfg.user_agent);
             return self.respond(&key, r, clock);
         };
-        let caller_user = match self.authenticate(&req, &caller, true, clock) {
-            AuthOutcome::Challenge { stale } => {
-                return self.challenge(&req, &key, true, stale, clock)
+        let ip = peer.addr.ip().to_canonical();
+        match self.admit(&caller, peer, clock) {
+            Some(true) => {}
+            Some(false) => return self.forbidden(&req, &key, clock),
+            None => return,
+        }
+        let caller_user = match self.authenticate(&req, &caller, true, ip, clock) {
+            AuthOutcome::Challenge { stale, replayed } => {
+                let ch = Challenge {
+                    source: ip,
+                    stale,
+                    replayed,
+                };
+                return self.challenge(&req, &key, true, ch, clock);
             }
-            AuthOutcome::Forbidden => return self.auth_failed(&req, &key, peer.addr.ip(), clock),
+            AuthOutcome::Forbidden { tried, account } => {
+                return self.auth_failed(&req, &key, ip, (tried, account), clock)
+            }
             AuthOutcome::Ok(u) => {
-                self.guard.success(peer.addr.ip());
+                self.guard.success(ip);
                 u
             }
         };

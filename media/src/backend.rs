@@ -1,5 +1,5 @@
 //! What the telephony service needs from the node: users from the replicated
-//! configuration, registrations and CDRs written through Raft, alarms.
+//! configuration, registrations, CDRs and source bans written through Raft, alarms.
 //!
 //! The node implements [`Backend`] on its replicated state; tests use
 //! [`crate::testing::MemoryBackend`]. Reads are synchronous (local state), writes
@@ -7,6 +7,7 @@
 //! when its binding survives a failover.
 
 use crate::error::BackendError;
+pub use crate::guard::AuthBurst;
 use crate::sip::Transport;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -41,6 +42,18 @@ pub struct Binding {
     pub call_id: String,
     /// CSeq of the REGISTER (§10.3 step 7 ordering).
     pub cseq: u32,
+}
+
+/// A source banned after repeated authentication failures (`sip.ban.<ip>` in the
+/// node's replicated config).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceBan {
+    /// The banned address.
+    pub source: IpAddr,
+    /// Unix time (seconds) when the ban lapses.
+    pub until_unix: i64,
+    /// Failures that triggered it (for the operator).
+    pub failures: u32,
 }
 
 /// How a call ended, for the CDR.
@@ -127,8 +140,14 @@ pub trait Backend: Send + Sync + 'static {
         record: CallRecord,
         recording: Option<crate::relay::RecordingFile>,
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
-    /// Repeated authentication failures from one address (security alarm).
-    fn security_event(&self, source: IpAddr, failures: u32);
+    /// Password guessing detected (a source banned or an account locked): raise
+    /// the security alarm. Called once per burst.
+    fn security_event(&self, burst: &AuthBurst);
+    /// Ban a source: committed through Raft, so every node's firewall drops it and
+    /// a new master still refuses it; the entry lapses at `until_unix`.
+    fn ban(&self, ban: SourceBan) -> impl Future<Output = Result<(), BackendError>> + Send;
+    /// Whether `source` is on the replicated ban list at `now_unix` (local state).
+    fn banned(&self, source: IpAddr, now_unix: i64) -> bool;
     /// Wall clock in Unix seconds (binding expiry); tests may fake it.
     fn now_unix(&self) -> i64 {
         Utc::now().timestamp()

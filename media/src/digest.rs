@@ -1,10 +1,14 @@
 //! HTTP Digest authentication for SIP (RFC 3261 §22, RFC 7616, RFC 8760):
-//! MD5 and SHA-256, `qop=auth`, stateless nonces that carry their creation time
-//! and a keyed hash, so any node can check them and they expire.
+//! MD5 and SHA-256, `qop=auth`, nonces that carry their creation time and a hash
+//! keyed with a per-service secret over that time and the client's address (they
+//! expire, and are worthless from another address), and the nonce counts seen so
+//! far (a replayed `nc` is refused). A new master has another secret: phones
+//! answer its fresh challenge (`stale=true`).
 
 use md5::Md5;
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 /// Hash algorithm of a challenge/response (RFC 8760 §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -43,19 +47,46 @@ impl Algorithm {
     }
 }
 
-/// Makes and checks nonces: `<unix seconds hex>.<keyed SHA-256 prefix>`.
+/// Makes and checks nonces: `<unix seconds hex>.<random>.<keyed SHA-256 prefix>`,
+/// the hash over the time, the random part and the address the challenge was sent to, so a nonce is
+/// worthless from any other address; and remembers the highest nonce count
+/// accepted for each nonce in use, so a captured response cannot be replayed
+/// (RFC 7616 §3.4 `nc`, §5.10 replay attacks).
+///
+/// Memory is bounded: a nonce is remembered only once a correct response used it,
+/// until it expires, and at most `cap` of them. A nonce forgotten early (over the
+/// cap) is refused as stale: the phone answers the fresh challenge, never a replay.
 #[derive(Clone)]
 pub struct NonceKeeper {
     /// Random per-service secret mixed into every nonce.
     secret: [u8; 32],
     /// How long a nonce is accepted (seconds).
     ttl_secs: i64,
+    /// Highest nonce count accepted, per nonce (with its issue time).
+    seen: HashMap<String, Seen>,
+    /// Nonces issued at or before this time and not in `seen` were evicted over
+    /// the cap: refused as stale.
+    floor: i64,
+    /// Most nonces remembered.
+    cap: usize,
+    /// Last time expired nonces were dropped from `seen`.
+    pruned_at: i64,
+}
+
+/// A nonce in use.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    /// Issue time (Unix seconds, from the nonce).
+    issued: i64,
+    /// Highest nonce count accepted.
+    nc: u64,
 }
 
 impl std::fmt::Debug for NonceKeeper {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NonceKeeper")
             .field("ttl_secs", &self.ttl_secs)
+            .field("in_use", &self.seen.len())
             .finish()
     }
 }
@@ -65,57 +96,110 @@ impl std::fmt::Debug for NonceKeeper {
 pub enum Verdict {
     /// The response matches the password.
     Ok,
-    /// Right password but an expired nonce: challenge again with `stale=true` (RFC 7616 §3.3).
+    /// Right password but a nonce that cannot be used (expired, issued to another
+    /// address, by another node or forgotten): challenge again with `stale=true`
+    /// (RFC 7616 §3.3).
     Stale,
-    /// Wrong password (or a nonce we never issued).
+    /// Right password, but this nonce count was used already: a replay. Challenge
+    /// again (`stale=true`: a genuine phone just answers the new nonce).
+    Replayed,
+    /// Wrong password.
     Wrong,
     /// The header is not a usable Digest response.
     Malformed,
 }
 
+/// What the nonce itself says (before any count is looked at).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceState {
+    /// Ours, for this address, within its lifetime; issued at this Unix time.
+    Fresh(i64),
+    /// Ours and for this address, but older than the lifetime.
+    Expired,
+    /// Not made by this keeper for this address.
+    Foreign,
+}
+
+/// Nonces remembered at most, by default (about 100 bytes each).
+pub const DEFAULT_NONCE_CAP: usize = 65_536;
+
 impl NonceKeeper {
     /// A keeper with a random secret.
     pub fn new(ttl_secs: i64) -> NonceKeeper {
+        NonceKeeper::with_cap(ttl_secs, DEFAULT_NONCE_CAP)
+    }
+
+    /// A keeper that remembers at most `cap` nonces in use.
+    pub fn with_cap(ttl_secs: i64, cap: usize) -> NonceKeeper {
         use rand::RngCore;
         let mut secret = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut secret);
-        NonceKeeper { secret, ttl_secs }
+        NonceKeeper {
+            secret,
+            ttl_secs,
+            seen: HashMap::new(),
+            floor: i64::MIN,
+            cap: cap.max(1),
+            pruned_at: i64::MIN,
+        }
     }
 
-    fn mac(&self, ts: &str) -> String {
+    fn mac(&self, ts: &str, salt: &str, source: IpAddr) -> String {
         let mut h = Sha256::new();
         h.update(self.secret);
         h.update(ts.as_bytes());
+        h.update(b"|");
+        h.update(salt.as_bytes());
+        h.update(b"|");
+        match source {
+            IpAddr::V4(a) => h.update(a.octets()),
+            IpAddr::V6(a) => h.update(a.octets()),
+        }
         hex::encode(&h.finalize()[..12])
     }
 
-    /// A fresh nonce for a challenge.
-    pub fn nonce(&self, now_unix: i64) -> String {
+    /// A fresh nonce for a challenge sent to `source`.
+    pub fn nonce(&self, source: IpAddr, now_unix: i64) -> String {
         let ts = format!("{now_unix:x}");
-        format!("{ts}.{}", self.mac(&ts))
+        // Two challenges to one address in the same second differ: each phone's
+        // nonce counts are its own.
+        let salt = format!("{:016x}", rand::random::<u64>());
+        format!("{ts}.{salt}.{}", self.mac(&ts, &salt, source))
     }
 
-    /// `Some(true)` when we issued it and it is fresh, `Some(false)` when ours but
-    /// expired, `None` when not ours.
-    pub fn check(&self, nonce: &str, now_unix: i64) -> Option<bool> {
-        let (ts, mac) = nonce.split_once('.')?;
-        if self.mac(ts) != mac {
-            return None;
+    /// What `nonce`, presented by `source`, is.
+    pub fn check(&self, nonce: &str, source: IpAddr, now_unix: i64) -> NonceState {
+        let mut parts = nonce.splitn(3, '.');
+        let (Some(ts), Some(salt), Some(mac)) = (parts.next(), parts.next(), parts.next()) else {
+            return NonceState::Foreign;
+        };
+        if !constant_time_eq(self.mac(ts, salt, source).as_bytes(), mac.as_bytes()) {
+            return NonceState::Foreign;
         }
-        let t = i64::from_str_radix(ts, 16).ok()?;
-        Some(now_unix >= t && now_unix - t <= self.ttl_secs)
+        match i64::from_str_radix(ts, 16) {
+            Ok(t) if now_unix >= t && now_unix - t <= self.ttl_secs => NonceState::Fresh(t),
+            Ok(_) => NonceState::Expired,
+            Err(_) => NonceState::Foreign,
+        }
     }
 
-    /// Challenge header values (WWW-Authenticate or Proxy-Authenticate), one per
-    /// algorithm in `algorithms`, in that order of preference (RFC 8760 §2.4).
+    /// Nonces remembered now (for tests and status).
+    pub fn in_use(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// Challenge header values (WWW-Authenticate or Proxy-Authenticate) for a
+    /// request from `source`, one per algorithm in `algorithms`, in that order of
+    /// preference (RFC 8760 §2.4).
     pub fn challenges(
         &self,
         realm: &str,
         algorithms: &[Algorithm],
+        source: IpAddr,
         now_unix: i64,
         stale: bool,
     ) -> Vec<String> {
-        let nonce = self.nonce(now_unix);
+        let nonce = self.nonce(source, now_unix);
         algorithms
             .iter()
             .copied()
@@ -132,20 +216,21 @@ impl NonceKeeper {
             .collect()
     }
 
-    /// Check an Authorization / Proxy-Authorization value against a password (RFC 7616 §3.4.1).
+    /// Check an Authorization / Proxy-Authorization value from `source` against a
+    /// password (RFC 7616 §3.4.1), and on success record its nonce count.
     pub fn verify(
-        &self,
+        &mut self,
         creds: &Credentials,
         method: &str,
         realm: &str,
         password: &str,
+        source: IpAddr,
         now_unix: i64,
     ) -> Verdict {
         if creds.realm != realm {
             return Verdict::Wrong;
         }
-        let expected = response(creds, method, password);
-        let Some(expected) = expected else {
+        let Some(expected) = response(creds, method, password) else {
             return Verdict::Malformed;
         };
         if !constant_time_eq(
@@ -154,11 +239,61 @@ impl NonceKeeper {
         ) {
             return Verdict::Wrong;
         }
-        match self.check(&creds.nonce, now_unix) {
-            Some(true) => Verdict::Ok,
-            Some(false) => Verdict::Stale,
-            None => Verdict::Wrong,
+        // Without qop (RFC 2069) there is no count: such a nonce is good once.
+        let nc = match creds.nc.as_deref() {
+            Some(nc) => match u64::from_str_radix(nc, 16) {
+                Ok(n) if n > 0 => n,
+                _ => return Verdict::Malformed,
+            },
+            None => 1,
+        };
+        let issued = match self.check(&creds.nonce, source, now_unix) {
+            NonceState::Fresh(t) => t,
+            NonceState::Expired | NonceState::Foreign => return Verdict::Stale,
+        };
+        self.prune(now_unix);
+        match self.seen.get_mut(&creds.nonce) {
+            Some(s) if nc <= s.nc => Verdict::Replayed,
+            Some(s) => {
+                s.nc = nc;
+                Verdict::Ok
+            }
+            None if issued <= self.floor => Verdict::Stale,
+            None => {
+                self.seen.insert(creds.nonce.clone(), Seen { issued, nc });
+                self.evict_over_cap();
+                Verdict::Ok
+            }
         }
+    }
+
+    /// Forget expired nonces (at most once per lifetime: they are refused by
+    /// their time anyway).
+    fn prune(&mut self, now_unix: i64) {
+        if now_unix.saturating_sub(self.pruned_at) < self.ttl_secs.max(1) {
+            return;
+        }
+        self.pruned_at = now_unix;
+        let oldest = now_unix - self.ttl_secs;
+        self.seen.retain(|_, s| s.issued >= oldest);
+    }
+
+    /// Over the cap: forget the oldest eighth, and refuse what is older from now on.
+    fn evict_over_cap(&mut self) {
+        if self.seen.len() <= self.cap {
+            return;
+        }
+        let mut times: Vec<i64> = self.seen.values().map(|s| s.issued).collect();
+        let k = (self.seen.len() / 8).max(1) - 1;
+        let (_, cutoff, _) = times.select_nth_unstable(k);
+        let cutoff = *cutoff;
+        self.seen.retain(|_, s| s.issued > cutoff);
+        self.floor = self.floor.max(cutoff);
+        tracing::info!(
+            cap = self.cap,
+            cutoff,
+            "sip: digest nonce table full; older nonces get a fresh challenge"
+        );
     }
 }
 
@@ -281,7 +416,8 @@ pub fn response(c: &Credentials, method: &str, password: &str) -> Option<String>
     }
 }
 
-/// Build an Authorization value as a client would (tests and the load generator).
+/// Build an Authorization value as a client would (tests and the load generator):
+/// the first request with the challenge's nonce (`nc=00000001`).
 pub fn client_authorization(
     challenge: &str,
     username: &str,
@@ -289,12 +425,26 @@ pub fn client_authorization(
     method: &str,
     uri: &str,
 ) -> Option<String> {
+    client_authorization_nc(challenge, username, password, method, uri, 1)
+}
+
+/// [`client_authorization`] for the `nc`-th request sent with the challenge's nonce
+/// (RFC 7616 §3.4: a client re-using a nonce counts up).
+pub fn client_authorization_nc(
+    challenge: &str,
+    username: &str,
+    password: &str,
+    method: &str,
+    uri: &str,
+    nc: u32,
+) -> Option<String> {
     let (_, rest) = challenge.trim().split_once(char::is_whitespace)?;
     let p = parse_params(rest);
     let algorithm = match p.get("algorithm") {
         Some(a) => Algorithm::from_token(a)?,
         None => Algorithm::Md5,
     };
+    let nc = format!("{nc:08x}");
     let creds = Credentials {
         username: username.into(),
         realm: p.get("realm")?.clone(),
@@ -303,7 +453,7 @@ pub fn client_authorization(
         response: String::new(),
         algorithm,
         qop: p.get("qop").map(|_| "auth".to_string()),
-        nc: Some("00000001".into()),
+        nc: Some(nc.clone()),
         cnonce: Some("0a4f113b".into()),
     };
     let resp = response(&creds, method, password)?;
@@ -314,81 +464,10 @@ pub fn client_authorization(
         algorithm.token()
     );
     if creds.qop.is_some() {
-        v.push_str(", qop=auth, nc=00000001, cnonce=\"0a4f113b\"");
+        v.push_str(&format!(", qop=auth, nc={nc}, cnonce=\"0a4f113b\""));
     }
     Some(v)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc7616_section_3_9_1_md5_and_sha256_examples() {
-        // RFC 7616 §3.9.1 worked example (HTTP, but the computation is the same).
-        let mut c = Credentials {
-            username: "Mufasa".into(),
-            realm: "http-auth@example.org".into(),
-            nonce: "7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v".into(),
-            uri: "/dir/index.html".into(),
-            response: String::new(),
-            algorithm: Algorithm::Md5,
-            qop: Some("auth".into()),
-            nc: Some("00000001".into()),
-            cnonce: Some("f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ".into()),
-        };
-        assert_eq!(
-            response(&c, "GET", "Circle of Life").unwrap(),
-            "8ca523f5e9506fed4657c9700eebdbec"
-        );
-        c.algorithm = Algorithm::Sha256;
-        assert_eq!(
-            response(&c, "GET", "Circle of Life").unwrap(),
-            "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"
-        );
-    }
-
-    #[test]
-    fn round_trip_both_algorithms_and_wrong_password() {
-        // RFC 8760 §2.4: both challenges offered; each one verifies.
-        let k = NonceKeeper::new(300);
-        for ch in k.challenges("tandem", &[Algorithm::Sha256, Algorithm::Md5], 1000, false) {
-            let v =
-                client_authorization(&ch, "1001", "secret", "REGISTER", "sip:127.0.0.1").unwrap();
-            let c = Credentials::parse(&v).unwrap();
-            assert_eq!(
-                k.verify(&c, "REGISTER", "tandem", "secret", 1010),
-                Verdict::Ok
-            );
-            assert_eq!(
-                k.verify(&c, "REGISTER", "tandem", "wrong", 1010),
-                Verdict::Wrong
-            );
-            assert_eq!(
-                k.verify(&c, "INVITE", "tandem", "secret", 1010),
-                Verdict::Wrong
-            );
-            // RFC 7616 §3.3 stale nonce
-            assert_eq!(
-                k.verify(&c, "REGISTER", "tandem", "secret", 1400),
-                Verdict::Stale
-            );
-        }
-    }
-
-    #[test]
-    fn foreign_nonce_and_garbage_are_rejected() {
-        let k = NonceKeeper::new(300);
-        let other = NonceKeeper::new(300);
-        let ch = &other.challenges("tandem", &[Algorithm::Md5], 1000, false)[0];
-        let v = client_authorization(ch, "1001", "secret", "REGISTER", "sip:x").unwrap();
-        let c = Credentials::parse(&v).unwrap();
-        assert_eq!(
-            k.verify(&c, "REGISTER", "tandem", "secret", 1000),
-            Verdict::Wrong
-        );
-        assert!(Credentials::parse("Basic abc").is_none());
-        assert!(Credentials::parse("Digest username=\"x").is_none());
-        assert!(Credentials::parse("Digest algorithm=FOO, username=a").is_none());
-    }
-}
+mod tests;

@@ -81,3 +81,31 @@ pub struct BackendError {
     /// True when the write may succeed later (no quorum, leader changing).
     pub retryable: bool,
 }
+
+/// Error of the nftables ban set ([`crate::firewall`]). None is fatal: the SIP
+/// service enforces bans itself; the firewall only drops the packets earlier.
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    /// The `nft` program is not there.
+    #[error("cannot run {program}: {source}; install nftables (the appliance has it) to drop banned SIP sources in the firewall, meanwhile the SIP service refuses them itself")]
+    NotInstalled {
+        /// The command tried.
+        program: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// nft ran but the kernel refused (no CAP_NET_ADMIN).
+    #[error("nft is not permitted to change the ruleset ({stderr}); run the node as root or with CAP_NET_ADMIN, meanwhile the SIP service refuses banned sources itself")]
+    NotPermitted {
+        /// What nft said.
+        stderr: String,
+    },
+    /// nft rejected the script (or failed otherwise).
+    #[error("nft failed ({status}): {stderr}")]
+    Failed {
+        /// Its exit status.
+        status: String,
+        /// What nft said.
+        stderr: String,
+    },
+}

@@ -5,7 +5,7 @@
 //!                                │ bytes + now
 //!                                ▼
 //!                 b2bua::Core ── sip::{message, transaction, dialog}
-//!                  │  │   └── registrar + digest (auth, bindings)
+//!                  │  │   └── registrar + digest (auth, bindings), guard (guessing limits)
 //!                  │  └────── sdp (rewrite onto the relay) ──▶ relay::Relay ◀──RTP──▶ phones
 //!                  ▼                                            └── WAV recording
 //!          backend::Backend (node: users, bindings, CDRs through Raft)
@@ -18,7 +18,9 @@ pub mod b2bua;
 pub mod backend;
 pub mod digest;
 pub mod error;
+pub mod firewall;
 pub mod g711;
+pub mod guard;
 pub mod registrar;
 pub mod relay;
 pub mod rtp;

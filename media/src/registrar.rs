@@ -3,17 +3,13 @@
 //! [`authenticate`] checks a Digest response (REGISTER: Authorization/401,
 //! INVITE: Proxy-Authorization/407). [`process_register`] turns an authenticated
 //! REGISTER into the binding writes the driver commits through the backend, or an
-//! error answer (423 with Min-Expires, 400). [`AuthGuard`] counts failures per
-//! source address, blocks a source that keeps failing and says when to raise the
-//! security alarm.
+//! error answer (423 with Min-Expires, 400). Failure limits are [`crate::guard`]'s.
 
 use crate::backend::{Binding, SipUser};
 use crate::digest::{Credentials, NonceKeeper, Verdict};
 use crate::sip::{message, Transport};
 use rsip::Request;
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
 
 /// Registration limits.
 #[derive(Debug, Clone)]
@@ -33,47 +29,77 @@ pub struct RegistrarConfig {
 pub enum AuthOutcome {
     /// Authenticated as this user.
     Ok(SipUser),
-    /// No (usable) credentials yet, or a stale nonce: send a challenge.
+    /// No (usable) credentials yet, or a stale or replayed nonce: send a challenge.
     Challenge {
-        /// The nonce was ours but expired (RFC 7616 §3.3 `stale=true`).
+        /// The password was right but the nonce unusable (RFC 7616 §3.3 `stale=true`).
         stale: bool,
+        /// The nonce count was used before: a replay (logged, not a failure).
+        replayed: bool,
     },
     /// Wrong password, unknown user or a user name that does not match: 403 and a failure.
-    Forbidden,
+    Forbidden {
+        /// The user name tried (for the log).
+        tried: String,
+        /// The account, when the user exists (it counts towards its lock).
+        account: Option<String>,
+    },
+}
+
+impl AuthOutcome {
+    fn challenge() -> AuthOutcome {
+        AuthOutcome::Challenge {
+            stale: false,
+            replayed: false,
+        }
+    }
 }
 
 /// Check the Digest credentials in `auth_header` (the value of Authorization or
-/// Proxy-Authorization) for `expected_user`, looking the user up with `lookup`.
+/// Proxy-Authorization), sent from `source`, for `expected_user`, looking the user
+/// up with `lookup`. A correct response records its nonce count in `nonces`.
+#[allow(clippy::too_many_arguments)]
 pub fn authenticate(
     auth_header: Option<&str>,
     method: &str,
     expected_user: Option<&str>,
     realm: &str,
-    nonces: &NonceKeeper,
+    nonces: &mut NonceKeeper,
     lookup: impl Fn(&str) -> Option<SipUser>,
+    source: IpAddr,
     now_unix: i64,
 ) -> AuthOutcome {
     let Some(value) = auth_header else {
-        return AuthOutcome::Challenge { stale: false };
+        return AuthOutcome::challenge();
     };
     let Some(creds) = Credentials::parse(value) else {
-        return AuthOutcome::Challenge { stale: false };
+        return AuthOutcome::challenge();
     };
     if creds.realm != realm {
         // Credentials for another realm: challenge for ours (RFC 3261 §22.3).
-        return AuthOutcome::Challenge { stale: false };
+        return AuthOutcome::challenge();
     }
+    let forbidden = |account: Option<String>| AuthOutcome::Forbidden {
+        tried: creds.username.clone(),
+        account,
+    };
     if expected_user.is_some_and(|u| u != creds.username) {
-        return AuthOutcome::Forbidden;
+        return forbidden(None);
     }
     let Some(user) = lookup(&creds.username) else {
-        return AuthOutcome::Forbidden;
+        return forbidden(None);
     };
-    match nonces.verify(&creds, method, realm, &user.password, now_unix) {
+    match nonces.verify(&creds, method, realm, &user.password, source, now_unix) {
         Verdict::Ok => AuthOutcome::Ok(user),
-        Verdict::Stale => AuthOutcome::Challenge { stale: true },
-        Verdict::Malformed => AuthOutcome::Challenge { stale: false },
-        Verdict::Wrong => AuthOutcome::Forbidden,
+        Verdict::Stale => AuthOutcome::Challenge {
+            stale: true,
+            replayed: false,
+        },
+        Verdict::Replayed => AuthOutcome::Challenge {
+            stale: true,
+            replayed: true,
+        },
+        Verdict::Malformed => AuthOutcome::challenge(),
+        Verdict::Wrong => forbidden(Some(user.extension)),
     }
 }
 
@@ -181,88 +207,10 @@ pub fn contact_values(current: &[Binding], now_unix: i64) -> Vec<String> {
         .collect()
 }
 
-/// Failure bookkeeping of one source address.
-#[derive(Debug, Clone)]
-struct Source {
-    /// Failures in the current window.
-    failures: u32,
-    /// Start of the window.
-    since: Instant,
-    /// Requests needing authentication are dropped until then.
-    blocked_until: Option<Instant>,
-}
-
-/// Slows down sources that keep failing authentication: after `threshold`
-/// failures within `window`, every request from the source that needs
-/// authentication is dropped for `block` (doubling while it goes on), and the
-/// security alarm is raised.
-#[derive(Debug, Clone)]
-pub struct AuthGuard {
-    /// Failures that trigger a block.
-    threshold: u32,
-    /// Window in which failures are counted.
-    window: Duration,
-    /// First block duration.
-    block: Duration,
-    /// Per source address.
-    sources: HashMap<IpAddr, Source>,
-}
-
-impl AuthGuard {
-    /// A guard with these limits.
-    pub fn new(threshold: u32, window: Duration, block: Duration) -> AuthGuard {
-        AuthGuard {
-            threshold: threshold.max(1),
-            window,
-            block,
-            sources: HashMap::new(),
-        }
-    }
-
-    /// Whether requests from `ip` are being dropped.
-    pub fn is_blocked(&self, ip: IpAddr, now: Instant) -> bool {
-        self.sources
-            .get(&ip)
-            .and_then(|s| s.blocked_until)
-            .is_some_and(|t| t > now)
-    }
-
-    /// Record a failure; returns the failure count when the source just got blocked
-    /// (raise the security alarm then).
-    pub fn failure(&mut self, ip: IpAddr, now: Instant) -> Option<u32> {
-        if self.sources.len() > 100_000 {
-            let window = self.window;
-            self.sources
-                .retain(|_, s| s.blocked_until.is_some_and(|t| t > now) || now - s.since < window);
-        }
-        let s = self.sources.entry(ip).or_insert(Source {
-            failures: 0,
-            since: now,
-            blocked_until: None,
-        });
-        if now - s.since > self.window && s.blocked_until.map_or(true, |t| t <= now) {
-            s.failures = 0;
-            s.since = now;
-        }
-        s.failures += 1;
-        if s.failures >= self.threshold && s.failures % self.threshold == 0 {
-            let rounds = (s.failures / self.threshold).min(8);
-            s.blocked_until = Some(now + self.block * (1 << (rounds - 1)));
-            return Some(s.failures);
-        }
-        None
-    }
-
-    /// A successful authentication clears the source's record.
-    pub fn success(&mut self, ip: IpAddr) {
-        self.sources.remove(&ip);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::digest::client_authorization;
+    use crate::digest::{client_authorization, Algorithm};
     use rsip::SipMessage;
 
     fn cfg() -> RegistrarConfig {
@@ -369,107 +317,88 @@ Contact: {contact}\r\n"
         ));
     }
 
-    #[test]
-    fn authentication_outcomes() {
-        // RFC 3261 §22.2/§22.3 challenge-response; RFC 7616 §3.3 stale.
-        let nonces = NonceKeeper::new(300);
+    const FROM: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    /// `authenticate` for a REGISTER from 127.0.0.1, with one user 1001/pw.
+    fn check(
+        nonces: &mut NonceKeeper,
+        value: Option<&str>,
+        expected: Option<&str>,
+        now: i64,
+    ) -> AuthOutcome {
         let user = SipUser {
             extension: "1001".into(),
             password: "pw".into(),
             display_name: None,
         };
         let lookup = |e: &str| (e == "1001").then(|| user.clone());
+        authenticate(
+            value, "REGISTER", expected, "tandem", nonces, lookup, FROM, now,
+        )
+    }
+
+    fn challenge(nonces: &NonceKeeper, user: &str, password: &str) -> String {
+        let ch = nonces.challenges("tandem", &[Algorithm::Md5], FROM, 100, false);
+        client_authorization(&ch[0], user, password, "REGISTER", "sip:127.0.0.1").unwrap()
+    }
+
+    #[test]
+    fn authentication_outcomes() {
+        // RFC 3261 §22.2/§22.3 challenge-response; RFC 7616 §3.3 stale.
+        let mut nonces = NonceKeeper::new(300);
+        let forbidden = |tried: &str, account: Option<&str>| AuthOutcome::Forbidden {
+            tried: tried.into(),
+            account: account.map(str::to_string),
+        };
         assert_eq!(
-            authenticate(None, "REGISTER", Some("1001"), "tandem", &nonces, lookup, 0),
-            AuthOutcome::Challenge { stale: false }
+            check(&mut nonces, None, Some("1001"), 0),
+            AuthOutcome::challenge()
         );
-        let ch = &nonces.challenges("tandem", &[crate::digest::Algorithm::Md5], 100, false)[0];
-        let good = client_authorization(ch, "1001", "pw", "REGISTER", "sip:127.0.0.1").unwrap();
+        // Another keeper's nonce (e.g. the previous master's): right password, stale.
+        let other = NonceKeeper::new(300);
+        let good = challenge(&other, "1001", "pw");
+        let stale = AuthOutcome::Challenge {
+            stale: true,
+            replayed: false,
+        };
+        assert_eq!(check(&mut nonces, Some(&good), Some("1001"), 110), stale);
+        let bad = challenge(&other, "1001", "nope");
         assert_eq!(
-            authenticate(
-                Some(&good),
-                "REGISTER",
-                Some("1001"),
-                "tandem",
-                &nonces,
-                lookup,
-                110
-            ),
-            AuthOutcome::Ok(user.clone())
-        );
-        assert_eq!(
-            authenticate(
-                Some(&good),
-                "REGISTER",
-                Some("1001"),
-                "tandem",
-                &nonces,
-                lookup,
-                1000
-            ),
-            AuthOutcome::Challenge { stale: true }
-        );
-        let bad = client_authorization(ch, "1001", "nope", "REGISTER", "sip:127.0.0.1").unwrap();
-        assert_eq!(
-            authenticate(
-                Some(&bad),
-                "REGISTER",
-                Some("1001"),
-                "tandem",
-                &nonces,
-                lookup,
-                110
-            ),
-            AuthOutcome::Forbidden
+            check(&mut nonces, Some(&bad), Some("1001"), 110),
+            forbidden("1001", Some("1001"))
         );
         // registering someone else's AOR with own credentials
         assert_eq!(
-            authenticate(
-                Some(&good),
-                "REGISTER",
-                Some("1002"),
-                "tandem",
-                &nonces,
-                lookup,
-                110
-            ),
-            AuthOutcome::Forbidden
+            check(&mut nonces, Some(&good), Some("1002"), 110),
+            forbidden("1001", None)
         );
-        let unknown = client_authorization(ch, "9999", "pw", "REGISTER", "sip:x").unwrap();
+        let unknown = challenge(&other, "9999", "pw");
         assert_eq!(
-            authenticate(
-                Some(&unknown),
-                "REGISTER",
-                None,
-                "tandem",
-                &nonces,
-                lookup,
-                110
-            ),
-            AuthOutcome::Forbidden
+            check(&mut nonces, Some(&unknown), None, 110),
+            forbidden("9999", None)
         );
     }
 
     #[test]
-    fn guard_blocks_after_threshold_and_doubles() {
-        let now = Instant::now();
-        let ip: IpAddr = "127.0.0.5".parse().unwrap();
-        let mut g = AuthGuard::new(3, Duration::from_secs(60), Duration::from_secs(10));
-        assert_eq!(g.failure(ip, now), None);
-        assert_eq!(g.failure(ip, now), None);
-        assert_eq!(g.failure(ip, now), Some(3));
-        assert!(g.is_blocked(ip, now + Duration::from_secs(9)));
-        assert!(!g.is_blocked(ip, now + Duration::from_secs(11)));
-        assert!(!g.is_blocked("127.0.0.6".parse().unwrap(), now));
-        let later = now + Duration::from_secs(11);
-        g.failure(ip, later);
-        g.failure(ip, later);
-        assert_eq!(g.failure(ip, later), Some(6));
-        assert!(
-            g.is_blocked(ip, later + Duration::from_secs(19)),
-            "second block is longer"
-        );
-        g.success(ip);
-        assert!(!g.is_blocked(ip, later));
+    fn own_nonce_works_once_per_count_and_expires() {
+        let mut nonces = NonceKeeper::new(300);
+        let good = challenge(&nonces, "1001", "pw");
+        let mut auth = |now: i64| check(&mut nonces, Some(&good), Some("1001"), now);
+        // RFC 7616 §3.3: expired first (nothing recorded), then used, then replayed.
+        assert!(matches!(
+            auth(1000),
+            AuthOutcome::Challenge {
+                stale: true,
+                replayed: false
+            }
+        ));
+        assert!(matches!(auth(110), AuthOutcome::Ok(_)));
+        assert!(matches!(
+            auth(111),
+            AuthOutcome::Challenge {
+                stale: true,
+                replayed: true
+            }
+        ));
     }
 }

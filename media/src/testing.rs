@@ -2,7 +2,7 @@
 //! CDRs in mutexes, with a channel announcing each ended call; and [`dominant_hz`],
 //! the tone check the interop and chaos tests apply to recordings.
 
-use crate::backend::{Backend, Binding, CallRecord, SipUser};
+use crate::backend::{AuthBurst, Backend, Binding, CallRecord, SipUser, SourceBan};
 use crate::error::BackendError;
 use crate::relay::RecordingFile;
 use std::collections::HashMap;
@@ -23,8 +23,10 @@ struct Inner {
     bindings: Mutex<Vec<Binding>>,
     /// Ended calls in order, with their recordings.
     calls: Mutex<Vec<(CallRecord, Option<RecordingFile>)>>,
-    /// Security events (source, failures).
-    security: Mutex<Vec<(IpAddr, u32)>>,
+    /// Security events (one per burst).
+    security: Mutex<Vec<AuthBurst>>,
+    /// Replicated ban list stand-in.
+    bans: Mutex<HashMap<IpAddr, SourceBan>>,
     /// Announces every ended call.
     ended: broadcast::Sender<CallRecord>,
     /// Offset added to the wall clock (to test expiry).
@@ -46,6 +48,7 @@ impl MemoryBackend {
                 bindings: Mutex::default(),
                 calls: Mutex::default(),
                 security: Mutex::default(),
+                bans: Mutex::default(),
                 ended: broadcast::channel(1024).0,
                 clock_offset: Mutex::new(0),
             }),
@@ -75,8 +78,20 @@ impl MemoryBackend {
     }
 
     /// Security events so far.
-    pub fn security_events(&self) -> Vec<(IpAddr, u32)> {
+    pub fn security_events(&self) -> Vec<AuthBurst> {
         self.inner.security.lock().unwrap().clone()
+    }
+
+    /// Bans written so far (expired ones included).
+    pub fn bans(&self) -> Vec<SourceBan> {
+        let mut v: Vec<SourceBan> = self.inner.bans.lock().unwrap().values().cloned().collect();
+        v.sort_by_key(|b| b.source);
+        v
+    }
+
+    /// Lift a ban (what deleting `sip.ban.<ip>` does on a node).
+    pub fn unban(&self, source: IpAddr) {
+        self.inner.bans.lock().unwrap().remove(&source);
     }
 
     /// Subscribe to ended calls.
@@ -131,8 +146,22 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
-    fn security_event(&self, source: IpAddr, failures: u32) {
-        self.inner.security.lock().unwrap().push((source, failures));
+    fn security_event(&self, burst: &AuthBurst) {
+        self.inner.security.lock().unwrap().push(burst.clone());
+    }
+
+    async fn ban(&self, ban: SourceBan) -> Result<(), BackendError> {
+        self.inner.bans.lock().unwrap().insert(ban.source, ban);
+        Ok(())
+    }
+
+    fn banned(&self, source: IpAddr, now_unix: i64) -> bool {
+        self.inner
+            .bans
+            .lock()
+            .unwrap()
+            .get(&source)
+            .is_some_and(|b| b.until_unix > now_unix)
     }
 
     fn now_unix(&self) -> i64 {

@@ -72,9 +72,7 @@ impl Harness {
             no_answer_timeout: Duration::from_secs(30),
             timers: TimerConfig::default(),
             user_agent: "test".into(),
-            auth_failure_threshold: 5,
-            auth_failure_window: Duration::from_secs(60),
-            auth_block: Duration::from_secs(30),
+            guard: Default::default(),
             nonce_ttl_secs: 300,
             digest_algorithms: vec![Algorithm::Md5],
         };

@@ -7,7 +7,7 @@ use rsip::{Header, Response, SipMessage};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tandem_media::backend::{CallRecord, Disposition};
+use tandem_media::backend::{Backend as _, CallRecord, Disposition};
 use tandem_media::digest::{client_authorization, Algorithm};
 use tandem_media::relay::{Relay, RelayConfig};
 use tandem_media::service::{Service, ServiceConfig, ServiceHandle};
@@ -17,6 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
 
 mod core;
+mod firewall;
+mod security;
 
 struct Env {
     backend: Arc<MemoryBackend>,
@@ -67,7 +69,12 @@ struct Ua {
 
 impl Ua {
     async fn new(ext: &str, pass: &str, server: SocketAddr) -> Ua {
-        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        Ua::on("127.0.0.1", ext, pass, server).await
+    }
+
+    /// A phone whose socket is bound to `ip` (another 127.0.0.x source address).
+    async fn on(ip: &str, ext: &str, pass: &str, server: SocketAddr) -> Ua {
+        let sock = UdpSocket::bind((ip, 0)).await.unwrap();
         let addr = sock.local_addr().unwrap();
         Ua {
             ext: ext.into(),
@@ -171,6 +178,13 @@ Contact: <sip:{e}@{a}>\r\n",
 
     /// REGISTER, answer the challenge with `alg` and our password; the final code.
     async fn register(&mut self, expires: Option<u32>, alg: Algorithm) -> Response {
+        let auth = self.challenged_auth(expires, alg).await;
+        self.register_with(expires, &auth).await
+    }
+
+    /// REGISTER without credentials; the Authorization answering the 401's `alg`
+    /// challenge with our password.
+    async fn challenged_auth(&mut self, expires: Option<u32>, alg: Algorithm) -> String {
         let m = self.register_msg(expires, None);
         self.send(&m).await;
         let r = self.expect_code(401).await;
@@ -178,20 +192,29 @@ Contact: <sip:{e}@{a}>\r\n",
             .into_iter()
             .find(|c| c.contains(&format!("algorithm={}", alg.token())))
             .expect("challenge for the algorithm");
-        let auth = client_authorization(
+        client_authorization(
             &ch,
             &self.ext,
             &self.pass,
             "REGISTER",
             &format!("sip:{}", self.server),
         )
-        .unwrap();
-        let m = self.register_msg(expires, Some(&auth));
+        .unwrap()
+    }
+
+    /// REGISTER (new transaction) carrying `auth`; the final response.
+    async fn register_with(&mut self, expires: Option<u32>, auth: &str) -> Response {
+        let m = self.register_msg(expires, Some(auth));
         self.send(&m).await;
+        self.final_response().await
+    }
+
+    /// The next final (>= 200) response.
+    async fn final_response(&self) -> Response {
         match self
             .expect(
                 5,
-                "final REGISTER response",
+                "final response",
                 |m| matches!(m, SipMessage::Response(r) if r.status_code.code() >= 200),
             )
             .await
@@ -376,7 +399,7 @@ To: <sip:{s}>\r\nCall-ID: opt2\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
 
 #[tokio::test]
 async fn wrong_password_is_refused_then_rate_limited_with_alarm() {
-    let e = env(32100, |c| c.auth_failure_threshold = 3).await;
+    let e = env(32100, |c| c.guard.source_threshold = 3).await;
     let mut m = Ua::new("1003", "guess", e.server).await;
     for _ in 0..3 {
         assert_eq!(
@@ -391,8 +414,18 @@ async fn wrong_password_is_refused_then_rate_limited_with_alarm() {
     m.expect_silence(700).await;
     let ev = e.backend.security_events();
     assert_eq!(ev.len(), 1);
-    assert_eq!(ev[0], ("127.0.0.1".parse().unwrap(), 3));
+    assert_eq!(
+        (ev[0].failures, ev[0].sample.clone()),
+        (3, vec![m.addr.ip()])
+    );
+    // On the replicated ban list, for the configured ban time.
+    let bans = e.backend.bans();
+    assert_eq!(bans.len(), 1);
+    assert_eq!((bans[0].source, bans[0].failures), (m.addr.ip(), 3));
+    let left = bans[0].until_unix - e.backend.now_unix();
+    assert!((590..=600).contains(&left), "{left}");
     assert_eq!(e.svc.status().auth_failures_total, 3);
+    assert_eq!(e.svc.status().sources_banned_total, 1);
     e.svc.shutdown().await;
 }
 

@@ -1,4 +1,4 @@
-//! `tandem config get|set|list`: the replicated key/value settings.
+//! `tandem config get|set|list|delete`: the replicated key/value settings.
 
 use serde_json::Value;
 
@@ -30,6 +30,17 @@ pub async fn run(action: ConfigCmd) -> anyhow::Result<()> {
                     .map(|e| format!("{} = {} (version {})", e.key, e.value, e.version))
                     .collect::<Vec<_>>()
                     .join("\n")
+            });
+        }
+        ConfigCmd::Delete { common, key } => {
+            let (_, c) = connect(&common)?;
+            let d = c.config_delete(&key).await?;
+            print(&common, &d, |d| {
+                if d.deleted {
+                    format!("{} deleted (version {}, committed)", d.key, d.version)
+                } else {
+                    format!("{} was not set", d.key)
+                }
             });
         }
     }

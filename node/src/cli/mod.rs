@@ -259,6 +259,12 @@ pub enum ConfigCmd {
         #[arg(long)]
         prefix: Option<String>,
     },
+    /// Delete a key (e.g. `sip.ban.<address>` lifts a SIP ban on every node).
+    Delete {
+        #[command(flatten)]
+        common: Common,
+        key: String,
+    },
 }
 
 #[derive(Args, Debug, Clone)]

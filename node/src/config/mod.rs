@@ -370,6 +370,12 @@ pub struct SipSection {
     /// Default: `["SHA-256", "MD5"]`.
     #[serde(with = "fields::digest_algorithms")]
     pub digest_algorithms: Vec<Algorithm>,
+    /// Put sources banned for password guessing (`sip.ban.*`, replicated) into
+    /// the nftables sets `inet tandem sip_ban` / `sip_ban6`, so this node's kernel
+    /// drops their SIP packets; nft is run only while there are bans. `false`:
+    /// the SIP service alone refuses them (a host whose firewall is not tandem's).
+    /// Default: `true`.
+    pub ban_firewall: bool,
 }
 
 impl Default for SipSection {
@@ -378,6 +384,7 @@ impl Default for SipSection {
             listen: SocketAddr::from(([0, 0, 0, 0], 5060)),
             rtp_ports: RtpPorts::default(),
             digest_algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
+            ban_firewall: true,
         }
     }
 }

@@ -9,11 +9,13 @@
 //! Registrations are written through Raft before the REGISTER is answered, so a
 //! phone stays registered on the new master after a failover.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tandem_media::backend::{
-    Backend, Binding, CallRecord, Disposition as MediaDisposition, SipUser,
+    AuthBurst, Backend, Binding, CallRecord, Disposition as MediaDisposition, SipUser, SourceBan,
 };
 use tandem_media::error::BackendError;
 use tandem_media::relay::RecordingFile;
@@ -22,6 +24,7 @@ use tandem_replication::replica::Replica;
 use tandem_replication::store::query;
 use tandem_replication::types::{RecordingMeta, Request};
 
+use crate::settings::bans::{ban_key, StoredBan, BAN_PREFIX, MAX_BANS};
 use crate::settings::sip::{binding_key, StoredUser, BINDING_PREFIX, USER_PREFIX};
 use tandem_alarms::service::AlarmService;
 
@@ -175,28 +178,139 @@ impl Backend for NodeBackend {
             .map_err(backend_err)
     }
 
-    fn security_event(&self, source: IpAddr, failures: u32) {
-        self.alarms.auth_failure_burst(source, failures);
+    fn security_event(&self, burst: &AuthBurst) {
+        // One alarm per burst: the alarm names the first source; the WARN line of
+        // the service lists the others and the accounts.
+        if let Some(source) = burst.sample.first() {
+            self.alarms.auth_failure_burst(*source, burst.failures);
+        }
+    }
+
+    async fn ban(&self, ban: SourceBan) -> Result<(), BackendError> {
+        let held = query::config_list(&self.replica.tree(), BAN_PREFIX).map_or(0, |v| v.len());
+        if held >= MAX_BANS {
+            return Err(fatal(format!(
+                "the ban list is full ({MAX_BANS} sip.ban.* entries); {} is dropped by this master's SIP service only",
+                ban.source
+            )));
+        }
+        let value = serde_json::to_string(&StoredBan {
+            until_unix: ban.until_unix,
+            failures: ban.failures,
+        })
+        .map_err(|e| fatal(e.to_string()))?;
+        self.replica
+            .write(Request::SetConfig {
+                key: ban_key(ban.source),
+                value,
+            })
+            .await
+            .map(|_| ())
+            .map_err(backend_err)
+    }
+
+    fn banned(&self, source: IpAddr, now_unix: i64) -> bool {
+        query::config_get(&self.replica.tree(), &ban_key(source))
+            .ok()
+            .flatten()
+            .and_then(|e| serde_json::from_str::<StoredBan>(&e.value).ok())
+            .is_some_and(|b| b.until_unix > now_unix)
     }
 }
 
-/// On the master, remove registrations that expired (every minute).
-pub async fn expire_bindings(replica: Arc<Replica>) {
+/// On the master, remove registrations and bans that expired (every `every`).
+pub async fn expire_bindings(replica: Arc<Replica>, every: std::time::Duration) {
     loop {
-        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        tokio::time::sleep(every).await;
         if !replica.is_leader() {
             continue;
         }
         let now = chrono::Utc::now().timestamp();
-        let Ok(entries) = query::config_list(&replica.tree(), BINDING_PREFIX) else {
+        let lapsed = |prefix: &str, expired: &dyn Fn(&str) -> bool| -> Vec<String> {
+            query::config_list(&replica.tree(), prefix)
+                .map(|entries| {
+                    entries
+                        .into_iter()
+                        .filter(|e| expired(&e.value))
+                        .map(|e| e.key)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut keys = lapsed(BINDING_PREFIX, &|v| {
+            serde_json::from_str::<Binding>(v).map_or(true, |b| b.expires_at_unix < now)
+        });
+        keys.extend(lapsed(BAN_PREFIX, &|v| {
+            serde_json::from_str::<StoredBan>(v).map_or(true, |b| b.until_unix <= now)
+        }));
+        for key in keys {
+            if key.starts_with(BAN_PREFIX) {
+                tracing::info!(%key, "sip: ban lapsed, removed");
+            }
+            let _ = replica.write(Request::DeleteConfig { key }).await;
+        }
+    }
+}
+
+/// When to run nft for the ban list (the decision; [`sync_ban_firewall`] does the I/O).
+#[derive(Debug, Default)]
+struct BanSync {
+    /// What was last handed to nft (None: nothing yet) and when.
+    applied: Option<(BTreeMap<IpAddr, i64>, Instant)>,
+}
+
+impl BanSync {
+    /// Re-apply an unchanged, non-empty list this often (a reload of the
+    /// appliance's nftables.conf empties the sets; a failed apply is retried).
+    const REFRESH: Duration = Duration::from_secs(60);
+
+    /// The list to apply now, if any: when it changed, or [`BanSync::REFRESH`]
+    /// after the last apply while there are bans; never while there are none and
+    /// none were applied (nft is not touched on a node that never banned).
+    fn due(&mut self, want: BTreeMap<IpAddr, i64>, now: Instant) -> Option<BTreeMap<IpAddr, i64>> {
+        let due = match &self.applied {
+            None => !want.is_empty(),
+            Some((had, at)) => {
+                (*had != want && !(had.is_empty() && want.is_empty()))
+                    || (!want.is_empty() && now.saturating_duration_since(*at) >= Self::REFRESH)
+            }
+        };
+        if !due {
+            return None;
+        }
+        self.applied = Some((want.clone(), now));
+        Some(want)
+    }
+}
+
+/// Apply the replicated ban list (`sip.ban.*`) to this node's nftables sets,
+/// checked every 2 s (see [`BanSync`]); a failure is logged once per distinct error.
+pub async fn sync_ban_firewall(replica: Arc<Replica>, nft: tandem_media::firewall::NftConfig) {
+    let mut sync = BanSync::default();
+    let mut reported: Option<String> = None;
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = chrono::Utc::now().timestamp();
+        let entries: Vec<(String, String)> = query::config_list(&replica.tree(), BAN_PREFIX)
+            .map(|v| v.into_iter().map(|e| (e.key, e.value)).collect())
+            .unwrap_or_default();
+        let Some(want) = sync.due(crate::settings::bans::active(&entries, now), Instant::now())
+        else {
             continue;
         };
-        for e in entries {
-            let expired = serde_json::from_str::<Binding>(&e.value)
-                .map(|b| b.expires_at_unix < now)
-                .unwrap_or(true);
-            if expired {
-                let _ = replica.write(Request::DeleteConfig { key: e.key }).await;
+        match tandem_media::firewall::apply(&nft, &want, now).await {
+            Ok(()) => {
+                if reported.take().is_some() {
+                    tracing::info!("sip: the nftables ban sets work again");
+                }
+                tracing::debug!(bans = want.len(), table = %nft.table, "sip: banned sources applied to the nftables sets sip_ban/sip_ban6");
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if reported.as_deref() != Some(text.as_str()) {
+                    tracing::warn!(error = %text, bans = want.len(), "sip: banned sources not put into the firewall (retried every minute; set [sip] ban_firewall = false to stop trying)");
+                    reported = Some(text);
+                }
             }
         }
     }
@@ -295,6 +409,30 @@ impl crate::http::state::TelephonyStatus for SipRuntime {
                 "Unparseable SIP messages",
                 s.parse_errors_total,
             );
+            for (name, help, v) in [
+                (
+                    "tandem_sip_auth_replays_total",
+                    "Digest responses with a nonce count used before, challenged again",
+                    s.auth_replays_total,
+                ),
+                (
+                    "tandem_sip_sources_banned_total",
+                    "Sources banned for password guessing",
+                    s.sources_banned_total,
+                ),
+                (
+                    "tandem_sip_accounts_locked_total",
+                    "Accounts locked for password guessing",
+                    s.accounts_locked_total,
+                ),
+                (
+                    "tandem_sip_tcp_refused_total",
+                    "SIP/TCP connections closed at accept, over a cap",
+                    s.tcp_refused_total,
+                ),
+            ] {
+                line(name, "counter", help, v);
+            }
         }
         if let Some(r) = &self.relay {
             let s = r.stats();
@@ -432,6 +570,7 @@ pub async fn start(
         Ok(h) => h,
         Err(e) => return failed(e.to_string()),
     };
+    let sip_port = handle.local_addr().port();
     tracing::info!(listen = %handle.local_addr(), advertised = %advertised_ip, rtp_ports = %cfg.sip.rtp_ports, "telephony service started (answers while this node is master)");
     let rt = Arc::new(SipRuntime {
         handle: Some(handle),
@@ -460,14 +599,44 @@ pub async fn start(
             }
         }
     });
-    tasks.spawn("registration expiry", expire_bindings(replica));
+    if cfg.sip.ban_firewall {
+        let nft = tandem_media::firewall::NftConfig::new(sip_port);
+        tasks.spawn("sip ban firewall", sync_ban_firewall(replica.clone(), nft));
+    }
+    tasks.spawn(
+        "registration expiry",
+        expire_bindings(replica, std::time::Duration::from_secs(10)),
+    );
     rt
 }
 
 #[cfg(test)]
 mod tests {
-    use super::vip_listen;
+    use super::{vip_listen, BanSync};
+    use std::collections::BTreeMap;
     use std::net::{IpAddr, SocketAddr};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn nft_runs_when_the_ban_list_changes_and_every_minute_while_there_are_bans() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut sync = BanSync::default();
+        let ban: BTreeMap<IpAddr, i64> = [("198.18.0.5".parse().unwrap(), 1000)].into();
+        // A node that never banned leaves the firewall alone.
+        assert_eq!(sync.due(BTreeMap::new(), t0), None);
+        assert_eq!(sync.due(ban.clone(), t0), Some(ban.clone()));
+        assert_eq!(sync.due(ban.clone(), t0 + s(2)), None);
+        assert_eq!(
+            sync.due(ban.clone(), t0 + s(60)),
+            Some(ban.clone()),
+            "refresh"
+        );
+        // Lifted: the sets are emptied once, then left alone.
+        assert_eq!(sync.due(BTreeMap::new(), t0 + s(62)), Some(BTreeMap::new()));
+        assert_eq!(sync.due(BTreeMap::new(), t0 + s(64)), None);
+        assert_eq!(sync.due(BTreeMap::new(), t0 + s(200)), None);
+    }
 
     #[test]
     fn the_default_listen_address_becomes_the_vip_when_it_can_be_bound() {

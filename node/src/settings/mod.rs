@@ -10,10 +10,12 @@
 //! | `maintenance.<id>` | [`maintenance_key`], [`maintenance_value`] | the role driver |
 //! | `replication.recording_bandwidth_kbps` | [`recording_cap`] | blob sync |
 //! | `sip.user.<ext>`, `sip.binding.*` | [`sip`] | the telephony backend |
+//! | `sip.ban.<address>` | [`bans`] | the SIP service and every node's firewall |
 //!
 //! Keys outside these namespaces are free (an integrator's own keys).
 
 pub mod alarm;
+pub mod bans;
 pub mod retention;
 pub mod sip;
 
@@ -151,6 +153,9 @@ pub fn validate(key: &str, value: &Value, ctx: &Context) -> Result<(), SettingEr
             ));
         }
         return recording_cap(key, value).map(|_| ());
+    }
+    if key.starts_with(bans::BAN_PREFIX) {
+        return bans::validate(key, value);
     }
     if key.starts_with("sip.") {
         return sip::validate(key, value);

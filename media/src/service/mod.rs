@@ -16,19 +16,22 @@ use crate::b2bua::{CallStatus, Clock, Core, CoreConfig, Counters, Output, Peer};
 use crate::backend::Backend;
 use crate::digest::Algorithm;
 use crate::error::MediaError;
+use crate::guard::GuardConfig;
 use crate::registrar::RegistrarConfig;
 use crate::relay::Relay;
-use crate::sip::message;
 use crate::sip::transaction::TimerConfig;
 use crate::sip::Transport;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
+
+mod tcp;
+use tcp::Tcp;
+pub use tcp::{Backoff, TcpLimits};
 
 /// Settings of the SIP service (`[sip]` in the node config).
 #[derive(Debug, Clone)]
@@ -47,18 +50,16 @@ pub struct ServiceConfig {
     pub max_expires: u32,
     /// Registration time when the phone names none.
     pub default_expires: u32,
-    /// Authentication failures from one address before it is blocked.
-    pub auth_failure_threshold: u32,
-    /// Window for counting them.
-    pub auth_failure_window: Duration,
-    /// First block duration (doubles on repeat).
-    pub auth_block: Duration,
+    /// Password-guessing limits: per source (ban), per account (lock), log interval.
+    pub guard: GuardConfig,
     /// Digest nonce lifetime in seconds.
     pub nonce_ttl_secs: i64,
     /// RFC 3261 timer values.
     pub timers: TimerConfig,
     /// Whether to listen on TCP too.
     pub tcp: bool,
+    /// Connection caps and timeouts of SIP over TCP.
+    pub tcp_limits: TcpLimits,
     /// User-Agent / Server header.
     pub user_agent: String,
     /// Digest algorithms offered in challenges, most preferred first. Default
@@ -80,12 +81,11 @@ impl ServiceConfig {
             min_expires: 60,
             max_expires: 3600,
             default_expires: 3600,
-            auth_failure_threshold: 5,
-            auth_failure_window: Duration::from_secs(60),
-            auth_block: Duration::from_secs(30),
+            guard: GuardConfig::default(),
             nonce_ttl_secs: 300,
             timers: TimerConfig::default(),
             tcp: true,
+            tcp_limits: TcpLimits::default(),
             user_agent: format!("tandem/{}", env!("CARGO_PKG_VERSION")),
             active: true,
             digest_algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
@@ -129,6 +129,18 @@ pub struct SipStatus {
     pub active_calls: u64,
     /// Unparseable messages (counter).
     pub parse_errors_total: u64,
+    /// Replayed digest nonce counts, challenged again (counter).
+    #[serde(default)]
+    pub auth_replays_total: u64,
+    /// Sources banned for password guessing (counter).
+    #[serde(default)]
+    pub sources_banned_total: u64,
+    /// Accounts locked for password guessing (counter).
+    #[serde(default)]
+    pub accounts_locked_total: u64,
+    /// SIP/TCP connections closed at accept, over a cap (counter).
+    #[serde(default)]
+    pub tcp_refused_total: u64,
 }
 
 enum Event {
@@ -136,8 +148,6 @@ enum Event {
     WritesDone(u64, Result<(), crate::error::BackendError>),
     Shutdown,
 }
-
-type TcpConns = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>;
 
 /// Control of a running service.
 pub struct ServiceHandle<B: Backend> {
@@ -157,10 +167,42 @@ pub struct ServiceHandle<B: Backend> {
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The TCP accept task.
     accept: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// TCP connections (for the refusal counter).
+    tcp: Arc<Tcp>,
 }
 
 /// The SIP service.
 pub struct Service;
+
+/// The UDP socket and, with `tcp`, the TCP listener on the same address. With port
+/// 0 the kernel picks the UDP port; the same number may be taken for TCP (by any
+/// outgoing connection's ephemeral port), then another port is tried.
+async fn bind(
+    listen: SocketAddr,
+    tcp: bool,
+) -> Result<(UdpSocket, Option<TcpListener>), MediaError> {
+    let err = |transport, addr, source| MediaError::SipBind {
+        transport,
+        addr,
+        source,
+    };
+    let mut tries = if listen.port() == 0 { 20 } else { 1 };
+    loop {
+        tries -= 1;
+        let udp = UdpSocket::bind(listen)
+            .await
+            .map_err(|e| err("UDP", listen, e))?;
+        if !tcp {
+            return Ok((udp, None));
+        }
+        let local = udp.local_addr().map_err(|e| err("UDP", listen, e))?;
+        match TcpListener::bind(local).await {
+            Ok(l) => return Ok((udp, Some(l))),
+            Err(e) if tries > 0 && e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => return Err(err("TCP", local, e)),
+        }
+    }
+}
 
 impl Service {
     /// Bind the sockets and start the core task. The service starts inactive when
@@ -170,13 +212,7 @@ impl Service {
         backend: Arc<B>,
         relay: Relay,
     ) -> Result<ServiceHandle<B>, MediaError> {
-        let udp = UdpSocket::bind(cfg.listen)
-            .await
-            .map_err(|source| MediaError::SipBind {
-                transport: "UDP",
-                addr: cfg.listen,
-                source,
-            })?;
+        let (udp, listener) = bind(cfg.listen, cfg.tcp).await?;
         let local = udp.local_addr().map_err(|source| MediaError::SipBind {
             transport: "UDP",
             addr: cfg.listen,
@@ -200,25 +236,16 @@ impl Service {
         }
         let (tx, rx) = mpsc::channel::<Event>(4096);
         let active = Arc::new(AtomicBool::new(cfg.active));
-        let conns: TcpConns = Arc::default();
-        let accept = if cfg.tcp {
-            let listener =
-                TcpListener::bind(local)
-                    .await
-                    .map_err(|source| MediaError::SipBind {
-                        transport: "TCP",
-                        addr: local,
-                        source,
-                    })?;
-            Some(tokio::spawn(accept_loop(
+        let conns = Arc::new(Tcp::new(cfg.tcp_limits.clone()));
+        let conns_view = conns.clone();
+        let accept = listener.map(|listener| {
+            tokio::spawn(tcp::accept_loop(
                 listener,
                 tx.clone(),
                 conns.clone(),
                 active.clone(),
-            )))
-        } else {
-            None
-        };
+            ))
+        });
         let core_cfg = CoreConfig {
             advertised,
             registrar: RegistrarConfig {
@@ -230,9 +257,7 @@ impl Service {
             no_answer_timeout: cfg.no_answer_timeout,
             timers: cfg.timers,
             user_agent: cfg.user_agent.clone(),
-            auth_failure_threshold: cfg.auth_failure_threshold,
-            auth_failure_window: cfg.auth_failure_window,
-            auth_block: cfg.auth_block,
+            guard: cfg.guard.clone(),
             nonce_ttl_secs: cfg.nonce_ttl_secs,
             digest_algorithms: cfg.digest_algorithms.clone(),
         };
@@ -258,6 +283,7 @@ impl Service {
             backend,
             task: Mutex::new(Some(task)),
             accept: Mutex::new(accept),
+            tcp: conns_view,
         })
     }
 }
@@ -310,6 +336,10 @@ impl<B: Backend> ServiceHandle<B> {
             call_failures_total: c.call_failures.load(Ordering::Relaxed),
             active_calls: c.active_calls.load(Ordering::Relaxed),
             parse_errors_total: c.parse_errors.load(Ordering::Relaxed),
+            auth_replays_total: c.auth_replays.load(Ordering::Relaxed),
+            sources_banned_total: c.sources_banned.load(Ordering::Relaxed),
+            accounts_locked_total: c.accounts_locked.load(Ordering::Relaxed),
+            tcp_refused_total: self.tcp.refused(),
         }
     }
 
@@ -353,7 +383,7 @@ async fn core_loop<B: Backend>(
     udp: Arc<UdpSocket>,
     mut rx: mpsc::Receiver<Event>,
     tx: mpsc::Sender<Event>,
-    conns: TcpConns,
+    conns: Arc<Tcp>,
     active: Arc<AtomicBool>,
     backend: Arc<B>,
 ) {
@@ -394,7 +424,7 @@ async fn core_loop<B: Backend>(
 async fn perform<B: Backend>(
     out: Output,
     udp: &Arc<UdpSocket>,
-    conns: &TcpConns,
+    conns: &Arc<Tcp>,
     tx: &mpsc::Sender<Event>,
     backend: &Arc<B>,
 ) {
@@ -409,7 +439,7 @@ async fn perform<B: Backend>(
                     }
                 }
             }
-            Transport::Tcp => send_tcp(peer.addr, bytes, conns, tx),
+            Transport::Tcp => tcp::send(peer.addr, bytes, conns, tx),
         },
         Output::WriteBindings {
             token,
@@ -456,121 +486,24 @@ async fn perform<B: Backend>(
                 }
             });
         }
-        Output::SecurityEvent { source, failures } => backend.security_event(source, failures),
-    }
-}
-
-fn send_tcp(addr: SocketAddr, bytes: Vec<u8>, conns: &TcpConns, tx: &mpsc::Sender<Event>) {
-    let existing = conns
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&addr)
-        .cloned();
-    if let Some(w) = existing {
-        if w.try_send(bytes).is_ok() {
-            return;
-        }
-        tracing::debug!(to = %addr, "sip: TCP connection gone");
-        return;
-    }
-    // No connection to that address: open one (RFC 3261 §18.1.1).
-    let conns = conns.clone();
-    let tx = tx.clone();
-    tokio::spawn(async move {
-        match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => {
-                let w = spawn_connection(stream, addr, tx, conns);
-                let _ = w.send(bytes).await;
-            }
-            _ => tracing::debug!(to = %addr, "sip: TCP connect failed"),
-        }
-    });
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    tx: mpsc::Sender<Event>,
-    conns: TcpConns,
-    active: Arc<AtomicBool>,
-) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, addr)) => {
-                if !active.load(Ordering::Relaxed) {
-                    continue;
-                }
-                spawn_connection(stream, addr, tx.clone(), conns.clone());
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "sip: TCP accept error");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-/// Reader and writer tasks of one TCP connection; returns the writer's queue.
-fn spawn_connection(
-    stream: TcpStream,
-    addr: SocketAddr,
-    tx: mpsc::Sender<Event>,
-    conns: TcpConns,
-) -> mpsc::Sender<Vec<u8>> {
-    let (mut rd, mut wr) = stream.into_split();
-    let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(256);
-    conns
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(addr, wtx.clone());
-    tokio::spawn(async move {
-        while let Some(b) = wrx.recv().await {
-            if wr.write_all(&b).await.is_err() {
-                break;
-            }
-        }
-    });
-    tokio::spawn(async move {
-        let peer = Peer {
-            addr,
-            transport: Transport::Tcp,
-        };
-        let mut buf: Vec<u8> = Vec::with_capacity(8192);
-        let mut chunk = vec![0u8; 16384];
-        'conn: loop {
-            let n = match rd.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            buf.extend_from_slice(&chunk[..n]);
-            loop {
-                let skip = message::skip_keepalive(&buf);
-                buf.drain(..skip);
-                if buf.is_empty() {
-                    break;
-                }
-                match message::frame(&buf) {
-                    Ok(len) => {
-                        let msg: Vec<u8> = buf.drain(..len).collect();
-                        if tx.send(Event::Bytes(msg, peer)).await.is_err() {
-                            break 'conn;
-                        }
-                    }
-                    Err(message::ParseError::Incomplete) => break,
-                    Err(e) => {
-                        // Framing lost (no Content-Length, too large): answer if we can, then close.
-                        tracing::debug!(%addr, error = %e, "sip: TCP framing error, closing");
-                        let _ = tx.send(Event::Bytes(std::mem::take(&mut buf), peer)).await;
-                        // Leave the writer a moment for the 4xx/5xx answer before closing.
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        break 'conn;
+        Output::SecurityEvent(burst) => backend.security_event(&burst),
+        Output::Ban(ban) => {
+            let backend = backend.clone();
+            tokio::spawn(async move {
+                let source = ban.source;
+                if let Err(e) = backend.ban(ban).await {
+                    // At most one warning a minute: an attack from many sources
+                    // may fail many writes (no quorum, full list).
+                    static LAST: AtomicI64 = AtomicI64::new(0);
+                    let now = chrono::Utc::now().timestamp();
+                    if now - LAST.load(Ordering::Relaxed) >= 60 {
+                        LAST.store(now, Ordering::Relaxed);
+                        tracing::warn!(%source, error = %e, "sip: ban not replicated (further failures this minute not logged); this service still drops the source");
+                    } else {
+                        tracing::debug!(%source, error = %e, "sip: ban not replicated");
                     }
                 }
-            }
+            });
         }
-        conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&addr);
-    });
-    wtx
+    }
 }
