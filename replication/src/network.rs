@@ -248,7 +248,8 @@ pub async fn write_frame<W: AsyncWrite + Unpin, T: Versioned>(
     w.flush().await
 }
 
-pub async fn read_frame<R: AsyncRead + Unpin, T: Versioned>(r: &mut R) -> io::Result<T> {
+/// A frame's length header, checked against [`MAX_FRAME`] (nothing allocated yet).
+pub(crate) async fn read_frame_len<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<usize> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len).await?;
     let len = u32::from_le_bytes(len) as usize;
@@ -258,6 +259,11 @@ pub async fn read_frame<R: AsyncRead + Unpin, T: Versioned>(r: &mut R) -> io::Re
             format!("bad frame length {len}"),
         ));
     }
+    Ok(len)
+}
+
+pub async fn read_frame<R: AsyncRead + Unpin, T: Versioned>(r: &mut R) -> io::Result<T> {
+    let len = read_frame_len(r).await?;
     let mut buf = vec![0u8; len];
     r.read_exact(&mut buf).await?;
     decode_frame_body(&buf)

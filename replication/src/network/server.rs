@@ -30,7 +30,7 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use super::{check_version, decode_frame_body, read_frame, write_frame};
-use super::{RpcHandler, RpcRequest, RpcResponse, MAX_FRAME};
+use super::{RpcHandler, RpcRequest, RpcResponse};
 use crate::types::{NodeId, NodeInfo};
 
 /// Connections from cluster members (verified client certificate) open at once.
@@ -343,15 +343,7 @@ enum Admission {
 /// the version byte and variant of its body, and the rest only if it is a join of
 /// at most `max` bytes.
 async fn read_join<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> io::Result<Admission> {
-    let mut len = [0u8; 4];
-    r.read_exact(&mut len).await?;
-    let len = u32::from_le_bytes(len) as usize;
-    if len == 0 || len > MAX_FRAME {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("bad frame length {len}"),
-        ));
-    }
+    let len = super::read_frame_len(r).await?;
     if len > max {
         return Ok(Admission::Refused(format!(
             "frame of {len} bytes refused: without a client certificate only a join request of at most {max} bytes is accepted"
