@@ -11,4 +11,5 @@ cargo clippy --workspace --all-targets -- -D warnings
 # The chaos scenarios (network namespaces, root) serialize themselves with a lock and
 # need the `tandem` binary built first.
 cargo build -p tandem
-cargo test --workspace -- --test-threads=2
+# --no-fail-fast: one failing test binary must not hide the others' results.
+cargo test --workspace --no-fail-fast -- --test-threads=2

@@ -229,6 +229,16 @@ async fn mail_to_noc(c: &Client, port: u16) {
     set(c, "smtp.port", json!(port)).await;
     set(c, "smtp.security", json!("none")).await;
     set(c, "alarm.group_window_s", json!(0)).await;
+    route_to_noc(c).await;
+}
+
+/// Alarms routed by default to the list `noc` = noc@example.com.
+///
+/// The free space of the machine running the tests is not the test's to control: a
+/// CI machine whose disk is over 90 % full raises `storage.disk_space_low` on every
+/// node, one more mail than the test counts. Tests that count mails turn it off.
+async fn route_to_noc(c: &Client) {
+    set(c, "alarm.disabled", json!(["storage.disk_space_low"])).await;
     set(c, "alarm.recipients.noc", json!(["noc@example.com"])).await;
     set(c, "alarm.route.default", json!(["noc"])).await;
 }
@@ -513,8 +523,7 @@ async fn node_down_and_back(starttls: bool) {
         set(&c, "smtp.security", json!("none")).await;
     }
     set(&c, "alarm.group_window_s", json!(0)).await;
-    set(&c, "alarm.recipients.noc", json!(["noc@example.com"])).await;
-    set(&c, "alarm.route.default", json!(["noc"])).await;
+    route_to_noc(&c).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(smtp.mails().is_empty(), "{:#?}", smtp.mails());
 
@@ -563,8 +572,7 @@ async fn a_failover_is_mailed_once_by_the_new_master_grouped() {
     set(&c, "smtp.port", json!(smtp.port)).await;
     set(&c, "smtp.security", json!("none")).await;
     set(&c, "alarm.group_window_s", json!(5)).await;
-    set(&c, "alarm.recipients.noc", json!(["noc@example.com"])).await;
-    set(&c, "alarm.route.default", json!(["noc"])).await;
+    route_to_noc(&c).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let old = format!("node-{}", cluster.nodes[m].id);
     cluster.nodes[m].kill();
