@@ -2,7 +2,7 @@
 //!
 //! This file holds the clap definitions and the dispatch; each noun has its own file
 //! (`cluster.rs`: init, join, leave, switchover, maintenance, status; `config.rs`;
-//! `cdr.rs`; `alarm.rs`; `recording.rs`; `sip.rs`). Every command talks to a node
+//! `cdr.rs`; `alarm.rs`; `recording.rs`; `sip.rs`; `user.rs`: users, tokens, audit). Every command talks to a node
 //! through the typed client of `tandem-api` and renders the typed answer.
 
 mod alarm;
@@ -11,6 +11,7 @@ pub mod cluster;
 mod config;
 mod recording;
 mod sip;
+mod user;
 
 use std::path::PathBuf;
 
@@ -45,7 +46,8 @@ pub struct Common {
     /// API base URL, overriding the config (e.g. http://127.0.0.1:8080).
     #[arg(long, global = true, env = "TANDEM_API")]
     pub api: Option<String>,
-    /// Admin bearer token, overriding <data_dir>/admin.token.
+    /// Bearer token: a user token (`tandem user token`) or the bootstrap admin token;
+    /// default: <data_dir>/admin.token.
     #[arg(
         long = "admin-token",
         global = true,
@@ -163,6 +165,111 @@ pub enum Command {
     Alarm {
         #[command(subcommand)]
         action: AlarmCmd,
+    },
+    /// API users and their tokens, with roles admin, operator, reporting.
+    #[command(long_about = USER_HELP)]
+    User {
+        #[command(subcommand)]
+        action: UserCmd,
+    },
+    /// The audit log: who changed what, when, from where, with what outcome (admin).
+    /// Replicated: every node shows the same entries. See docs/security.md.
+    Audit {
+        #[command(flatten)]
+        common: Common,
+        /// Newest entries to show (1..=10000).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Only entries at or after this time (RFC 3339, e.g. 2026-01-31T00:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+    },
+}
+
+const USER_HELP: &str = "API users and their tokens. Roles (each includes the one before):\n\n\
+  reporting  read CDRs (query, CSV export), list and download recordings, cluster status\n\
+  operator   also switchover, maintenance, alarm settings and test mail, SIP users,\n\
+             recording upload/verify, CDR writes\n\
+  admin      everything: users and tokens, the audit log, every config key, join token,\n\
+             leave\n\n\
+A token is shown once, when it is issued (the node keeps only its SHA-256). People log in\n\
+with a password (POST /api/v1/login gives a session token). The bootstrap admin token in\n\
+<data_dir>/admin.token always works. Every change is in `tandem audit`. See docs/security.md.";
+
+/// How a command gets a user's password (none of the flags: no password).
+#[derive(Args, Debug, Clone)]
+#[group(multiple = false)]
+pub struct PasswordSource {
+    /// Ask for the password at the terminal (twice, not echoed).
+    #[arg(long)]
+    pub password_prompt: bool,
+    /// Read the password from the first line of stdin (scripts).
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCmd {
+    /// Add a user with a role; optionally a password (for login) and a first API token.
+    Add {
+        #[command(flatten)]
+        common: Common,
+        /// 1-32 of a-z 0-9 _ -, starting with a letter.
+        name: String,
+        /// admin, operator or reporting.
+        #[arg(long)]
+        role: tandem_api::Role,
+        #[command(flatten)]
+        password: PasswordSource,
+        /// Also issue an API token (printed once).
+        #[arg(long)]
+        token: bool,
+        /// Days until that token expires (implies --token; default: until revoked).
+        #[arg(long, value_name = "DAYS")]
+        expires: Option<u32>,
+    },
+    /// Change a user's role and/or password.
+    Set {
+        #[command(flatten)]
+        common: Common,
+        name: String,
+        #[arg(long)]
+        role: Option<tandem_api::Role>,
+        #[command(flatten)]
+        password: PasswordSource,
+    },
+    /// Remove a user; all its tokens and sessions stop working.
+    Remove {
+        #[command(flatten)]
+        common: Common,
+        name: String,
+    },
+    /// List users, their roles and tokens (ids, expiry; never the secrets).
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Issue a new API token for a user (printed once).
+    Token {
+        #[command(flatten)]
+        common: Common,
+        name: String,
+        /// Days until it expires (default: until revoked).
+        #[arg(long, value_name = "DAYS")]
+        expires: Option<u32>,
+    },
+    /// Revoke one token (id from `tandem user list`).
+    Revoke {
+        #[command(flatten)]
+        common: Common,
+        name: String,
+        /// Token id (16 hex digits).
+        id: String,
+    },
+    /// Who the token in use belongs to, and its role.
+    Whoami {
+        #[command(flatten)]
+        common: Common,
     },
 }
 
@@ -511,5 +618,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Recording { action } => recording::run(action).await,
         Command::Sip { action } => sip::run(action).await,
         Command::Cdr { action } => cdr::run(action).await,
+        Command::User { action } => user::run(action).await,
+        Command::Audit {
+            common,
+            limit,
+            since,
+        } => user::audit(&common, limit, since).await,
     }
 }

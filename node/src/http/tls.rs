@@ -113,3 +113,15 @@ impl axum::serve::Listener for TlsListener {
         Ok(self.local)
     }
 }
+
+/// The client address of an HTTPS connection, for `ConnectInfo` (the audit log).
+#[derive(Debug, Clone, Copy)]
+pub struct TlsClientAddr(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
+    for TlsClientAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> TlsClientAddr {
+        TlsClientAddr(*stream.remote_addr())
+    }
+}

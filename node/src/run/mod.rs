@@ -98,15 +98,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     match api_tls {
         Some(tls) => {
             let listener = crate::http::tls::TlsListener::new(listener, tls)?;
+            // The client address goes to the audit log.
+            let app = app.into_make_service_with_connect_info::<crate::http::tls::TlsClientAddr>();
             axum::serve(listener, app)
                 .with_graceful_shutdown(tasks.cancel.clone().cancelled_owned())
                 .await
                 .context("HTTPS API server")?;
         }
-        None => axum::serve(listener, app)
-            .with_graceful_shutdown(tasks.cancel.clone().cancelled_owned())
-            .await
-            .context("HTTP API server")?,
+        None => axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(tasks.cancel.clone().cancelled_owned())
+        .await
+        .context("HTTP API server")?,
     }
     tracing::info!("shutting down");
     tasks.cancel.cancel();
