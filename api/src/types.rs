@@ -516,9 +516,9 @@ pub struct UserUpdate {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenCreate {
-    /// Days until the token stops working (none: until revoked).
+    /// Seconds until the token stops working (none: until revoked).
     #[serde(default)]
-    pub expires_days: Option<u32>,
+    pub expires_s: Option<u64>,
 }
 
 /// A token as listed (never its secret).

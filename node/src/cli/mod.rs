@@ -222,11 +222,12 @@ pub enum UserCmd {
         #[command(flatten)]
         password: PasswordSource,
         /// Also issue an API token (printed once).
-        #[arg(long)]
-        token: bool,
-        /// Days until that token expires (implies --token; default: until revoked).
+        #[arg(long = "token")]
+        issue_token: bool,
+        /// When that token expires (implies --token): days (30), or 90s, 30m, 12h, 7d;
+        /// default: until revoked.
         #[arg(long, value_name = "DAYS")]
-        expires: Option<u32>,
+        expires: Option<String>,
     },
     /// Change a user's role and/or password.
     Set {
@@ -254,9 +255,9 @@ pub enum UserCmd {
         #[command(flatten)]
         common: Common,
         name: String,
-        /// Days until it expires (default: until revoked).
+        /// When it expires: days (30), or 90s, 30m, 12h, 7d; default: until revoked.
         #[arg(long, value_name = "DAYS")]
-        expires: Option<u32>,
+        expires: Option<String>,
     },
     /// Revoke one token (id from `tandem user list`).
     Revoke {
@@ -565,6 +566,25 @@ pub fn load_config(common: &Common) -> anyhow::Result<Config> {
     }
 }
 
+/// Parse a duration flag: a number and a unit (s, m, h, d) into seconds; a bare
+/// number counts in `bare_unit_s`.
+fn parse_duration(flag: &str, s: &str, bare_unit_s: u64) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| {
+        anyhow::anyhow!("{flag} {s:?}: write a number and a unit, like 30m, 2h or 1d")
+    })?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "" => bare_unit_s,
+        other => anyhow::bail!("{flag} {s:?}: unknown unit {other:?} (use s, m, h or d)"),
+    };
+    Ok(n * mult)
+}
+
 /// Print `value` as JSON with `--json`, else as the text `text` renders.
 fn print<T: serde::Serialize>(common: &Common, value: &T, text: impl FnOnce(&T) -> String) {
     if common.json {
@@ -624,5 +644,31 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             limit,
             since,
         } => user::audit(&common, limit, since).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        // clap's own checks: unique argument names, valid groups, …
+        super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_take_a_unit_or_the_flag_default() {
+        assert_eq!(
+            super::parse_duration("--expires", "30", 86_400).unwrap(),
+            30 * 86_400
+        );
+        assert_eq!(super::parse_duration("--for", "30", 60).unwrap(), 1800);
+        assert_eq!(
+            super::parse_duration("--expires", "12h", 86_400).unwrap(),
+            43_200
+        );
+        let e = super::parse_duration("--expires", "3w", 86_400).unwrap_err();
+        assert!(e.to_string().contains("--expires"), "{e}");
     }
 }

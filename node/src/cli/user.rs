@@ -14,7 +14,7 @@ pub async fn run(action: UserCmd) -> anyhow::Result<()> {
             name,
             role,
             password,
-            token,
+            issue_token,
             expires,
         } => {
             let (_, c) = connect(&common)?;
@@ -22,8 +22,8 @@ pub async fn run(action: UserCmd) -> anyhow::Result<()> {
                 password: read_password(&password, &name)?,
                 name,
                 role,
-                token: (token || expires.is_some()).then_some(TokenCreate {
-                    expires_days: expires,
+                token: (issue_token || expires.is_some()).then_some(TokenCreate {
+                    expires_s: expires_s(expires.as_deref())?,
                 }),
             };
             let v = c.user_create(&req).await?;
@@ -91,7 +91,7 @@ pub async fn run(action: UserCmd) -> anyhow::Result<()> {
                 .token_create(
                     &name,
                     &TokenCreate {
-                        expires_days: expires,
+                        expires_s: expires_s(expires.as_deref())?,
                     },
                 )
                 .await?;
@@ -121,6 +121,12 @@ pub async fn run(action: UserCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--expires`: a bare number is days; or 90s, 30m, 12h, 7d.
+fn expires_s(v: Option<&str>) -> anyhow::Result<Option<u64>> {
+    v.map(|v| super::parse_duration("--expires", v, 86_400))
+        .transpose()
 }
 
 /// `tandem audit`.

@@ -177,7 +177,7 @@ pub(crate) async fn user_create(
 ) -> Result<Response, ApiError> {
     let req: api::UserCreate = body(
         &bytes,
-        r#"{"name": "...", "role": "admin|operator|reporting", "password": "..." (optional), "token": {"expires_days": N} (optional)}"#,
+        r#"{"name": "...", "role": "admin|operator|reporting", "password": "..." (optional), "token": {"expires_s": N} (optional)}"#,
     )?;
     let name = req.name;
     u::check_name(&name).map_err(ApiError::bad)?;
@@ -191,7 +191,7 @@ pub(crate) async fn user_create(
     }
     let now = Utc::now().timestamp();
     let expires = match &req.token {
-        Some(t) => u::expiry(now, t.expires_days).map_err(ApiError::bad)?,
+        Some(t) => u::expiry(now, t.expires_s).map_err(ApiError::bad)?,
         None => None,
     };
     let password = password_hash(&name, req.password).await?;
@@ -268,10 +268,10 @@ pub(crate) async fn token_create(
     let req: api::TokenCreate = if bytes.iter().all(u8::is_ascii_whitespace) {
         api::TokenCreate::default()
     } else {
-        body(&bytes, r#"{"expires_days": N} (or empty: no expiry)"#)?
+        body(&bytes, r#"{"expires_s": N} (or empty: no expiry)"#)?
     };
     let now = Utc::now().timestamp();
-    let expires = u::expiry(now, req.expires_days).map_err(ApiError::bad)?;
+    let expires = u::expiry(now, req.expires_s).map_err(ApiError::bad)?;
     let t = issue(&st, &name, TokenKind::Api, expires, &caller.name, now).await?;
     Ok((StatusCode::CREATED, Json(t)).into_response())
 }

@@ -32,8 +32,8 @@ const TOKEN_SCHEME: &str = "tandem";
 pub const MIN_PASSWORD: usize = 12;
 /// Lifetime of a session from `POST /api/v1/login`.
 pub const SESSION_SECS: i64 = 12 * 3600;
-/// Longest token expiry accepted, in days.
-pub const MAX_EXPIRY_DAYS: u32 = 3650;
+/// Longest token lifetime accepted: ten years, in seconds.
+pub const MAX_EXPIRY_S: u64 = 3650 * 86_400;
 /// Version of the stored user and token records.
 const RECORD_VERSION: u32 = 1;
 
@@ -226,14 +226,14 @@ pub fn check_token_id(id: &str) -> Result<(), String> {
     }
 }
 
-/// Unix second at which a token of `days` expires (none: never); checks the bound.
-pub fn expiry(now: i64, days: Option<u32>) -> Result<Option<i64>, String> {
-    match days {
+/// Unix second at which a token living `secs` expires (none: never); checks the bound.
+pub fn expiry(now: i64, secs: Option<u64>) -> Result<Option<i64>, String> {
+    match secs {
         None => Ok(None),
-        Some(d) if d == 0 || d > MAX_EXPIRY_DAYS => Err(format!(
-            "expires_days {d}: use 1..={MAX_EXPIRY_DAYS} days, or none for a token that lasts until revoked"
+        Some(s) if s == 0 || s > MAX_EXPIRY_S => Err(format!(
+            "expires_s {s}: use 1..={MAX_EXPIRY_S} seconds (ten years), or none for a token that lasts until revoked"
         )),
-        Some(d) => Ok(Some(now + i64::from(d) * 86_400)),
+        Some(s) => Ok(Some(now + s as i64)),
     }
 }
 
@@ -292,7 +292,7 @@ mod tests {
             .unwrap_err()
             .contains("at least 12"));
         assert!(check_password("a", "long enough pw").is_ok());
-        assert_eq!(expiry(100, Some(1)), Ok(Some(100 + 86_400)));
+        assert_eq!(expiry(100, Some(86_400)), Ok(Some(100 + 86_400)));
         assert!(expiry(100, Some(0)).is_err());
         assert_eq!(expiry(100, None), Ok(None));
     }

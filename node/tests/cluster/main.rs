@@ -11,6 +11,7 @@ mod membership;
 mod recordings;
 mod roles;
 mod sip;
+mod users;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
