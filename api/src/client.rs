@@ -318,12 +318,9 @@ impl Client {
 
     /// `DELETE /api/v1/config/{key}`.
     pub async fn config_delete(&self, key: &str) -> Result<ConfigDeleted> {
-        let what = format!("DELETE /api/v1/config/{key}");
         let path = format!("/api/v1/config/{}", urlencode(key));
-        let a = self
-            .send(&what, self.req(reqwest::Method::DELETE, &path))
-            .await?;
-        Ok(Self::decode(&what, a)?.1)
+        self.delete(&format!("DELETE /api/v1/config/{key}"), &path)
+            .await
     }
 
     // ---- CDRs ----
@@ -487,12 +484,9 @@ impl Client {
 
     /// `DELETE /api/v1/sip/users/{ext}`.
     pub async fn sip_user_delete(&self, ext: &str) -> Result<SipUserRemoved> {
-        let what = format!("DELETE /api/v1/sip/users/{ext}");
         let path = format!("/api/v1/sip/users/{}", urlencode(ext));
-        let a = self
-            .send(&what, self.req(reqwest::Method::DELETE, &path))
-            .await?;
-        Ok(Self::decode(&what, a)?.1)
+        self.delete(&format!("DELETE /api/v1/sip/users/{ext}"), &path)
+            .await
     }
 
     /// `GET /api/v1/sip/status`.

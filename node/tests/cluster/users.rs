@@ -340,7 +340,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_tokens_and_audit_replicate_and_tokens_are_stored_hashed() {
-    let cluster = three_nodes("").await;
+    let mut cluster = three_nodes("").await;
     let m = cluster.master().await.expect("master");
     let s = (m + 1) % 3;
     let master = cluster.nodes[m].client().unwrap();
@@ -534,4 +534,23 @@ async fn users_tokens_and_audit_replicate_and_tokens_are_stored_hashed() {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+    // A change that cannot be audited is not made: with the master and the other
+    // standby gone, the survivor refuses (503) before the handler runs.
+    for i in [m, (m + 2) % 3] {
+        cluster.nodes[i].kill();
+    }
+    let e = standby
+        .config_set("zz.unaudited", &serde_json::json!(1))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(503), "{e}");
+    assert!(e.to_string().contains("audit log cannot be written"), "{e}");
+    assert_eq!(
+        standby
+            .config_get("zz.unaudited")
+            .await
+            .unwrap_err()
+            .status(),
+        Some(404)
+    );
 }
