@@ -186,15 +186,17 @@ pub enum Command {
     },
 }
 
-const USER_HELP: &str = "API users and their tokens. Roles (each includes the one before):\n\n\
-  reporting  read CDRs (query, CSV export), list and download recordings, cluster status\n\
-  operator   also switchover, maintenance, alarm settings and test mail, SIP users,\n\
-             recording upload/verify, CDR writes\n\
-  admin      everything: users and tokens, the audit log, every config key, join token,\n\
-             leave\n\n\
-A token is shown once, when it is issued (the node keeps only its SHA-256). People log in\n\
-with a password (POST /api/v1/login gives a session token). The bootstrap admin token in\n\
-<data_dir>/admin.token always works. Every change is in `tandem audit`. See docs/security.md.";
+const USER_HELP: &str = concat!(
+    "API users and their tokens. Roles (each includes the one before):\n\n",
+    "  reporting  read CDRs (query, CSV export), list and download recordings, cluster status\n",
+    "  operator   also switchover, maintenance, alarm settings and test mail, SIP users,\n",
+    "             recording upload/verify, CDR writes\n",
+    "  admin      everything: users and tokens, the audit log, every config key, join token,\n",
+    "             leave\n\n",
+    "A token is shown once, when it is issued (the node keeps only its SHA-256). People log in\n",
+    "with a password (POST /api/v1/login gives a session token). The bootstrap admin token in\n",
+    "<data_dir>/admin.token always works. Every change is in `tandem audit`. See docs/security.md."
+);
 
 /// How a command gets a user's password (none of the flags: no password).
 #[derive(Args, Debug, Clone)]

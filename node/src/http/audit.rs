@@ -14,7 +14,8 @@
 //! A mutating request that cannot be audited is refused (503, nothing changed): the
 //! first write happens before the handler runs. If the second write (the outcome)
 //! fails, the answer is still sent (the change is done) and the entry keeps
-//! `status: null`; a warning is logged. The log keeps the newest [`MAX_ENTRIES`].
+//! `status: null`; a warning is logged. The log keeps the newest
+//! `retention.audit_entries` (default 10,000).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -33,17 +34,16 @@ use tandem_replication::types::Request as RaftRequest;
 use crate::http::error::ApiError;
 use crate::http::params::{no_unknown, parse_time};
 use crate::http::state::{AppState, St};
+use crate::settings::retention;
 use crate::settings::users::{audit_key, audit_micros, AUDIT_PREFIX};
 
-/// Entries kept; older ones are removed as new ones are written.
-pub const MAX_ENTRIES: usize = 10_000;
 /// The log is trimmed after every this many entries written by a node.
 const PRUNE_EVERY: u64 = 64;
 /// Most entries removed by one trim.
 const PRUNE_MAX: usize = 512;
 /// Default and largest `limit` of `GET /api/v1/audit`.
 const DEFAULT_LIMIT: usize = 100;
-const MAX_LIMIT: usize = MAX_ENTRIES;
+const MAX_LIMIT: usize = 10_000;
 /// Version of the stored entry.
 const VERSION: u32 = 1;
 
@@ -86,12 +86,16 @@ impl Audited {
 
 async fn put(st: &AppState, key: &str, entry: api::AuditEntry) -> Result<(), ApiError> {
     let value = serde_json::to_string(&StoredEntry { v: VERSION, entry }).expect("audit json");
-    st.replica
+    let r = st
+        .replica
         .write(RaftRequest::SetConfig {
             key: key.to_string(),
             value,
         })
-        .await?;
+        .await;
+    let result = if r.is_ok() { "ok" } else { "failed" };
+    st.metrics.audit_writes.with_label_values(&[result]).inc();
+    r?;
     Ok(())
 }
 
@@ -154,7 +158,7 @@ fn excess(keys: &[String], max: usize) -> &[String] {
     &keys[..n]
 }
 
-/// Every `PRUNE_EVERY` entries: remove the oldest beyond [`MAX_ENTRIES`].
+/// Every `PRUNE_EVERY` entries: remove the oldest beyond `retention.audit_entries`.
 async fn trim(st: &AppState) {
     if !WRITTEN
         .fetch_add(1, Ordering::Relaxed)
@@ -162,14 +166,22 @@ async fn trim(st: &AppState) {
     {
         return;
     }
-    let keys: Vec<String> = match query::config_list(&st.replica.tree(), AUDIT_PREFIX) {
+    let tree = st.replica.tree();
+    // A bad stored value (validate refuses them) falls back to the default.
+    let max = query::config_get(&tree, retention::AUDIT_ENTRIES)
+        .ok()
+        .flatten()
+        .and_then(|e| serde_json::from_str(&e.value).ok())
+        .and_then(|v| retention::audit_entries(retention::AUDIT_ENTRIES, &v).ok())
+        .unwrap_or(retention::DEFAULT_AUDIT_ENTRIES);
+    let keys: Vec<String> = match query::config_list(&tree, AUDIT_PREFIX) {
         Ok(entries) => entries.into_iter().map(|e| e.key).collect(),
         Err(e) => {
             tracing::warn!(error = %e, "audit trim: cannot list the log");
             return;
         }
     };
-    for key in excess(&keys, MAX_ENTRIES) {
+    for key in excess(&keys, max) {
         if let Err(e) = st
             .replica
             .write(RaftRequest::DeleteConfig { key: key.clone() })

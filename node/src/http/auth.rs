@@ -192,6 +192,7 @@ pub(crate) async fn authorize(
                 error = e.message(),
                 "API request refused: not authenticated"
             );
+            st.metrics.api_refused.with_label_values(&["401"]).inc();
             return e.into_response();
         }
     };
@@ -236,6 +237,8 @@ pub(crate) async fn authorize(
                     caller.name
                 ),
             );
+            tracing::info!(who = %caller.name, role = %caller.role, route = %a.route, target = %a.target, needed = %role, "API request refused: role too low");
+            st.metrics.api_refused.with_label_values(&["403"]).inc();
             if audited {
                 if let Err(err) = audit::record(&st, a, StatusCode::FORBIDDEN).await {
                     tracing::warn!(error = err.message(), "refused request not audited");

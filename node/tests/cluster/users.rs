@@ -220,6 +220,12 @@ async fn every_route_answers_each_caller_as_the_route_table_says() {
         seen.contains_key(&401) && seen.contains_key(&403),
         "{seen:?}"
     );
+    let metrics = call(&admin, &None, "GET", "/metrics", None).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    for status in ["401", "403"] {
+        let line = format!("tandem_api_refused_total{{status=\"{status}\"}}");
+        assert!(text.contains(&line), "{line} missing: {text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -315,6 +321,44 @@ async fn roles_allow_their_work_and_reserved_keys_have_no_back_door() {
     // otto is still an operator.
     let me: WhoAmI = otto.whoami().await.unwrap();
     assert_eq!((me.user.as_str(), me.role), ("otto", Role::Operator));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_keeps_the_newest_entries() {
+    let mut cluster = LocalCluster::prepare(exe(), 1, &["127.0.0.1"], "").unwrap();
+    cluster.bootstrap().await.unwrap();
+    let admin = cluster.nodes[0].client().unwrap();
+    admin
+        .config_set("retention.audit_entries", &serde_json::json!(100))
+        .await
+        .unwrap();
+    // Trimmed every 64 audited requests: 200 requests trim at least twice.
+    for i in 0..200 {
+        admin
+            .config_set(&format!("zz.n{i}"), &serde_json::json!(i))
+            .await
+            .unwrap();
+    }
+    let log = admin.audit(Some(10_000), None).await.unwrap();
+    let n = log.entries.len();
+    assert!((100..=100 + 64).contains(&n), "{n} entries kept");
+    let targets: Vec<&str> = log.entries.iter().map(|e| e.target.as_str()).collect();
+    assert!(
+        !targets.contains(&"key=zz.n0"),
+        "the oldest entry was kept: {targets:?}"
+    );
+    assert_eq!(targets.last(), Some(&"key=zz.n199"), "the newest is last");
+    let metrics = cluster.nodes[0]
+        .anonymous()
+        .unwrap()
+        .raw(reqwest::Method::GET, "/metrics", None)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.contains("tandem_audit_writes_total{result=\"ok\"}"),
+        "{text}"
+    );
 }
 
 /// Every file under `dir` (recursively) as bytes.
