@@ -99,8 +99,8 @@ async fn put(st: &AppState, key: &str, entry: api::AuditEntry) -> Result<(), Api
     Ok(())
 }
 
-/// The client address of a request (`ip:port`), as the server saw it.
-pub fn client_addr(ext: &axum::http::Extensions) -> String {
+/// The client address of a request, as the server saw it (HTTP or HTTPS).
+pub fn client_socket(ext: &axum::http::Extensions) -> Option<std::net::SocketAddr> {
     use axum::extract::ConnectInfo;
     ext.get::<ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0)
@@ -108,7 +108,11 @@ pub fn client_addr(ext: &axum::http::Extensions) -> String {
             ext.get::<ConnectInfo<crate::http::tls::TlsClientAddr>>()
                 .map(|c| c.0 .0)
         })
-        .map_or_else(|| "unknown".into(), |a| a.to_string())
+}
+
+/// The client address of a request as the audit log shows it (`ip:port`).
+pub fn client_addr(ext: &axum::http::Extensions) -> String {
+    client_socket(ext).map_or_else(|| "unknown".into(), |a| a.to_string())
 }
 
 /// Record `a`, run `handler`, record its status. Refuses with 503 (without running

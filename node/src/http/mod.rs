@@ -29,6 +29,7 @@ pub mod recordings;
 pub mod scrape;
 pub mod sip;
 pub mod state;
+pub mod throttle;
 pub mod tls;
 pub mod users;
 

@@ -17,10 +17,13 @@ use tandem_api as api;
 use tandem_replication::store::query;
 use tandem_replication::types::{Request as RaftRequest, Response as RaftResponse};
 
+use std::time::Instant;
+
 use crate::http::audit::{self, Audited};
 use crate::http::auth::Caller;
 use crate::http::error::ApiError;
 use crate::http::state::{AppState, St};
+use crate::http::throttle;
 use crate::settings::users::{self as u, StoredToken, StoredUser, TokenKind};
 
 /// Largest login body (user + password).
@@ -311,6 +314,26 @@ pub(crate) async fn whoami(Extension(caller): Extension<Caller>) -> Json<api::Wh
 /// clients without credentials must not be able to fill); a success is audited.
 pub(crate) async fn login(State(st): St, req: Request) -> Result<Response, ApiError> {
     let from = audit::client_addr(req.extensions());
+    let ip = audit::client_socket(req.extensions()).map(|a| a.ip());
+    if let Some(ip) = ip {
+        let verdict = st
+            .login_throttle
+            .lock()
+            .expect("throttle lock")
+            .check(ip, Instant::now());
+        if let Err(wait) = verdict {
+            tracing::warn!(%from, "API login refused: too many failures from this address");
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "too many failed logins from {ip} ({} within {} s); try again in {} s",
+                    throttle::MAX_FAILURES,
+                    throttle::WINDOW.as_secs(),
+                    wait.as_secs().max(1)
+                ),
+            ));
+        }
+    }
     let bytes = axum::body::to_bytes(req.into_body(), MAX_LOGIN_BODY)
         .await
         .map_err(|e| ApiError::bad(format!("login body: {e}")))?;
@@ -328,6 +351,14 @@ pub(crate) async fn login(State(st): St, req: Request) -> Result<Response, ApiEr
     })
     .await
     .unwrap_or(false);
+    if let Some(ip) = ip {
+        let mut throttle = st.login_throttle.lock().expect("throttle lock");
+        if ok {
+            throttle.succeeded(ip);
+        } else {
+            throttle.failed(ip, Instant::now());
+        }
+    }
     let Some(user) = user.filter(|_| ok) else {
         tracing::warn!(user = %login.user, %from, "API login failed");
         return Err(ApiError::new(

@@ -318,9 +318,43 @@ async fn roles_allow_their_work_and_reserved_keys_have_no_back_door() {
         .unwrap()
         .config
         .is_empty());
-    // otto is still an operator.
+    // otto is still an operator; made a reporting user, the same token loses the
+    // operator's rights at once.
     let me: WhoAmI = otto.whoami().await.unwrap();
     assert_eq!((me.user.as_str(), me.role), ("otto", Role::Operator));
+    let cfg = cluster.nodes[0].config.display().to_string();
+    let out = cluster
+        .tandem(&[
+            "user",
+            "set",
+            "otto",
+            "--role",
+            "reporting",
+            "--config",
+            &cfg,
+        ])
+        .await
+        .unwrap();
+    assert!(out.contains("now has role reporting"), "{out}");
+    let e = otto
+        .config_set("maintenance.1", &serde_json::json!(true))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(403), "{e}");
+    assert!(e.to_string().contains("`otto` has role reporting"), "{e}");
+    // Guessing passwords: after 5 failures from one address, 429 for a minute.
+    let anon = admin.with_token(None);
+    for _ in 0..5 {
+        let e = anon.login("otto", "a wrong password").await.unwrap_err();
+        assert_eq!(e.status(), Some(401), "{e}");
+    }
+    let e = anon.login("otto", "a wrong password").await.unwrap_err();
+    assert_eq!(e.status(), Some(429), "{e}");
+    assert!(
+        e.to_string()
+            .contains("too many failed logins from 127.0.0.1"),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -528,6 +562,31 @@ async fn users_tokens_and_audit_replicate_and_tokens_are_stored_hashed() {
         .unwrap();
     let log: AuditLog = serde_json::from_str(&out).unwrap();
     assert!(!log.entries.is_empty() && log.entries.len() <= 5, "{log:?}");
+    // A second token for rita, expiring in 12 hours, printed once by the CLI.
+    let out = cluster
+        .tandem(&[
+            "user",
+            "token",
+            "rita",
+            "--expires",
+            "12h",
+            "--json",
+            "--config",
+            &cfg,
+        ])
+        .await
+        .unwrap();
+    let second: IssuedToken = serde_json::from_str(&out).unwrap();
+    let left = second.expires.expect("expiry") - chrono::Utc::now();
+    assert!(
+        left > chrono::Duration::hours(11) && left <= chrono::Duration::hours(12),
+        "{left}"
+    );
+    let a = wait_status(&standby, &second.token, "/api/v1/whoami", 200).await;
+    assert_eq!(
+        a.json::<WhoAmI>().unwrap().token_id,
+        Some(second.id.clone())
+    );
     // Revoking the token and removing the user stop them on the standby too.
     let rita_id = users.users[0].tokens[0].id.clone();
     let out = cluster
