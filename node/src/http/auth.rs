@@ -210,10 +210,13 @@ pub(crate) async fn authorize(
     let audited = match spec.audit {
         Audit::No => false,
         Audit::Yes => true,
-        Audit::Export => req
-            .uri()
-            .query()
-            .is_some_and(|q| q.split('&').any(|kv| kv == "format=csv")),
+        // Decoded as the handler decodes it (`format=%63sv` is an export too).
+        Audit::Export => {
+            axum::extract::Query::<std::collections::HashMap<String, String>>::try_from_uri(
+                req.uri(),
+            )
+            .is_ok_and(|q| q.get("format").map(String::as_str) == Some("csv"))
+        }
     };
     let a = Audited {
         who: caller.name.clone(),

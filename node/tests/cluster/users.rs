@@ -236,9 +236,8 @@ async fn roles_allow_their_work_and_reserved_keys_have_no_back_door() {
     let otto = admin.with_token(Some(
         add_user(&admin, "otto", Role::Operator, None).await.token,
     ));
-    let rita = admin.with_token(Some(
-        add_user(&admin, "rita", Role::Reporting, None).await.token,
-    ));
+    let rita_token = Some(add_user(&admin, "rita", Role::Reporting, None).await.token);
+    let rita = admin.with_token(rita_token.clone());
     // Reporting: CDR query and export, recording list and download.
     let cdrs: Vec<Cdr> = (0..5).map(cdr).collect();
     admin.cdrs_add(&cdrs).await.unwrap();
@@ -252,6 +251,32 @@ async fn roles_allow_their_work_and_reserved_keys_have_no_back_door() {
         String::from_utf8(csv_out).unwrap().lines().count(),
         6,
         "header + 5 rows"
+    );
+    // Exports are audited, however the query spells the format; JSON pages are not.
+    let a = call(
+        &rita,
+        &rita_token,
+        "GET",
+        "/api/v1/cdrs?format=%63sv&caller=1001",
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.error());
+    let exports = |log: &AuditLog| {
+        log.entries
+            .iter()
+            .filter(|e| e.who == "rita" && e.route == "GET /api/v1/cdrs")
+            .map(|e| (e.target.clone(), e.status))
+            .collect::<Vec<_>>()
+    };
+    let log = admin.audit(None, None).await.unwrap();
+    assert_eq!(
+        exports(&log),
+        [
+            ("format=csv".to_string(), Some(200)),
+            ("format=%63sv&caller=1001".to_string(), Some(200))
+        ],
+        "{log:?}"
     );
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("r.wav");
