@@ -561,6 +561,18 @@ impl Client {
             .1)
     }
 
+    /// `POST /api/v1/logout`: end the session whose token this client carries.
+    pub async fn logout(&self) -> Result<TokenRevoked> {
+        Ok(self
+            .send_json(
+                reqwest::Method::POST,
+                "/api/v1/logout",
+                &serde_json::json!({}),
+            )
+            .await?
+            .1)
+    }
+
     /// `GET /api/v1/whoami`.
     pub async fn whoami(&self) -> Result<WhoAmI> {
         self.get("/api/v1/whoami").await

@@ -576,7 +576,7 @@ pub struct UserRemoved {
     pub tokens_revoked: usize,
 }
 
-/// `DELETE /api/v1/users/{name}/tokens/{id}`.
+/// `DELETE /api/v1/users/{name}/tokens/{id}`, `POST /api/v1/logout`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TokenRevoked {
     pub user: String,

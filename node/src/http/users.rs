@@ -299,6 +299,32 @@ pub(crate) async fn token_revoke(
     }))
 }
 
+/// `POST /api/v1/logout`: end the session whose token the request carries (API
+/// tokens are revoked by an admin instead).
+pub(crate) async fn logout(
+    State(st): St,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<api::TokenRevoked>, ApiError> {
+    let session = match &caller.token_id {
+        Some(id) => tokens(&st, &caller.name)?
+            .into_iter()
+            .find(|(_, tid, t)| tid == id && t.kind == TokenKind::Session),
+        None => None,
+    };
+    let Some((key, id, _)) = session else {
+        return Err(ApiError::bad(format!(
+            "the token of this request is not a login session; an API token is revoked with `tandem user revoke {} <id>`",
+            caller.name
+        )));
+    };
+    delete(&st, key).await?;
+    tracing::info!(user = %caller.name, session = %id, "API session ended");
+    Ok(Json(api::TokenRevoked {
+        user: caller.name,
+        revoked: id,
+    }))
+}
+
 /// `GET /api/v1/whoami`.
 pub(crate) async fn whoami(Extension(caller): Extension<Caller>) -> Json<api::WhoAmI> {
     Json(api::WhoAmI {

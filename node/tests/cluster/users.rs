@@ -581,6 +581,20 @@ async fn users_tokens_and_audit_replicate_and_tokens_are_stored_hashed() {
         })
         .await;
     }
+    // Logging out ends the session on every node; an API token is not a session.
+    let ended = third
+        .with_token(Some(session.token.clone()))
+        .logout()
+        .await
+        .unwrap();
+    assert_eq!(ended.revoked, session.id);
+    wait_status(&standby, &session.token, "/api/v1/whoami", 401).await;
+    let e = standby
+        .with_token(Some(token.clone()))
+        .logout()
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(400), "{e}");
     let out = cluster
         .tandem(&["audit", "--json", "--limit", "5", "--config", &cfg])
         .await
