@@ -332,12 +332,9 @@ impl Client {
 
     /// `DELETE /api/v1/config/{key}`.
     pub async fn config_delete(&self, key: &str) -> Result<ConfigDeleted> {
-        let what = format!("DELETE /api/v1/config/{key}");
         let path = format!("/api/v1/config/{}", urlencode(key));
-        let a = self
-            .send(&what, self.req(reqwest::Method::DELETE, &path))
-            .await?;
-        Ok(Self::decode(&what, a)?.1)
+        self.delete(&format!("DELETE /api/v1/config/{key}"), &path)
+            .await
     }
 
     // ---- CDRs ----
@@ -501,16 +498,114 @@ impl Client {
 
     /// `DELETE /api/v1/sip/users/{ext}`.
     pub async fn sip_user_delete(&self, ext: &str) -> Result<SipUserRemoved> {
-        let what = format!("DELETE /api/v1/sip/users/{ext}");
         let path = format!("/api/v1/sip/users/{}", urlencode(ext));
-        let a = self
-            .send(&what, self.req(reqwest::Method::DELETE, &path))
-            .await?;
-        Ok(Self::decode(&what, a)?.1)
+        self.delete(&format!("DELETE /api/v1/sip/users/{ext}"), &path)
+            .await
     }
 
     /// `GET /api/v1/sip/status`.
     pub async fn sip_status(&self) -> Result<SipStatusView> {
         self.get("/api/v1/sip/status").await
+    }
+
+    // ---- users, tokens, login, audit ----
+
+    /// `DELETE path`, decoded as `T`.
+    async fn delete<T: DeserializeOwned>(&self, what: &str, path: &str) -> Result<T> {
+        let a = self
+            .send(what, self.req(reqwest::Method::DELETE, path))
+            .await?;
+        Ok(Self::decode(what, a)?.1)
+    }
+
+    /// `GET /api/v1/users`.
+    pub async fn users(&self) -> Result<UserList> {
+        self.get("/api/v1/users").await
+    }
+
+    /// `GET /api/v1/users/{name}`.
+    pub async fn user(&self, name: &str) -> Result<UserInfo> {
+        self.get(&format!("/api/v1/users/{}", urlencode(name)))
+            .await
+    }
+
+    /// `POST /api/v1/users` (201; the token, if asked for, is shown only here).
+    pub async fn user_create(&self, user: &UserCreate) -> Result<UserCreated> {
+        Ok(self
+            .send_json(reqwest::Method::POST, "/api/v1/users", user)
+            .await?
+            .1)
+    }
+
+    /// `PUT /api/v1/users/{name}`: change role and/or password.
+    pub async fn user_update(&self, name: &str, change: &UserUpdate) -> Result<UserInfo> {
+        let path = format!("/api/v1/users/{}", urlencode(name));
+        Ok(self.send_json(reqwest::Method::PUT, &path, change).await?.1)
+    }
+
+    /// `DELETE /api/v1/users/{name}`.
+    pub async fn user_delete(&self, name: &str) -> Result<UserRemoved> {
+        let path = format!("/api/v1/users/{}", urlencode(name));
+        self.delete(&format!("DELETE /api/v1/users/{name}"), &path)
+            .await
+    }
+
+    /// `POST /api/v1/users/{name}/tokens`: a new token, shown once.
+    pub async fn token_create(&self, name: &str, req: &TokenCreate) -> Result<IssuedToken> {
+        let path = format!("/api/v1/users/{}/tokens", urlencode(name));
+        Ok(self.send_json(reqwest::Method::POST, &path, req).await?.1)
+    }
+
+    /// `DELETE /api/v1/users/{name}/tokens/{id}`.
+    pub async fn token_revoke(&self, name: &str, id: &str) -> Result<TokenRevoked> {
+        let path = format!("/api/v1/users/{}/tokens/{}", urlencode(name), urlencode(id));
+        self.delete(&format!("DELETE /api/v1/users/{name}/tokens/{id}"), &path)
+            .await
+    }
+
+    /// `POST /api/v1/login` (no token needed): a session token.
+    pub async fn login(&self, user: &str, password: &str) -> Result<LoginSession> {
+        let req = LoginRequest {
+            user: user.to_string(),
+            password: password.to_string(),
+        };
+        Ok(self
+            .send_json(reqwest::Method::POST, "/api/v1/login", &req)
+            .await?
+            .1)
+    }
+
+    /// `POST /api/v1/logout`: end the session whose token this client carries.
+    pub async fn logout(&self) -> Result<TokenRevoked> {
+        Ok(self
+            .send_json(
+                reqwest::Method::POST,
+                "/api/v1/logout",
+                &serde_json::json!({}),
+            )
+            .await?
+            .1)
+    }
+
+    /// `GET /api/v1/whoami`.
+    pub async fn whoami(&self) -> Result<WhoAmI> {
+        self.get("/api/v1/whoami").await
+    }
+
+    /// `GET /api/v1/audit?limit=&since=` (since: RFC 3339).
+    pub async fn audit(&self, limit: Option<usize>, since: Option<&str>) -> Result<AuditLog> {
+        let mut q = Vec::new();
+        if let Some(n) = limit {
+            q.push(format!("limit={n}"));
+        }
+        if let Some(s) = since {
+            q.push(format!("since={}", urlencode(s)));
+        }
+        let q = if q.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", q.join("&"))
+        };
+        self.get(&format!("/api/v1/audit{q}")).await
     }
 }

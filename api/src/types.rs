@@ -439,3 +439,202 @@ pub struct SipStatusView {
     /// None on a node that runs no telephony service (witness).
     pub service: Option<SipServiceState>,
 }
+
+// ---- users, tokens, login, audit (docs/security.md) ----
+
+/// What an API user may do. Ordered: each role can do everything the one before it
+/// can (`reporting` < `operator` < `admin`); the bootstrap admin token is `admin`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads CDRs (query and CSV export), lists and downloads recordings, reads the
+    /// cluster status.
+    Reporting,
+    /// Also: switchover, maintenance, alarm settings and test mail, SIP users,
+    /// recording upload and verification, CDR writes.
+    Operator,
+    /// Everything: users and tokens, the audit log, every config key, join token,
+    /// leaving the cluster.
+    Admin,
+}
+
+impl Role {
+    /// Every role, weakest first.
+    pub const ALL: [Role; 3] = [Role::Reporting, Role::Operator, Role::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Reporting => "reporting",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown role `{s}`: use admin, operator or reporting"))
+    }
+}
+
+/// `POST /api/v1/users` body: a new user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserCreate {
+    /// 1-32 of a-z 0-9 _ -, starting with a letter.
+    pub name: String,
+    pub role: Role,
+    /// Password for `POST /api/v1/login` (people); none for a machine user.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Also issue an API token (returned once in the answer).
+    #[serde(default)]
+    pub token: Option<TokenCreate>,
+}
+
+/// `PUT /api/v1/users/{name}` body: change a user's role and/or password.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserUpdate {
+    #[serde(default)]
+    pub role: Option<Role>,
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// `POST /api/v1/users/{name}/tokens` body.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCreate {
+    /// Seconds until the token stops working (none: until revoked).
+    #[serde(default)]
+    pub expires_s: Option<u64>,
+}
+
+/// A token as listed (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: String,
+    /// `api` (issued by an admin) or `session` (from `POST /api/v1/login`).
+    pub kind: String,
+    pub created: chrono::DateTime<chrono::Utc>,
+    pub expires: Option<chrono::DateTime<chrono::Utc>>,
+    /// Who issued it.
+    pub created_by: String,
+}
+
+/// One user (`GET /api/v1/users`, `GET /api/v1/users/{name}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    pub name: String,
+    pub role: Role,
+    /// Whether the user can log in with a password.
+    pub password: bool,
+    pub created: chrono::DateTime<chrono::Utc>,
+    pub created_by: String,
+    pub tokens: Vec<TokenInfo>,
+}
+
+/// `GET /api/v1/users`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserList {
+    pub users: Vec<UserInfo>,
+}
+
+/// A newly issued token: the only time its secret is shown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IssuedToken {
+    pub user: String,
+    pub id: String,
+    /// The bearer token (`Authorization: Bearer <token>`). Not stored by the node
+    /// (only its SHA-256): keep it now, it cannot be shown again.
+    pub token: String,
+    pub expires: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// `POST /api/v1/users` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserCreated {
+    pub user: UserInfo,
+    pub token: Option<IssuedToken>,
+}
+
+/// `DELETE /api/v1/users/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserRemoved {
+    pub removed: String,
+    pub tokens_revoked: usize,
+}
+
+/// `DELETE /api/v1/users/{name}/tokens/{id}`, `POST /api/v1/logout`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRevoked {
+    pub user: String,
+    pub revoked: String,
+}
+
+/// `POST /api/v1/login` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub user: String,
+    pub password: String,
+}
+
+/// `POST /api/v1/login` answer: a session token (a bearer token that expires).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginSession {
+    pub user: String,
+    pub role: Role,
+    pub token: String,
+    pub id: String,
+    pub expires: chrono::DateTime<chrono::Utc>,
+}
+
+/// `GET /api/v1/whoami`: who the presented token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoAmI {
+    /// The user name, or `bootstrap-admin` for `<data_dir>/admin.token`.
+    pub user: String,
+    pub role: Role,
+    /// Id of the token used (none for the bootstrap admin token).
+    pub token_id: Option<String>,
+}
+
+/// One audit log entry: who did what, when, from where, with what outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// When the node received the request.
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// User name, or `bootstrap-admin`.
+    pub who: String,
+    pub role: Role,
+    /// Client address as the node saw it (`ip:port`).
+    pub from: String,
+    /// Node that received the request.
+    pub node: u64,
+    pub method: String,
+    /// Route template, e.g. `PUT /api/v1/config/{key}`.
+    pub route: String,
+    /// Path parameters and query, e.g. `key=maintenance.2`.
+    pub target: String,
+    /// HTTP status answered; none while the request runs, or if the node stopped
+    /// before it could record the outcome.
+    pub status: Option<u16>,
+}
+
+/// `GET /api/v1/audit?limit=&since=`: oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditLog {
+    pub entries: Vec<AuditEntry>,
+}

@@ -104,23 +104,6 @@ fn history_text(v: &AlarmHistory) -> String {
     }
 }
 
-/// Parse "30m", "2h", "1d", "90s" into seconds.
-fn parse_duration(s: &str) -> anyhow::Result<u64> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| {
-        anyhow::anyhow!("--for {s:?}: write a number and a unit, like 30m, 2h or 1d")
-    })?;
-    let mult = match unit {
-        "s" => 1,
-        "m" | "" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        other => anyhow::bail!("--for {s:?}: unknown unit {other:?} (use s, m, h or d)"),
-    };
-    Ok(n * mult)
-}
-
 #[derive(serde::Serialize)]
 struct Changed {
     key: String,
@@ -172,7 +155,7 @@ async fn settings(action: AlarmCmd) -> anyhow::Result<()> {
             if alarm.is_none() && subject.is_none() {
                 anyhow::bail!("give --alarm ID, --subject NAME or both: a silence without either would mute everything (use `tandem config set alarm.maintenance true` for that)");
             }
-            let secs = parse_duration(&duration)?;
+            let secs = super::parse_duration("--for", &duration, 60)?;
             let until = chrono::Utc::now() + chrono::Duration::seconds(secs as i64);
             let until = until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
             let key = format!("alarm.silence.{name}");

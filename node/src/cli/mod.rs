@@ -2,7 +2,7 @@
 //!
 //! This file holds the clap definitions and the dispatch; each noun has its own file
 //! (`cluster.rs`: init, join, leave, switchover, maintenance, status; `config.rs`;
-//! `cdr.rs`; `alarm.rs`; `recording.rs`; `sip.rs`). Every command talks to a node
+//! `cdr.rs`; `alarm.rs`; `recording.rs`; `sip.rs`; `user.rs`: users, tokens, audit). Every command talks to a node
 //! through the typed client of `tandem-api` and renders the typed answer.
 
 mod alarm;
@@ -11,6 +11,7 @@ pub mod cluster;
 mod config;
 mod recording;
 mod sip;
+mod user;
 
 use std::path::PathBuf;
 
@@ -45,7 +46,8 @@ pub struct Common {
     /// API base URL, overriding the config (e.g. http://127.0.0.1:8080).
     #[arg(long, global = true, env = "TANDEM_API")]
     pub api: Option<String>,
-    /// Admin bearer token, overriding <data_dir>/admin.token.
+    /// Bearer token: a user token (`tandem user token`) or the bootstrap admin token;
+    /// default: <data_dir>/admin.token.
     #[arg(
         long = "admin-token",
         global = true,
@@ -167,6 +169,114 @@ pub enum Command {
     Alarm {
         #[command(subcommand)]
         action: AlarmCmd,
+    },
+    /// API users and their tokens, with roles admin, operator, reporting.
+    #[command(long_about = USER_HELP)]
+    User {
+        #[command(subcommand)]
+        action: UserCmd,
+    },
+    /// The audit log: who changed what, when, from where, with what outcome (admin).
+    /// Replicated: every node shows the same entries. See docs/security.md.
+    Audit {
+        #[command(flatten)]
+        common: Common,
+        /// Newest entries to show (1..=10000).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Only entries at or after this time (RFC 3339, e.g. 2026-01-31T00:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+    },
+}
+
+const USER_HELP: &str = concat!(
+    "API users and their tokens. Roles (each includes the one before):\n\n",
+    "  reporting  read CDRs (query, CSV export), list and download recordings, cluster status\n",
+    "  operator   also switchover, maintenance, alarm settings and test mail, SIP users,\n",
+    "             recording upload/verify, CDR writes\n",
+    "  admin      everything: users and tokens, the audit log, every config key, join token,\n",
+    "             leave\n\n",
+    "A token is shown once, when it is issued (the node keeps only its SHA-256). People log in\n",
+    "with a password (POST /api/v1/login gives a session token). The bootstrap admin token in\n",
+    "<data_dir>/admin.token always works. Every change is in `tandem audit`. See docs/security.md."
+);
+
+/// How a command gets a user's password (none of the flags: no password).
+#[derive(Args, Debug, Clone)]
+#[group(multiple = false)]
+pub struct PasswordSource {
+    /// Ask for the password at the terminal (twice, not echoed).
+    #[arg(long)]
+    pub password_prompt: bool,
+    /// Read the password from the first line of stdin (scripts).
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCmd {
+    /// Add a user with a role; optionally a password (for login) and a first API token.
+    Add {
+        #[command(flatten)]
+        common: Common,
+        /// 1-32 of a-z 0-9 _ -, starting with a letter.
+        name: String,
+        /// admin, operator or reporting.
+        #[arg(long)]
+        role: tandem_api::Role,
+        #[command(flatten)]
+        password: PasswordSource,
+        /// Also issue an API token (printed once).
+        #[arg(long = "token")]
+        issue_token: bool,
+        /// When that token expires (implies --token): days (30), or 90s, 30m, 12h, 7d;
+        /// default: until revoked.
+        #[arg(long, value_name = "DAYS")]
+        expires: Option<String>,
+    },
+    /// Change a user's role and/or password.
+    Set {
+        #[command(flatten)]
+        common: Common,
+        name: String,
+        #[arg(long)]
+        role: Option<tandem_api::Role>,
+        #[command(flatten)]
+        password: PasswordSource,
+    },
+    /// Remove a user; all its tokens and sessions stop working.
+    Remove {
+        #[command(flatten)]
+        common: Common,
+        name: String,
+    },
+    /// List users, their roles and tokens (ids, expiry; never the secrets).
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Issue a new API token for a user (printed once).
+    Token {
+        #[command(flatten)]
+        common: Common,
+        name: String,
+        /// When it expires: days (30), or 90s, 30m, 12h, 7d; default: until revoked.
+        #[arg(long, value_name = "DAYS")]
+        expires: Option<String>,
+    },
+    /// Revoke one token (id from `tandem user list`).
+    Revoke {
+        #[command(flatten)]
+        common: Common,
+        name: String,
+        /// Token id (16 hex digits).
+        id: String,
+    },
+    /// Who the token in use belongs to, and its role.
+    Whoami {
+        #[command(flatten)]
+        common: Common,
     },
 }
 
@@ -468,6 +578,25 @@ pub fn load_config(common: &Common) -> anyhow::Result<Config> {
     }
 }
 
+/// Parse a duration flag: a number and a unit (s, m, h, d) into seconds; a bare
+/// number counts in `bare_unit_s`.
+fn parse_duration(flag: &str, s: &str, bare_unit_s: u64) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| {
+        anyhow::anyhow!("{flag} {s:?}: write a number and a unit, like 30m, 2h or 1d")
+    })?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "" => bare_unit_s,
+        other => anyhow::bail!("{flag} {s:?}: unknown unit {other:?} (use s, m, h or d)"),
+    };
+    Ok(n * mult)
+}
+
 /// Print `value` as JSON with `--json`, else as the text `text` renders.
 fn print<T: serde::Serialize>(common: &Common, value: &T, text: impl FnOnce(&T) -> String) {
     if common.json {
@@ -530,5 +659,37 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Recording { action } => recording::run(action).await,
         Command::Sip { action } => sip::run(action).await,
         Command::Cdr { action } => cdr::run(action).await,
+        Command::User { action } => user::run(action).await,
+        Command::Audit {
+            common,
+            limit,
+            since,
+        } => user::audit(&common, limit, since).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        // clap's own checks: unique argument names, valid groups, …
+        super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_take_a_unit_or_the_flag_default() {
+        assert_eq!(
+            super::parse_duration("--expires", "30", 86_400).unwrap(),
+            30 * 86_400
+        );
+        assert_eq!(super::parse_duration("--for", "30", 60).unwrap(), 1800);
+        assert_eq!(
+            super::parse_duration("--expires", "12h", 86_400).unwrap(),
+            43_200
+        );
+        let e = super::parse_duration("--expires", "3w", 86_400).unwrap_err();
+        assert!(e.to_string().contains("--expires"), "{e}");
     }
 }

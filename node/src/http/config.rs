@@ -43,7 +43,12 @@ pub(crate) async fn config_list(
     let prefix = params.remove("prefix").unwrap_or_default();
     no_unknown(&params)?;
     let entries = query::config_list(&st.replica.tree(), &prefix)?;
-    let items: Vec<_> = entries.into_iter().map(shown_entry).collect();
+    // Users, token hashes and the audit log have their own endpoints.
+    let items: Vec<_> = entries
+        .into_iter()
+        .filter(|e| crate::settings::users::reserved(&e.key).is_none())
+        .map(shown_entry)
+        .collect();
     Ok((
         freshness_headers(&st.replica, lag),
         Json(api::ConfigList { config: items }),

@@ -42,6 +42,10 @@ pub struct Metrics {
     pub recordings_uploaded: IntCounter,
     /// Recording downloads served by this node.
     pub recordings_served: IntCounter,
+    /// API requests refused by the access check, by status (401, 403).
+    pub api_refused: IntCounterVec,
+    /// Audit log writes of this node, by result (ok, failed).
+    pub audit_writes: IntCounterVec,
     /// Blob channel figures, read from the replica at scrape time.
     blob: [IntGauge; 8],
 }
@@ -135,6 +139,21 @@ impl Metrics {
             "tandem_recordings_served_total",
             "Recording downloads served by this node",
         );
+        let labelled = |name: &str, help: &str, label: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("metric");
+            r.register(Box::new(c.clone())).expect("register");
+            c
+        };
+        let api_refused = labelled(
+            "tandem_api_refused_total",
+            "API requests refused by the access check (401 no valid token, 403 role too low)",
+            "status",
+        );
+        let audit_writes = labelled(
+            "tandem_audit_writes_total",
+            "Audit log writes of this node (failed: the audited request was refused or its outcome not recorded)",
+            "result",
+        );
         let blob = [
             gauge(
                 &r,
@@ -180,6 +199,8 @@ impl Metrics {
         Metrics {
             recordings_uploaded,
             recordings_served,
+            api_refused,
+            audit_writes,
             blob,
             vip_held: gauge(
                 &r,

@@ -19,6 +19,8 @@ pub struct AppState {
     pub alarms: Arc<tandem_alarms::service::AlarmService>,
     /// The telephony service, once started (data nodes).
     pub sip: std::sync::OnceLock<Arc<dyn TelephonyStatus>>,
+    /// Failed API logins per client address (`POST /api/v1/login`).
+    pub(crate) login_throttle: std::sync::Mutex<crate::http::throttle::LoginThrottle>,
 }
 
 impl AppState {
@@ -37,6 +39,7 @@ impl AppState {
             metrics: Metrics::new(),
             alarms,
             sip: std::sync::OnceLock::new(),
+            login_throttle: Default::default(),
         }
     }
 }

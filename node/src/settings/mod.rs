@@ -11,6 +11,7 @@
 //! | `replication.recording_bandwidth_kbps` | [`recording_cap`] | blob sync |
 //! | `sip.user.<ext>`, `sip.binding.*` | [`sip`] | the telephony backend |
 //! | `sip.ban.<address>` | [`bans`] | the SIP service and every node's firewall |
+//! | `user.*`, `audit.*` (reserved: refused here) | [`users`] | `http::auth`, `http::audit` |
 //!
 //! Keys outside these namespaces are free (an integrator's own keys).
 
@@ -18,6 +19,7 @@ pub mod alarm;
 pub mod bans;
 pub mod retention;
 pub mod sip;
+pub mod users;
 
 use std::collections::BTreeMap;
 
@@ -111,6 +113,9 @@ pub fn recording_cap(key: &str, value: &Value) -> Result<u64, SettingError> {
 /// Check `value` for `key` before it is proposed. `Ok` for keys outside the known
 /// namespaces.
 pub fn validate(key: &str, value: &Value, ctx: &Context) -> Result<(), SettingError> {
+    if let Some(fix) = users::reserved(key) {
+        return Err(SettingError::new(key, "reserved key", fix));
+    }
     if key.starts_with("smtp.") {
         return alarm::smtp_key(key, value);
     }

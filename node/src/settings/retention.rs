@@ -5,6 +5,7 @@
 //! | `retention.cdr_days` | days (a number, fractions allowed; 0 = keep forever) | keep forever |
 //! | `retention.recording_days` | days, as above | keep forever |
 //! | `retention.interval_s` | seconds between two checks (> 0) | 600 |
+//! | `retention.audit_entries` | audit log entries kept (100 ..= 1,000,000) | 10,000 |
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,6 +17,10 @@ use super::SettingError;
 pub const CDR_DAYS: &str = "retention.cdr_days";
 pub const RECORDING_DAYS: &str = "retention.recording_days";
 pub const INTERVAL_S: &str = "retention.interval_s";
+pub const AUDIT_ENTRIES: &str = "retention.audit_entries";
+/// Audit log entries kept when `retention.audit_entries` is not set.
+pub const DEFAULT_AUDIT_ENTRIES: usize = 10_000;
+const AUDIT_RANGE: std::ops::RangeInclusive<u64> = 100..=1_000_000;
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(600);
 
 /// The retention settings, parsed once.
@@ -64,15 +69,34 @@ fn interval(key: &str, v: &Value) -> Result<Duration, SettingError> {
         })
 }
 
+/// `retention.audit_entries`: how many audit log entries are kept.
+pub fn audit_entries(key: &str, v: &Value) -> Result<usize, SettingError> {
+    v.as_u64()
+        .filter(|n| AUDIT_RANGE.contains(n))
+        .map(|n| n as usize)
+        .ok_or_else(|| {
+            SettingError::new(
+                key,
+                format!(
+                    "{v} is not a whole number of entries in {}..={}",
+                    AUDIT_RANGE.start(),
+                    AUDIT_RANGE.end()
+                ),
+                format!("set e.g. {DEFAULT_AUDIT_ENTRIES} (the default)"),
+            )
+        })
+}
+
 /// Check one `retention.*` key.
 pub fn validate(key: &str, value: &Value) -> Result<(), SettingError> {
     match key {
         CDR_DAYS | RECORDING_DAYS => days(key, value).map(|_| ()),
         INTERVAL_S => interval(key, value).map(|_| ()),
+        AUDIT_ENTRIES => audit_entries(key, value).map(|_| ()),
         _ => Err(SettingError::new(
             key,
             "unknown retention setting",
-            format!("use {CDR_DAYS}, {RECORDING_DAYS} or {INTERVAL_S}"),
+            format!("use {CDR_DAYS}, {RECORDING_DAYS}, {INTERVAL_S} or {AUDIT_ENTRIES}"),
         )),
     }
 }

@@ -70,8 +70,19 @@ fn retention_takes_days_and_a_positive_interval() {
     refused("retention.cdr_days", json!("a year"));
     refused("retention.interval_s", json!(0));
     refused("retention.interval_s", json!(1.5));
+    assert!(validate("retention.audit_entries", &json!(100), &ctx()).is_ok());
+    refused("retention.audit_entries", json!(99));
+    refused("retention.audit_entries", json!("many"));
     let e = refused("retention.cdr_dayz", json!(3));
     assert!(e.fix.contains("retention.cdr_days"), "{e}");
+}
+
+#[test]
+fn users_and_the_audit_log_are_not_written_as_plain_settings() {
+    for key in ["user.alice", "user.alice/token/0011223344556677", "audit.1"] {
+        let e = refused(key, json!({"role": "admin"}));
+        assert!(e.problem.contains("reserved"), "{e}");
+    }
 }
 
 #[test]

@@ -54,6 +54,20 @@ async fn api_serves_https_with_the_configured_certificate() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The audit log names the client of an HTTPS request too.
+    let token = std::fs::read_to_string(cluster.nodes[0].dir.join("admin.token")).unwrap();
+    let admin = anon.with_token(Some(token.trim().to_string()));
+    admin
+        .config_set("zz.over_https", &serde_json::json!(true))
+        .await
+        .unwrap();
+    let log = admin.audit(None, None).await.unwrap();
+    let e = log
+        .entries
+        .iter()
+        .find(|e| e.target == "key=zz.over_https")
+        .expect("audited");
+    assert!(e.from.starts_with("127.0.0.1:"), "{e:?}");
     // Plain HTTP on the same port gets nothing useful.
     let plain = Client::new(format!("http://{}", cluster.nodes[0].api_addr), None).unwrap();
     assert!(plain.health().await.is_err());

@@ -14,6 +14,7 @@ mod membership;
 mod recordings;
 mod roles;
 mod sip;
+mod users;
 mod wrong_answers;
 
 use std::collections::HashSet;
