@@ -445,8 +445,15 @@ impl Engine {
         }
     }
 
-    /// Replace the tunables (config changed); state is kept.
+    /// Replace the tunables (config changed); state is kept, except that an
+    /// alarm now disabled is forgotten, and not mailed, even if it was raised
+    /// (or queued in a group) before it was disabled.
     pub fn set_config(&mut self, cfg: RulesConfig) {
+        self.states.retain(|key, _| !cfg.disabled.contains(&key.0));
+        self.pending.retain(|item| !cfg.disabled.contains(&item.alarm));
+        if self.pending.is_empty() {
+            self.group_started = None;
+        }
         self.cfg = cfg;
     }
 

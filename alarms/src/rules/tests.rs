@@ -442,6 +442,27 @@ fn rules_config_parses_and_names_the_bad_key() {
 }
 
 #[test]
+fn an_alarm_disabled_after_it_was_raised_is_never_mailed() {
+    let mut h = Harness::new();
+    // Raised while muted (held back), and raised into a pending group.
+    h.ev(raise(AlarmId::NodeDown, "node-b"));
+    h.ev(raise(AlarmId::DiskSpaceLow, "node-b"));
+    h.ev(raise(AlarmId::DiskSpaceLow, "node-a"));
+    let mut cfg = RulesConfig::default();
+    cfg.disabled.insert(AlarmId::DiskSpaceLow);
+    h.engine.set_config(cfg);
+    h.advance(10 * MIN);
+    h.ev(clear(AlarmId::NodeDown, "node-b"));
+    h.advance(10 * MIN);
+    let log = h.log();
+    assert!(
+        log.iter().all(|(a, _, _)| *a != AlarmId::DiskSpaceLow),
+        "{log:?}"
+    );
+    assert!(log.iter().any(|(a, _, _)| *a == AlarmId::NodeDown), "{log:?}");
+}
+
+#[test]
 fn a_zero_grouping_window_sends_immediately() {
     let mut h = Harness::with(RulesConfig {
         group_window_ms: 0,
