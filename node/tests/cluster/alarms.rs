@@ -241,6 +241,16 @@ async fn route_to_noc(c: &Client) {
     set(c, "alarm.disabled", json!(["storage.disk_space_low"])).await;
     set(c, "alarm.recipients.noc", json!(["noc@example.com"])).await;
     set(c, "alarm.route.default", json!(["noc"])).await;
+    // The alarm service applies settings on its next 1 s tick: wait until it has.
+    let t0 = Instant::now();
+    loop {
+        let st = c.alarms().await.unwrap();
+        if st.active.iter().all(|a| a.id != "storage.disk_space_low") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "not applied: {st:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn closed_port() -> u16 {
