@@ -122,10 +122,16 @@ impl Client {
     ) -> Result<Client> {
         let mut b = reqwest::Client::builder().timeout(Duration::from_secs(30));
         if let Some(pem) = root_pem {
-            b = b.add_root_certificate(
-                reqwest::Certificate::from_pem(pem)
-                    .map_err(|e| ClientError::Setup(format!("API certificate is not PEM: {e}")))?,
-            );
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| ClientError::Setup(format!("API certificate is not PEM: {e}")))?;
+            if certs.is_empty() {
+                return Err(ClientError::Setup(
+                    "API certificate file holds no PEM certificate".into(),
+                ));
+            }
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
         }
         Ok(Client {
             http: b

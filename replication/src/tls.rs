@@ -12,7 +12,11 @@
 //!   name [`PEER_SERVER_NAME`] that clients verify servers against, and
 //!   `node-<id>.tandem-peer`, from which the receiving side learns the Raft node
 //!   id of its peer ([`peer_node_id`]). Its extended key usage allows both server
-//!   and client authentication, since every node is both.
+//!   and client authentication, since every node is both. It also names the
+//!   node's **service names** ([`ServiceNames`]: `localhost`, the loopback
+//!   addresses, the node's peer and API addresses, its name, the cluster's VIP), so
+//!   that the node can serve its HTTPS API with it and clients that trust the
+//!   cluster CA can verify it by the address they dial.
 //! * **Mutual TLS.** [`server_config`] presents `[node cert, CA cert]` and checks
 //!   client certificates against the CA; [`client_config`] presents the node
 //!   certificate and checks the server against the CA for [`PEER_SERVER_NAME`].
@@ -405,6 +409,18 @@ impl ClusterCa {
     /// `node-<id>.tandem-peer`, EKU serverAuth and clientAuth, about five years
     /// of validity (never past the CA's expiry).
     pub fn sign_csr(&self, node_id: u64, csr_pem: &str) -> Result<String, TlsError> {
+        self.sign_csr_for(node_id, csr_pem, &ServiceNames::default())
+    }
+
+    /// [`ClusterCa::sign_csr`], the certificate also naming the node's service
+    /// names (the API's host names and addresses). Names that would speak for a
+    /// peer identity (`tandem-peer`, `*.tandem-peer`) are never among them.
+    pub fn sign_csr_for(
+        &self,
+        node_id: u64,
+        csr_pem: &str,
+        names: &ServiceNames,
+    ) -> Result<String, TlsError> {
         let csr =
             CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| TlsError::BadCsr {
                 reason: format!("cannot parse or verify it: {e}"),
@@ -423,6 +439,7 @@ impl ClusterCa {
         let mut params =
             CertificateParams::new(vec![PEER_SERVER_NAME.to_string(), node_dns_name(node_id)])
                 .map_err(rcgen_err("build the node certificate names"))?;
+        params.subject_alt_names.extend(names.sans()?);
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "tandem");
         dn.push(DnType::CommonName, format!("tandem node {node_id}"));
@@ -449,14 +466,118 @@ impl ClusterCa {
     /// Generates a key and CSR for `node_id`, signs it and returns the
     /// complete identity (used by `tandem init` for the first node).
     pub fn issue_identity(&self, node_id: u64) -> Result<NodeIdentity, TlsError> {
+        self.issue_identity_for(node_id, &ServiceNames::default())
+    }
+
+    /// [`ClusterCa::issue_identity`] with the node's service names.
+    pub fn issue_identity_for(
+        &self,
+        node_id: u64,
+        names: &ServiceNames,
+    ) -> Result<NodeIdentity, TlsError> {
         let (key_pem, csr_pem) = NodeIdentity::generate_csr(node_id)?;
-        let cert_pem = self.sign_csr(node_id, &csr_pem)?;
+        let cert_pem = self.sign_csr_for(node_id, &csr_pem, names)?;
         Ok(NodeIdentity {
             cert_pem,
             key_pem,
             ca_pem: self.cert_pem.clone(),
         })
     }
+}
+
+// ---------------------------------------------------------------------------
+// Service names
+// ---------------------------------------------------------------------------
+
+/// The names a node's certificate carries besides its peer identity, so that its
+/// HTTPS API verifies for a client that trusts the cluster CA and dials the node
+/// by any of them: always `localhost`, `127.0.0.1` and `::1`, plus what
+/// [`ServiceNames::add_host`] was given (addresses and host names).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceNames {
+    dns: Vec<String>,
+    ips: Vec<std::net::IpAddr>,
+}
+
+impl ServiceNames {
+    /// Add a host: an IP address (`0.0.0.0` and `::` are skipped: they name no
+    /// host), `host:port` or `[v6]:port` (the port is dropped), or a DNS name.
+    /// Anything that is not a valid DNS name (a node name with spaces, say), and
+    /// any name under [`PEER_SERVER_NAME`], is skipped: they could not be dialled,
+    /// or would speak for a peer identity.
+    pub fn add_host(&mut self, host: &str) -> &mut Self {
+        let host = host.trim();
+        let bare = match host.parse::<std::net::SocketAddr>() {
+            Ok(sa) => sa.ip().to_string(),
+            Err(_) => match host.rsplit_once(':') {
+                // `name:port` (not an IPv6 address: those parse below).
+                Some((h, port))
+                    if !h.contains(':') && !port.is_empty() && port.parse::<u16>().is_ok() =>
+                {
+                    h.to_string()
+                }
+                _ => host.to_string(),
+            },
+        };
+        let bare = bare.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+            if !ip.is_unspecified() && !self.ips.contains(&ip) {
+                self.ips.push(ip);
+            }
+        } else {
+            let name = bare.to_ascii_lowercase();
+            if is_dns_name(&name)
+                && name != PEER_SERVER_NAME
+                && !name.ends_with(&format!(".{PEER_SERVER_NAME}"))
+                && !self.dns.contains(&name)
+            {
+                self.dns.push(name);
+            }
+        }
+        self
+    }
+
+    /// The subjectAltName entries: the loopback names first, then the added ones.
+    fn sans(&self) -> Result<Vec<rcgen::SanType>, TlsError> {
+        let loopback = [
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        ];
+        let mut out = vec![rcgen::SanType::DnsName(
+            "localhost"
+                .to_string()
+                .try_into()
+                .map_err(rcgen_err("name the certificate"))?,
+        )];
+        for d in self.dns.iter().filter(|d| *d != "localhost") {
+            let name = d
+                .clone()
+                .try_into()
+                .map_err(rcgen_err("name the certificate"))?;
+            out.push(rcgen::SanType::DnsName(name));
+        }
+        for ip in loopback
+            .iter()
+            .chain(self.ips.iter().filter(|ip| !loopback.contains(ip)))
+        {
+            out.push(rcgen::SanType::IpAddress(*ip));
+        }
+        Ok(out)
+    }
+}
+
+/// A host name as a certificate may carry it: dot-separated labels of letters,
+/// digits and inner hyphens, each 1..=63 long, 253 at most in all.
+fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 // ---------------------------------------------------------------------------
@@ -1087,6 +1208,73 @@ mod tests {
     }
 
     #[test]
+    fn service_names_go_into_the_node_certificate_and_peer_names_do_not() {
+        let ca = ClusterCa::generate("test").unwrap();
+        let mut names = ServiceNames::default();
+        names
+            .add_host("198.18.0.2:7000")
+            .add_host("0.0.0.0:8080")
+            .add_host("[fd00::2]:8080")
+            .add_host("PBX-A")
+            .add_host("pbx-a.example.com:8443")
+            .add_host("Node A")
+            .add_host("node-1.tandem-peer")
+            .add_host("tandem-peer")
+            .add_host("198.18.0.100");
+        let id = ca.issue_identity_for(7, &names).unwrap();
+        let mut dns = cert_dns_names(&id.cert_pem);
+        dns.sort();
+        assert_eq!(
+            dns,
+            vec![
+                "localhost",
+                "node-7.tandem-peer",
+                "pbx-a",
+                "pbx-a.example.com",
+                "tandem-peer"
+            ]
+        );
+        let der = cert_from_pem(&id.cert_pem).unwrap();
+        let cert = parse_x509(&der).unwrap();
+        let ips: Vec<String> = cert
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
+                    4 => Some(std::net::IpAddr::from(<[u8; 4]>::try_from(*b).unwrap()).to_string()),
+                    16 => Some(std::net::IpAddr::from(<[u8; 16]>::try_from(*b).unwrap()).to_string()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            ips,
+            vec!["127.0.0.1", "::1", "198.18.0.2", "fd00::2", "198.18.0.100"]
+        );
+        // Still exactly one peer identity.
+        assert_eq!(id.node_id().unwrap(), 7);
+        // A client that trusts the cluster CA verifies it by an address.
+        let mut roots = RootCertStore::empty();
+        roots.add(cert_from_pem(&ca.cert_pem).unwrap()).unwrap();
+        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .unwrap();
+        let name = ServerName::try_from("198.18.0.2").unwrap();
+        verifier
+            .verify_server_cert(&der, &[], &name, &[], UnixTime::now())
+            .unwrap();
+        let other = ServerName::try_from("198.18.0.3").unwrap();
+        assert!(verifier
+            .verify_server_cert(&der, &[], &other, &[], UnixTime::now())
+            .is_err());
+    }
+
+    #[test]
     fn node_certificate_contents() {
         let ca = ClusterCa::generate("test").unwrap();
         // A CSR asking for other names: they are ignored.
@@ -1100,7 +1288,8 @@ mod tests {
         let cert_pem = ca.sign_csr(7, &csr).unwrap();
         let mut names = cert_dns_names(&cert_pem);
         names.sort();
-        assert_eq!(names, vec!["node-7.tandem-peer", "tandem-peer"]);
+        // The loopback name every node certificate carries for its HTTPS API.
+        assert_eq!(names, vec!["localhost", "node-7.tandem-peer", "tandem-peer"]);
         let der = cert_from_pem(&cert_pem).unwrap();
         let cert = parse_x509(&der).unwrap();
         assert_eq!(

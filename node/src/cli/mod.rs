@@ -530,8 +530,9 @@ pub fn connect(common: &Common) -> anyhow::Result<(Config, Client)> {
 }
 
 /// Client for the node described by `cfg`, with `api`/`token` overrides. With
-/// `[api] tls_cert` set it uses HTTPS and trusts that certificate (typically
-/// self-signed on an appliance).
+/// `[api] tls_cert` set it uses HTTPS and trusts the certificates of that file and
+/// the cluster CA (`<tls_dir>/ca.pem`): the appliance serves the node certificate
+/// the cluster CA issued; an operator's own may be self-signed or from their CA.
 pub fn client_for(
     cfg: &Config,
     api: Option<String>,
@@ -555,9 +556,15 @@ pub fn client_for(
             .map(|t| t.trim().to_string()),
     };
     let root = match &cfg.api.tls_cert {
-        Some(p) => Some(
-            std::fs::read(p).with_context(|| format!("api.tls_cert: reading {}", p.display()))?,
-        ),
+        Some(p) => {
+            let mut pem = std::fs::read(p)
+                .with_context(|| format!("api.tls_cert: reading {}", p.display()))?;
+            if let Ok(ca) = std::fs::read(cfg.tls_dir().join("ca.pem")) {
+                pem.push(b'\n');
+                pem.extend_from_slice(&ca);
+            }
+            Some(pem)
+        }
         None => None,
     };
     Ok(Client::with_root(base, token, root.as_deref())?)

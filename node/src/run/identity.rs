@@ -15,7 +15,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use tandem_replication::replica::ReplicaConfig;
-use tandem_replication::tls::{ClusterCa, JoinToken, NodeIdentity};
+use tandem_replication::tls::{ClusterCa, JoinToken, NodeIdentity, ServiceNames};
 use tandem_replication::types::NodeInfo;
 
 use crate::config::Config;
@@ -46,7 +46,27 @@ pub fn replica_config(cfg: &Config) -> ReplicaConfig {
         recording_cap_kbps: cfg.replication.recording_bandwidth_kbps,
         tls_dir: cfg.tls_dir(),
         admin_token_file: cfg.token_file(),
+        service_hosts: cfg.vip_address().map(|ip| ip.to_string()).into_iter().collect(),
     }
+}
+
+/// The names this node's certificate carries for its HTTPS API: its peer and API
+/// addresses, its name, the machine's host name and the VIP (plus the loopback
+/// names every certificate has). A joiner's certificate gets the same from the node
+/// that signs it (`Joins::handle`).
+pub fn service_names(cfg: &Config) -> ServiceNames {
+    let info = node_info(cfg);
+    let mut names = ServiceNames::default();
+    for host in [&info.addr, &info.api, &info.name] {
+        names.add_host(host);
+    }
+    if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        names.add_host(&h);
+    }
+    if let Some(vip) = cfg.vip_address() {
+        names.add_host(&vip.to_string());
+    }
+    names
 }
 
 /// Marker: this node created the cluster and must initialize Raft on first start.
@@ -69,7 +89,8 @@ pub fn init(cfg: &Config) -> anyhow::Result<JoinToken> {
     create_data_dir(cfg)?;
     let ca = ClusterCa::generate(&cfg.cluster.name)?;
     ca.save(&dir)?;
-    ca.issue_identity(cfg.node.id)?.save(&dir)?;
+    ca.issue_identity_for(cfg.node.id, &service_names(cfg))?
+        .save(&dir)?;
     let token = JoinToken::generate(&ca);
     write_private(&dir.join("join.token"), token.to_string().as_bytes())?;
     std::fs::write(bootstrap_marker(cfg), b"initialize on first start\n")?;

@@ -28,6 +28,8 @@ pub(super) struct Joins {
     pub(super) tls_dir: PathBuf,
     /// The cluster's admin API token file, handed to the joiner.
     pub(super) admin_token_file: PathBuf,
+    /// Hosts named in every certificate signed here, besides the joiner's own.
+    pub(super) service_hosts: Vec<String>,
 }
 
 impl Joins {
@@ -81,8 +83,16 @@ impl Joins {
                 });
             }
         }
+        // The joiner's API is reached at its member addresses, its name and the VIP.
+        let mut names = tls::ServiceNames::default();
+        for host in [&info.addr, &info.api, &info.name]
+            .into_iter()
+            .chain(&self.service_hosts)
+        {
+            names.add_host(host);
+        }
         let cert_pem = ca
-            .sign_csr(id, &csr_pem)
+            .sign_csr_for(id, &csr_pem, &names)
             .map_err(|e| JoinRefusal::Csr(Arc::new(e)))?;
         self.writes
             .leader_op(LeaderOp::AddLearner {

@@ -88,6 +88,9 @@ pub struct ReplicaConfig {
     pub tls_dir: PathBuf,
     /// The cluster's admin API token file (handed to joining nodes).
     pub admin_token_file: PathBuf,
+    /// Hosts every node certificate this node signs names besides the joiner's own
+    /// addresses and name (the cluster's VIP): see [`crate::tls::ServiceNames`].
+    pub service_hosts: Vec<String>,
     /// Recording transfer cap from the node file, kbit/s (0 = unlimited); the
     /// replicated key `replication.recording_bandwidth_kbps` overrides it.
     pub recording_cap_kbps: u64,
@@ -217,6 +220,7 @@ impl Replica {
             writes: writes.clone(),
             tls_dir: cfg.tls_dir.clone(),
             admin_token_file: cfg.admin_token_file.clone(),
+            service_hosts: cfg.service_hosts.clone(),
         };
         let blob_stats = Arc::new(SyncStats::default());
         let blob_link = blobs.as_ref().map(|blobs| {
