@@ -27,17 +27,22 @@ pub fn alarm_entries(
     Ok(tandem_alarms::entries_from_text(all))
 }
 
+/// The body of `POST /api/v1/alarms/test`: empty, or `{"to": "addr"}`.
+pub fn test_recipient(body: &[u8]) -> Result<Option<String>, ApiError> {
+    match optional_field(body, "to")? {
+        None => Ok(None),
+        Some(serde_json::Value::String(a)) => Ok(Some(a)),
+        Some(_) => Err(ApiError::bad("to: expected a mail address (string)")),
+    }
+}
+
 /// `POST /api/v1/alarms/test` with optional `{"to": "addr"}`: send a test mail with
 /// the configured `smtp.*` settings (to every address of every recipient list when no
 /// `to` is given). 200 with the Message-ID, 400 for bad settings, 502 with the SMTP
 /// error (naming host, port and cause) when the server does not take the mail.
 pub(crate) async fn alarms_test(State(st): St, body: Bytes) -> Result<Response, ApiError> {
     use tandem_alarms::{mail, recipients::Routing, smtp};
-    let to = match optional_field(&body, "to")? {
-        None => None,
-        Some(serde_json::Value::String(a)) => Some(a),
-        Some(_) => return Err(ApiError::bad("to: expected a mail address (string)")),
-    };
+    let to = test_recipient(&body)?;
     let entries = alarm_entries(&st.replica.tree())?;
     let settings =
         smtp::SmtpSettings::from_entries(&entries).map_err(|e| ApiError::bad(e.to_string()))?;

@@ -90,16 +90,26 @@ struct CdrPage<'a> {
     next_cursor: Option<String>,
 }
 
-enum Format {
+/// The answer's format (`format=json|csv`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
     Json,
     Csv,
 }
 
-pub(crate) async fn cdrs_get(
-    State(st): St,
-    Query(mut params): Query<HashMap<String, String>>,
-) -> Result<Response, ApiError> {
-    let lag = consistency(&st.replica, &mut params).await?;
+/// What a CDR query string asks for, once parsed and checked.
+#[derive(Debug)]
+pub struct CdrParams {
+    /// Filters and the cursor to resume after.
+    pub query: CdrQuery,
+    pub format: Format,
+    /// Most rows (JSON: 1..=[`MAX_LIMIT`], 100 when absent; CSV: any, all when absent).
+    pub limit: Option<usize>,
+}
+
+/// The filters, format, limit and cursor of `GET /api/v1/cdrs` (`consistency` taken
+/// out before): a bad or unknown parameter is an error naming it.
+pub fn cdr_params(mut params: HashMap<String, String>) -> Result<CdrParams, ApiError> {
     let from = params
         .remove("from")
         .map(|v| parse_time("from", &v))
@@ -154,13 +164,29 @@ pub(crate) async fn cdrs_get(
     let caller = params.remove("caller");
     let callee = params.remove("callee");
     no_unknown(&params)?;
-    let q = CdrQuery {
-        from,
-        to,
-        caller,
-        callee,
-        cursor,
-    };
+    Ok(CdrParams {
+        query: CdrQuery {
+            from,
+            to,
+            caller,
+            callee,
+            cursor,
+        },
+        format,
+        limit,
+    })
+}
+
+pub(crate) async fn cdrs_get(
+    State(st): St,
+    Query(mut params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let lag = consistency(&st.replica, &mut params).await?;
+    let CdrParams {
+        query: q,
+        format,
+        limit,
+    } = cdr_params(params)?;
     let tree = st.replica.tree();
     let headers = freshness_headers(&st.replica, lag);
     match format {

@@ -145,17 +145,22 @@ pub(crate) async fn cluster(State(st): St) -> Json<api::ClusterView> {
     Json(cluster_view(&st.replica, &st.roles))
 }
 
+/// The body of `POST /api/v1/cluster/switchover`: empty, or `{"to": <node id>}`.
+pub fn switchover_target(body: &[u8]) -> Result<Option<u64>, ApiError> {
+    match optional_field(body, "to")? {
+        None => Ok(None),
+        Some(x) => x
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| ApiError::bad("to: expected a node id (integer)")),
+    }
+}
+
 pub(crate) async fn switchover(
     State(st): St,
     body: Bytes,
 ) -> Result<Json<api::Switchover>, ApiError> {
-    let to = match optional_field(&body, "to")? {
-        None => None,
-        Some(x) => Some(
-            x.as_u64()
-                .ok_or_else(|| ApiError::bad("to: expected a node id (integer)"))?,
-        ),
-    };
+    let to = switchover_target(&body)?;
     let t0 = Instant::now();
     let leader = st.replica.switchover(to).await?;
     Ok(Json(api::Switchover {

@@ -24,6 +24,14 @@ impl ApiError {
             message: message.into(),
         }
     }
+    /// The status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+    /// The message of the `{"error": ...}` body.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
     pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,

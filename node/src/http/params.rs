@@ -11,11 +11,8 @@ use tandem_replication::replica::{Lag, Replica};
 
 use crate::http::error::ApiError;
 /// One optional field of an optional JSON object body (empty body = absent; null =
-/// absent).
-pub(crate) fn optional_field(
-    body: &[u8],
-    name: &str,
-) -> Result<Option<serde_json::Value>, ApiError> {
+/// absent). Public for the fuzz target (`node/fuzz`).
+pub fn optional_field(body: &[u8], name: &str) -> Result<Option<serde_json::Value>, ApiError> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(None);
     }
@@ -43,26 +40,37 @@ pub(crate) async fn consistency(
     r: &Replica,
     params: &mut HashMap<String, String>,
 ) -> Result<Lag, ApiError> {
+    if strong_read(params)? {
+        r.linearizable_barrier(Duration::from_secs(5)).await?;
+        Ok(Lag::default())
+    } else {
+        Ok(r.lag())
+    }
+}
+
+/// Takes `consistency` out of a query: true for `strong`, false for `stale` or
+/// absent, an error naming the value otherwise.
+pub fn strong_read(params: &mut HashMap<String, String>) -> Result<bool, ApiError> {
     match params.remove("consistency").as_deref() {
-        None | Some("stale") => Ok(r.lag()),
-        Some("strong") => {
-            r.linearizable_barrier(Duration::from_secs(5)).await?;
-            Ok(Lag::default())
-        }
+        None | Some("stale") => Ok(false),
+        Some("strong") => Ok(true),
         Some(other) => Err(ApiError::bad(format!(
             "consistency: `{other}` is not one of stale, strong"
         ))),
     }
 }
 
-pub(crate) fn no_unknown(params: &HashMap<String, String>) -> Result<(), ApiError> {
+/// An error for the first parameter left in a query (each handler takes out
+/// the ones it knows).
+pub fn no_unknown(params: &HashMap<String, String>) -> Result<(), ApiError> {
     if let Some(k) = params.keys().next() {
         return Err(ApiError::bad(format!("unknown query parameter `{k}`")));
     }
     Ok(())
 }
 
-pub(crate) fn parse_time(name: &str, v: &str) -> Result<DateTime<Utc>, ApiError> {
+/// An RFC 3339 time of query parameter `name`.
+pub fn parse_time(name: &str, v: &str) -> Result<DateTime<Utc>, ApiError> {
     DateTime::parse_from_rfc3339(v)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|_| {

@@ -92,17 +92,28 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiEr
     }
 }
 
-/// The metadata that came with an upload (headers).
-struct UploadInfo {
-    id: String,
-    call_id: String,
-    codec: String,
-    duration_ms: u64,
-    sha256: Option<String>,
-    wait: Duration,
+/// The metadata that came with an upload (headers, `wait_s`).
+#[derive(Debug)]
+pub struct UploadInfo {
+    /// `X-Recording-Id` (checked by `check_id`), or a new UUID.
+    pub id: String,
+    /// `X-Call-Id` (at most 256 bytes).
+    pub call_id: String,
+    /// `X-Codec` or `Content-Type` (at most 64 bytes), `audio/wav` when absent.
+    pub codec: String,
+    /// `X-Duration-Ms`.
+    pub duration_ms: u64,
+    /// `X-Sha256`, lower-case hex.
+    pub sha256: Option<String>,
+    /// How long to wait for the second copy (`wait_s`, at most an hour).
+    pub wait: Duration,
 }
 
-fn upload_info(h: &HeaderMap, params: &HashMap<String, String>) -> Result<UploadInfo, ApiError> {
+/// The headers and query string of `POST /api/v1/recordings`, checked.
+pub fn upload_info(
+    h: &HeaderMap,
+    params: &HashMap<String, String>,
+) -> Result<UploadInfo, ApiError> {
     for k in params.keys() {
         if k != "wait_s" {
             return Err(ApiError::bad(format!(
@@ -305,11 +316,11 @@ fn blob_error(e: BlobError) -> ApiError {
     }
 }
 
-/// `GET /api/v1/recordings?state=&after=&limit=`.
-pub async fn list(
-    State(st): St,
-    Query(mut params): Query<HashMap<String, String>>,
-) -> Result<Json<api::RecordingList>, ApiError> {
+/// The query of `GET /api/v1/recordings`: `state` (stored or pending), `after` (an
+/// id to resume after) and `limit` (1..=10000, 1000 when absent).
+pub fn list_params(
+    mut params: HashMap<String, String>,
+) -> Result<(Option<String>, Option<String>, usize), ApiError> {
     let want = params.remove("state");
     if let Some(s) = &want {
         if s != "stored" && s != "pending" {
@@ -332,6 +343,15 @@ pub async fn list(
             "unknown query parameter `{k}` (state, after, limit)"
         )));
     }
+    Ok((want, after, limit))
+}
+
+/// `GET /api/v1/recordings?state=&after=&limit=`.
+pub async fn list(
+    State(st): St,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<api::RecordingList>, ApiError> {
+    let (want, after, limit) = list_params(params)?;
     let r = &st.replica;
     let needed = copies_needed(r);
     let mut rows = Vec::new();
@@ -361,35 +381,40 @@ pub async fn list(
     }))
 }
 
-/// A parsed `Range: bytes=...` header (one range).
-fn parse_range(v: &str, size: u64) -> Result<Option<(u64, u64)>, ()> {
+/// A `Range` that does not fit the file (answered 416).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unsatisfiable;
+
+/// A parsed `Range: bytes=...` header (one range) of a file of `size` bytes:
+/// `Ok(None)` serves the whole file, `Err` is 416.
+pub fn parse_range(v: &str, size: u64) -> Result<Option<(u64, u64)>, Unsatisfiable> {
     let Some(spec) = v.trim().strip_prefix("bytes=") else {
         return Ok(None); // unknown unit: ignore, serve everything (RFC 9110 §14.2)
     };
     if spec.contains(',') {
         return Ok(None); // several ranges: serve everything
     }
-    let (a, b) = spec.split_once('-').ok_or(())?;
+    let (a, b) = spec.split_once('-').ok_or(Unsatisfiable)?;
     let (a, b) = (a.trim(), b.trim());
     let (start, end) = if a.is_empty() {
-        let n: u64 = b.parse().map_err(|_| ())?;
+        let n: u64 = b.parse().map_err(|_| Unsatisfiable)?;
         if n == 0 {
-            return Err(());
+            return Err(Unsatisfiable);
         }
         (size.saturating_sub(n), size.saturating_sub(1))
     } else {
-        let start: u64 = a.parse().map_err(|_| ())?;
+        let start: u64 = a.parse().map_err(|_| Unsatisfiable)?;
         let end: u64 = if b.is_empty() {
             size.saturating_sub(1)
         } else {
             b.parse::<u64>()
-                .map_err(|_| ())?
+                .map_err(|_| Unsatisfiable)?
                 .min(size.saturating_sub(1))
         };
         (start, end)
     };
     if size == 0 || start >= size || end < start {
-        return Err(());
+        return Err(Unsatisfiable);
     }
     Ok(Some((start, end)))
 }
@@ -446,7 +471,7 @@ pub async fn download(
         None => None,
         Some(v) => match parse_range(v, size) {
             Ok(r) => r,
-            Err(()) => {
+            Err(Unsatisfiable) => {
                 let mut resp = ApiError::new(
                     StatusCode::RANGE_NOT_SATISFIABLE,
                     format!("Range {v:?} does not fit a file of {size} bytes"),
@@ -524,16 +549,21 @@ fn file_stream(
     })
 }
 
-/// `POST /api/v1/recordings/verify` (body `{"id": ...}` or empty for all): re-read
-/// this node's files and check them against their sha256.
-pub async fn verify(State(st): St, body: axum::body::Bytes) -> Result<Response, ApiError> {
-    let only = crate::http::params::optional_field(&body, "id")?
+/// The body of `POST /api/v1/recordings/verify`: empty, or `{"id": "..."}`.
+pub fn verify_target(body: &[u8]) -> Result<Option<String>, ApiError> {
+    crate::http::params::optional_field(body, "id")?
         .map(|v| {
             v.as_str()
                 .map(str::to_string)
                 .ok_or_else(|| ApiError::bad("field `id`: give the recording id as a string"))
         })
-        .transpose()?;
+        .transpose()
+}
+
+/// `POST /api/v1/recordings/verify` (body `{"id": ...}` or empty for all): re-read
+/// this node's files and check them against their sha256.
+pub async fn verify(State(st): St, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let only = verify_target(&body)?;
     let r = st.replica.clone();
     let Some(blobs) = r.blobs.clone() else {
         return Err(ApiError::new(
@@ -583,7 +613,7 @@ pub async fn verify(State(st): St, body: axum::body::Bytes) -> Result<Response, 
 
 #[cfg(test)]
 mod tests {
-    use super::parse_range;
+    use super::{parse_range, Unsatisfiable};
 
     #[test]
     fn ranges_per_rfc_9110() {
@@ -593,8 +623,8 @@ mod tests {
         assert_eq!(parse_range("bytes=500-5000", 1000), Ok(Some((500, 999))));
         assert_eq!(parse_range("bytes=0-1,5-6", 1000), Ok(None));
         assert_eq!(parse_range("items=1-2", 1000), Ok(None));
-        assert_eq!(parse_range("bytes=1000-", 1000), Err(()));
-        assert_eq!(parse_range("bytes=5-2", 1000), Err(()));
-        assert_eq!(parse_range("bytes=x-2", 1000), Err(()));
+        assert_eq!(parse_range("bytes=1000-", 1000), Err(Unsatisfiable));
+        assert_eq!(parse_range("bytes=5-2", 1000), Err(Unsatisfiable));
+        assert_eq!(parse_range("bytes=x-2", 1000), Err(Unsatisfiable));
     }
 }

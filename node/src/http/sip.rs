@@ -31,19 +31,25 @@ pub async fn users_list(State(st): St) -> Result<Json<api::SipUsers>, ApiError> 
     Ok(Json(api::SipUsers { users }))
 }
 
+/// The extension (path) and body of `PUT /api/v1/sip/users/{ext}`, checked.
+pub fn parse_user(ext: &str, body: &[u8]) -> Result<StoredUser, ApiError> {
+    check_extension(ext).map_err(ApiError::bad)?;
+    let user: StoredUser = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad(format!(
+            "body must be {{\"password\": \"...\", \"display_name\": \"...\"}}: {e}"
+        ))
+    })?;
+    check_password(ext, &user.password).map_err(ApiError::bad)?;
+    Ok(user)
+}
+
 /// `PUT /api/v1/sip/users/{ext}` with `{"password": "...", "display_name": "..."}`.
 pub async fn user_put(
     State(st): St,
     Path(ext): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    check_extension(&ext).map_err(ApiError::bad)?;
-    let user: StoredUser = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad(format!(
-            "body must be {{\"password\": \"...\", \"display_name\": \"...\"}}: {e}"
-        ))
-    })?;
-    check_password(&ext, &user.password).map_err(ApiError::bad)?;
+    let user = parse_user(&ext, &body)?;
     let value = serde_json::to_string(&user).expect("user json");
     let (_, resp) = st
         .replica

@@ -49,7 +49,7 @@ pub async fn retention(replica: Arc<Replica>) {
             continue;
         }
         let now = chrono::Utc::now().timestamp_micros();
-        let before = |age: Option<Duration>| age.map(|a| now - a.as_micros() as i64);
+        let before = |age| crate::settings::retention::cutoff(age, now);
         let cdrs_before = before(settings.cdr_age);
         let recordings_before = before(settings.recording_age);
         if cdrs_before.is_none() && recordings_before.is_none() {

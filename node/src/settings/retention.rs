@@ -44,16 +44,28 @@ impl Default for Retention {
     }
 }
 
+/// Longest retention in days (about 2700 years). An age far beyond it once
+/// panicked (more seconds than a `Duration` holds) or, in microseconds cast to
+/// `i64`, wrapped into a cutoff near now that deleted recent CDRs.
+pub const MAX_DAYS: f64 = 1_000_000.0;
+
 fn days(key: &str, v: &Value) -> Result<Option<Duration>, SettingError> {
     match v.as_f64() {
-        Some(d) if d > 0.0 && d.is_finite() => Ok(Some(Duration::from_secs_f64(d * 86_400.0))),
+        Some(d) if d > 0.0 && d <= MAX_DAYS => Ok(Some(Duration::from_secs_f64(d * 86_400.0))),
         Some(0.0) => Ok(None),
         _ => Err(SettingError::new(
             key,
-            format!("{v} is not a number of days ≥ 0"),
+            format!("{v} is not a number of days from 0 to {MAX_DAYS}"),
             "set a number, e.g. 365 (0 keeps everything)",
         )),
     }
+}
+
+/// The cutoff (µs since the epoch) of `age` at `now_micros`: what is older goes.
+/// `None` keeps everything (no age, or an age reaching before the epoch's range).
+pub fn cutoff(age: Option<Duration>, now_micros: i64) -> Option<i64> {
+    let age = i64::try_from(age?.as_micros()).ok()?;
+    now_micros.checked_sub(age)
 }
 
 fn interval(key: &str, v: &Value) -> Result<Duration, SettingError> {

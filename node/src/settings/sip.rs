@@ -62,7 +62,13 @@ pub fn validate(key: &str, value: &serde_json::Value) -> Result<(), super::Setti
         check_extension(ext).map_err(|p| {
             SettingError::new(key, p, "use `tandem sip user add <ext> --password …`")
         })?;
-        let user: StoredUser = serde_json::from_value(value.clone()).map_err(|e| {
+        // An object: serde would read an array (`["secret"]`) as a user too.
+        let user: Result<StoredUser, serde_json::Error> = if value.is_object() {
+            serde_json::from_value(value.clone())
+        } else {
+            Err(serde::de::Error::custom("expected a JSON object"))
+        };
+        let user = user.map_err(|e| {
             SettingError::new(
                 key,
                 format!("not a SIP user: {e}"),

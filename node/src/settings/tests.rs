@@ -165,3 +165,43 @@ fn free_keys_are_accepted() {
     assert!(validate("site.name", &json!("Berlin"), &ctx()).is_ok());
     assert!(validate("integrator/custom", &json!({"a": 1}), &ctx()).is_ok());
 }
+
+/// Found with the API fuzz target (`node/fuzz`, which asserts it): days beyond what a `Duration` holds
+/// panicked in `validate` (and in every node's retention reader).
+#[test]
+fn retention_days_too_large_for_a_duration_are_refused() {
+    for days in [1e15, 1e300, f64::MAX] {
+        let e = refused("retention.cdr_days", json!(days));
+        assert!(e.problem.contains("from 0 to"), "{e}");
+    }
+    let mut entries = BTreeMap::new();
+    entries.insert("retention.recording_days".to_string(), json!(1e300));
+    let (r, errors) = Retention::from_entries(&entries);
+    assert_eq!(r.recording_age, None, "a bad value keeps everything");
+    assert_eq!(errors.len(), 1);
+}
+
+/// 213 503 982.3352 days is 2^64 µs + 51 s: cast to i64 the age wrapped to 51 s,
+/// and retention deleted every CDR older than that.
+#[test]
+fn retention_days_whose_microseconds_wrap_are_refused() {
+    refused("retention.cdr_days", json!(213_503_982.335_2));
+    let now = 1_767_225_600_000_000;
+    let age = std::time::Duration::from_secs_f64(213_503_982.335_2 * 86_400.0);
+    assert_eq!(retention::cutoff(Some(age), now), None);
+    let year = std::time::Duration::from_secs(365 * 86_400);
+    assert_eq!(
+        retention::cutoff(Some(year), now),
+        Some(now - 365 * 86_400 * 1_000_000)
+    );
+    assert_eq!(retention::cutoff(None, now), None);
+}
+
+/// Found by the API fuzz target (`node/fuzz`): serde reads a user from an array
+/// too, and an array's password was not masked by `GET /api/v1/config`.
+#[test]
+fn a_sip_user_must_be_an_object() {
+    let e = refused("sip.user.201", json!(["secret-pass", "R"]));
+    assert!(e.problem.contains("expected a JSON object"), "{e}");
+    assert!(validate("sip.user.201", &json!({"password": "secret-pass"}), &ctx()).is_ok());
+}
