@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub mod recordings;
+pub mod slow;
 
 use anyhow::{bail, Context};
 use chrono::{DateTime, Duration as ChronoDuration, SecondsFormat, TimeZone, Utc};
@@ -58,6 +59,8 @@ pub struct BenchArgs {
     pub cache_mb: Option<u64>,
     #[command(flatten)]
     pub rec: recordings::RecordingBenchArgs,
+    #[command(flatten)]
+    pub slow: slow::SlowBenchArgs,
 }
 
 const CDRS: &str = "/api/v1/cdrs";
@@ -87,6 +90,16 @@ const RANGE_RUNS: usize = 5;
 
 pub async fn run(args: BenchArgs, json: bool) -> anyhow::Result<()> {
     check_args(&args)?;
+    slow::check_args(&args.slow)?;
+    if args.slow.slow_connections.is_some() {
+        let exe = std::env::current_exe().context("locating the tandem binary")?;
+        return tokio::select! {
+            r = slow::run(&exe, &args.slow, json) => r,
+            _ = tokio::signal::ctrl_c() => {
+                bail!("interrupted: the benchmark cluster was stopped and removed")
+            }
+        };
+    }
     if args.rec.recordings {
         let exe = std::env::current_exe().context("locating the tandem binary")?;
         return tokio::select! {

@@ -143,7 +143,8 @@ pub enum Command {
         action: ConfigCmd,
     },
     /// Benchmarks: committed CDR writes/s and latency (3 nodes vs 1 node), standby
-    /// lag, and standby queries over a large CDR set. Prints figures; see docs/benchmarks.md.
+    /// lag, and standby queries over a large CDR set; with --slow-connections N, a
+    /// resource benchmark under slow connections. Prints figures; see docs/benchmarks.md.
     Bench {
         #[command(flatten)]
         common: Common,

@@ -5,18 +5,26 @@
 //! ```text
 //!  accept ─ error (EMFILE...) ─▶ back off 5 ms … 1 s, log at most every 10 s
 //!    │
-//!    ├─ MAX_CONNECTIONS reached, or MAX_PER_SOURCE from that address ─▶ closed
+//!    ├─ MAX_PER_SOURCE from that address ─▶ closed
+//!    ├─ MAX_CONNECTIONS reached ─▶ the oldest connection that has not started a
+//!    │   request yet (TLS handshake, first headers) is closed to make room; none
+//!    │   (every connection has served a request) ─▶ the new one is closed
 //!    │
 //!    ├─ TLS handshake (HANDSHAKE_TIMEOUT)
 //!    ├─ request headers (HEADER_TIMEOUT)
 //!    └─ no request in flight and no byte either way for IDLE_TIMEOUT ─▶ closed
 //! ```
 //!
+//! A flood of slow clients (slowloris: headers a byte at a time, from many sources)
+//! therefore cannot lock a monitor or a CDR writer out for the 10 s of
+//! HEADER_TIMEOUT: their connections are the ones that make room, while a client
+//! that sends its request at once leaves that set within milliseconds.
+//!
 //! A request in flight is never cut by the idle timer (a recording upload may
 //! wait minutes for its second copy); a CSV export whose client stops reading is
 //! stopped by the export itself ([`crate::http::export::EXPORT_STALL`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -94,6 +102,7 @@ pub async fn serve(
     let mut backoff = ACCEPT_BACKOFF_MIN;
     let mut refused = RateLimitedWarn::default();
     let mut failed = RateLimitedWarn::default();
+    let mut evicted = RateLimitedWarn::default();
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
@@ -113,12 +122,20 @@ pub async fn serve(
                 continue;
             }
         };
-        let Some(slot) = slots.take(peer.ip()) else {
-            refused.warn(|n| {
-                tracing::warn!(%peer, left_out = n, max = limits.max_connections, per_source = limits.max_per_source, "API connection refused: too many connections")
-            });
-            continue;
+        let slot = match slots.take(peer.ip()) {
+            Ok(slot) => slot,
+            Err(full) => {
+                refused.warn(|n| {
+                    tracing::warn!(%peer, left_out = n, ?full, max = limits.max_connections, per_source = limits.max_per_source, "API connection refused: too many connections")
+                });
+                continue;
+            }
         };
+        if slot.made_room {
+            evicted.warn(|n| {
+                tracing::warn!(%peer, left_out = n, max = limits.max_connections, "API port full: the oldest connection that had not sent a request yet was closed to make room")
+            });
+        }
         let conn = Connection {
             tls: tls.clone(),
             app: app.clone(),
@@ -127,7 +144,13 @@ pub async fn serve(
             watcher: graceful.watcher(),
         };
         tokio::spawn(async move {
-            conn.run(tcp).await;
+            let evict = slot.evict.clone();
+            tokio::select! {
+                () = conn.run(tcp, &slot) => {}
+                () = evict.cancelled() => {
+                    tracing::debug!(%peer, "API connection closed to make room: no request after the port filled");
+                }
+            }
             drop(slot);
         });
     }
@@ -150,18 +173,19 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(self, tcp: TcpStream) {
+    async fn run(self, tcp: TcpStream, slot: &Slot) {
         let _ = tcp.set_nodelay(true);
         let activity = Activity::new();
+        let started = slot.started_hook();
         match self.tls.clone() {
             None => {
-                self.http(Tracked::new(tcp, activity.clone()), activity)
+                self.http(Tracked::new(tcp, activity.clone()), activity, started)
                     .await
             }
             Some(acceptor) => {
                 match tokio::time::timeout(self.limits.handshake, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        self.http(Tracked::new(tls, activity.clone()), activity)
+                        self.http(Tracked::new(tls, activity.clone()), activity, started)
                             .await
                     }
                     Ok(Err(e)) => {
@@ -173,17 +197,19 @@ impl Connection {
         }
     }
 
-    async fn http<T>(self, io: Tracked<T>, activity: Arc<Activity>)
+    async fn http<T>(self, io: Tracked<T>, activity: Arc<Activity>, started: Started)
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let peer = self.peer;
         let counted = activity.clone();
+        let started = Arc::new(started);
         let app = self.app;
         // Every request carries the client's address (`ConnectInfo`) and counts
         // as traffic until its answer is ready (its body then moves bytes).
         let service = tower::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
+            started.mark();
             let running = InFlight::start(&counted);
             let answer = app.clone().oneshot(req.map(axum::body::Body::new));
             async move {
@@ -314,57 +340,143 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     }
 }
 
-/// Connection slots: a total and a per-source count.
+/// Connection slots: a total and a per-source count, and which connections have
+/// not started a request yet (oldest first: the ones closed to make room).
 #[derive(Clone)]
 struct Slots {
     limits: Limits,
-    counts: Arc<Mutex<(usize, HashMap<IpAddr, usize>)>>,
+    table: Arc<Mutex<Table>>,
+}
+
+#[derive(Default)]
+struct Table {
+    total: usize,
+    per_source: HashMap<IpAddr, usize>,
+    /// Connections that have not started a request, by slot id (ids grow with
+    /// accept time, so the first is the oldest), with their eviction signal.
+    waiting: BTreeMap<u64, CancellationToken>,
+    /// Ids of the slots still counted (an evicted slot is uncounted at once).
+    counted: HashMap<u64, IpAddr>,
+    next_id: u64,
+}
+
+impl Table {
+    fn uncount(&mut self, id: u64) {
+        self.waiting.remove(&id);
+        let Some(source) = self.counted.remove(&id) else {
+            return;
+        };
+        self.total -= 1;
+        if let Some(n) = self.per_source.get_mut(&source) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_source.remove(&source);
+            }
+        }
+    }
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Full {
+    /// Its source holds `max_per_source` connections.
+    Source,
+    /// The port holds `max_connections`, and each has started a request.
+    Total,
 }
 
 /// One taken slot, given back on drop.
 struct Slot {
     slots: Slots,
-    source: IpAddr,
+    id: u64,
+    /// Cancelled when the connection is closed to make room for a newer one.
+    evict: CancellationToken,
+    /// Taking this slot closed an older connection.
+    made_room: bool,
+}
+
+/// Marks a connection as having started a request (it is no longer closed to
+/// make room).
+struct Started {
+    slots: Slots,
+    id: u64,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl Started {
+    fn mark(&self) {
+        if !self.done.swap(true, Ordering::Relaxed) {
+            self.slots
+                .table
+                .lock()
+                .expect("slots lock")
+                .waiting
+                .remove(&self.id);
+        }
+    }
+}
+
+impl Slot {
+    fn started_hook(&self) -> Started {
+        Started {
+            slots: self.slots.clone(),
+            id: self.id,
+            done: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
 }
 
 impl Slots {
     fn new(limits: Limits) -> Slots {
         Slots {
             limits,
-            counts: Arc::default(),
+            table: Arc::default(),
         }
     }
 
-    fn take(&self, source: IpAddr) -> Option<Slot> {
-        let mut guard = self.counts.lock().expect("slots lock");
-        let (total, per_source) = &mut *guard;
-        let mine = per_source.entry(source).or_default();
-        if *total >= self.limits.max_connections || *mine >= self.limits.max_per_source {
-            if *mine == 0 {
-                per_source.remove(&source);
-            }
-            return None;
+    /// A slot for a new connection from `source`: refused over the per-source cap;
+    /// when the port is full, the oldest connection that has not started a request
+    /// is evicted (signalled and uncounted at once) to make room, and only if there
+    /// is none is the new one refused.
+    fn take(&self, source: IpAddr) -> Result<Slot, Full> {
+        let mut t = self.table.lock().expect("slots lock");
+        if t.per_source.get(&source).copied().unwrap_or(0) >= self.limits.max_per_source {
+            return Err(Full::Source);
         }
-        *mine += 1;
-        *total += 1;
-        Some(Slot {
+        let mut made_room = false;
+        if t.total >= self.limits.max_connections {
+            let Some((&oldest, _)) = t.waiting.iter().next() else {
+                return Err(Full::Total);
+            };
+            if let Some(token) = t.waiting.get(&oldest) {
+                token.cancel();
+            }
+            t.uncount(oldest);
+            made_room = true;
+        }
+        let id = t.next_id;
+        t.next_id += 1;
+        let evict = CancellationToken::new();
+        t.waiting.insert(id, evict.clone());
+        t.counted.insert(id, source);
+        *t.per_source.entry(source).or_default() += 1;
+        t.total += 1;
+        Ok(Slot {
             slots: self.clone(),
-            source,
+            id,
+            evict,
+            made_room,
         })
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut guard = self.slots.counts.lock().expect("slots lock");
-        let (total, per_source) = &mut *guard;
-        *total -= 1;
-        if let Some(n) = per_source.get_mut(&self.source) {
-            *n -= 1;
-            if *n == 0 {
-                per_source.remove(&self.source);
-            }
-        }
+        self.slots
+            .table
+            .lock()
+            .expect("slots lock")
+            .uncount(self.id);
     }
 }
 
@@ -525,13 +637,89 @@ mod tests {
             ..Limits::default()
         });
         let (a, b): (IpAddr, IpAddr) = ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap());
-        let a1 = slots.take(a).unwrap();
-        let _a2 = slots.take(a).unwrap();
-        assert!(slots.take(a).is_none(), "per source");
-        let _b1 = slots.take(b).unwrap();
-        assert!(slots.take(b).is_none(), "total");
+        let take = |ip| {
+            let s = slots.take(ip)?;
+            s.started_hook().mark();
+            Ok::<Slot, Full>(s)
+        };
+        let a1 = take(a).unwrap();
+        let _a2 = take(a).unwrap();
+        assert_eq!(slots.take(a).err(), Some(Full::Source), "per source");
+        let _b1 = take(b).unwrap();
+        // Every connection has started a request: nothing to make room with.
+        assert_eq!(slots.take(b).err(), Some(Full::Total), "total");
         drop(a1);
-        assert!(slots.take(b).is_some(), "a slot given back is reused");
+        assert!(slots.take(b).is_ok(), "a slot given back is reused");
+    }
+
+    /// Issue 14: slow clients filling the port locked every other client out.
+    #[test]
+    fn a_full_port_closes_its_oldest_connection_without_a_request_to_make_room() {
+        let slots = Slots::new(Limits {
+            max_connections: 3,
+            max_per_source: 3,
+            ..Limits::default()
+        });
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let slow1 = slots.take(ip("127.0.0.2")).unwrap();
+        let served = slots.take(ip("127.0.0.3")).unwrap();
+        served.started_hook().mark();
+        let slow2 = slots.take(ip("127.0.0.2")).unwrap();
+        // Full: the oldest connection still without a request makes room.
+        let fresh = slots.take(ip("127.0.0.1")).unwrap();
+        assert!(fresh.made_room);
+        assert!(slow1.evict.is_cancelled());
+        assert!(!served.evict.is_cancelled() && !slow2.evict.is_cancelled());
+        // The evicted slot was uncounted at once; its drop does not count twice.
+        drop(slow1);
+        assert_eq!(slots.table.lock().unwrap().total, 3);
+        fresh.started_hook().mark();
+        let next = slots.take(ip("127.0.0.4")).unwrap();
+        assert!(slow2.evict.is_cancelled(), "then the next oldest");
+        next.started_hook().mark();
+        // Only connections that served a request are left: refused.
+        assert_eq!(slots.take(ip("127.0.0.5")).err(), Some(Full::Total));
+        drop((slow2, served, fresh, next));
+        let t = slots.table.lock().unwrap();
+        assert_eq!(
+            (
+                t.total,
+                t.per_source.len(),
+                t.waiting.len(),
+                t.counted.len()
+            ),
+            (0, 0, 0, 0)
+        );
+    }
+
+    /// Issue 14, through the accept loop: a port full of slowloris connections
+    /// from many sources (each under its per-source cap) still answers a client
+    /// that sends its request at once.
+    #[tokio::test]
+    async fn slow_clients_filling_the_port_do_not_lock_out_a_prompt_client() {
+        let limits = Limits {
+            header: Duration::from_secs(30),
+            idle: Duration::from_secs(30),
+            ..short()
+        };
+        let (addr, stop) = server(limits, Duration::ZERO).await;
+        let mut slow = Vec::new();
+        for i in 0..limits.max_connections {
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            let src = format!("127.0.1.{}:0", 1 + i / limits.max_per_source);
+            sock.bind(src.parse().unwrap()).unwrap();
+            let mut s = sock.connect(addr).await.unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nx-slow: ").await.unwrap();
+            slow.push(s);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let out = tokio::time::timeout(Duration::from_secs(5), get(addr, "/"))
+            .await
+            .expect("answered");
+        assert!(out.starts_with("HTTP/1.1 200"), "{out:?}");
+        // The one closed to make room was the oldest slow connection.
+        assert!(closed_within(&mut slow[0], Duration::from_secs(2)).await);
+        stop.cancel();
     }
 
     #[test]
