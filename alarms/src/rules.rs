@@ -450,7 +450,8 @@ impl Engine {
     /// (or queued in a group) before it was disabled.
     pub fn set_config(&mut self, cfg: RulesConfig) {
         self.states.retain(|key, _| !cfg.disabled.contains(&key.0));
-        self.pending.retain(|item| !cfg.disabled.contains(&item.alarm));
+        self.pending
+            .retain(|item| !cfg.disabled.contains(&item.alarm));
         if self.pending.is_empty() {
             self.group_started = None;
         }

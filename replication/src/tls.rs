@@ -1246,7 +1246,9 @@ mod tests {
             .filter_map(|n| match n {
                 x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
                     4 => Some(std::net::IpAddr::from(<[u8; 4]>::try_from(*b).unwrap()).to_string()),
-                    16 => Some(std::net::IpAddr::from(<[u8; 16]>::try_from(*b).unwrap()).to_string()),
+                    16 => {
+                        Some(std::net::IpAddr::from(<[u8; 16]>::try_from(*b).unwrap()).to_string())
+                    }
                     _ => None,
                 },
                 _ => None,
@@ -1289,7 +1291,10 @@ mod tests {
         let mut names = cert_dns_names(&cert_pem);
         names.sort();
         // The loopback name every node certificate carries for its HTTPS API.
-        assert_eq!(names, vec!["localhost", "node-7.tandem-peer", "tandem-peer"]);
+        assert_eq!(
+            names,
+            vec!["localhost", "node-7.tandem-peer", "tandem-peer"]
+        );
         let der = cert_from_pem(&cert_pem).unwrap();
         let cert = parse_x509(&der).unwrap();
         assert_eq!(

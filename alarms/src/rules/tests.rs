@@ -459,7 +459,10 @@ fn an_alarm_disabled_after_it_was_raised_is_never_mailed() {
         log.iter().all(|(a, _, _)| *a != AlarmId::DiskSpaceLow),
         "{log:?}"
     );
-    assert!(log.iter().any(|(a, _, _)| *a == AlarmId::NodeDown), "{log:?}");
+    assert!(
+        log.iter().any(|(a, _, _)| *a == AlarmId::NodeDown),
+        "{log:?}"
+    );
 }
 
 #[test]

@@ -38,10 +38,6 @@ impl ApiError {
             message: message.into(),
         }
     }
-    /// The text answered as `error`.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
 }
 
 impl From<ReplError> for ApiError {

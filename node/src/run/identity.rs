@@ -46,7 +46,11 @@ pub fn replica_config(cfg: &Config) -> ReplicaConfig {
         recording_cap_kbps: cfg.replication.recording_bandwidth_kbps,
         tls_dir: cfg.tls_dir(),
         admin_token_file: cfg.token_file(),
-        service_hosts: cfg.vip_address().map(|ip| ip.to_string()).into_iter().collect(),
+        service_hosts: cfg
+            .vip_address()
+            .map(|ip| ip.to_string())
+            .into_iter()
+            .collect(),
     }
 }
 

@@ -248,7 +248,10 @@ async fn route_to_noc(c: &Client) {
         if st.active.iter().all(|a| a.id != "storage.disk_space_low") {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(10), "not applied: {st:?}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "not applied: {st:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
