@@ -29,6 +29,9 @@ pub struct LocalNode {
     pub child: Option<Child>,
     /// Extra environment for the process (tests: fault injection).
     pub env: Vec<(String, String)>,
+    /// The API serves HTTPS with the node's cluster-CA certificate
+    /// ([`LocalCluster::serve_https`]); clients trust `<dir>/tls/ca.pem`.
+    pub https: bool,
 }
 
 impl LocalNode {
@@ -37,12 +40,25 @@ impl LocalNode {
         let token = std::fs::read_to_string(self.dir.join("admin.token"))
             .ok()
             .map(|t| t.trim().to_string());
-        Ok(Client::new(format!("http://{}", self.api_addr), token)?)
+        self.client_with(token)
     }
 
     /// A client of this node's API without a token.
     pub fn anonymous(&self) -> anyhow::Result<Client> {
-        Ok(Client::new(format!("http://{}", self.api_addr), None)?)
+        self.client_with(None)
+    }
+
+    fn client_with(&self, token: Option<String>) -> anyhow::Result<Client> {
+        if !self.https {
+            return Ok(Client::new(format!("http://{}", self.api_addr), token)?);
+        }
+        let ca = self.dir.join("tls").join("ca.pem");
+        let pem = std::fs::read(&ca).with_context(|| format!("reading {}", ca.display()))?;
+        Ok(Client::with_root(
+            format!("https://{}", self.api_addr),
+            token,
+            Some(&pem),
+        )?)
     }
 
     /// Where this node's log goes.
@@ -114,9 +130,29 @@ impl LocalCluster {
                 api_addr,
                 child: None,
                 env: Vec::new(),
+                https: false,
             });
         }
         Ok(LocalCluster { root, nodes, exe })
+    }
+
+    /// Make every node serve its API over HTTPS with the certificate the cluster CA
+    /// issues it at init/join (`<dir>/tls/node.pem`), as the appliance does. Call
+    /// before [`LocalCluster::bootstrap`].
+    pub fn serve_https(&mut self) -> anyhow::Result<()> {
+        use std::io::Write;
+        for n in &mut self.nodes {
+            // `[api]` is the last table of the prepared config.
+            let mut f = std::fs::OpenOptions::new().append(true).open(&n.config)?;
+            writeln!(
+                f,
+                "tls_cert = \"{}\"\ntls_key = \"{}\"",
+                n.dir.join("tls/node.pem").display(),
+                n.dir.join("tls/node.key").display()
+            )?;
+            n.https = true;
+        }
+        Ok(())
     }
 
     /// Run `tandem <args>` (this cluster's binary) to completion; its stdout.

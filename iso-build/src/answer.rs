@@ -85,6 +85,8 @@ pub struct RawAnswer {
     pub smtp: Option<RawSmtp>,
     /// `[alarms]`: who receives alarm mails.
     pub alarms: Option<RawAlarms>,
+    /// `[firewall]`: which sources may reach the API and peer ports.
+    pub firewall: Option<RawFirewall>,
 }
 
 /// `[disk]` as written.
@@ -227,9 +229,101 @@ pub struct RawAlarms {
     pub recipients: Option<Vec<String>>,
 }
 
+/// `[firewall]` as written.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFirewall {
+    /// Sources allowed to reach the admin API port: networks (`"198.18.0.0/24"`),
+    /// hosts (`"198.18.0.7"`, `"fd00::7"`) or `"any"`.
+    pub api_allow: Option<Vec<String>>,
+    /// Sources allowed to reach the peer (Raft) port, written the same way.
+    pub peer_allow: Option<Vec<String>>,
+}
+
 // ---------------------------------------------------------------------------
 // Validated shape
 // ---------------------------------------------------------------------------
+
+/// A network, host bits cleared: `198.18.0.0/24`, `198.18.0.7/32`, `fd00::/64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Net {
+    /// Network address (host bits zero).
+    pub addr: IpAddr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+impl Net {
+    /// The network `addr/prefix` lies in (host bits cleared).
+    pub fn containing(addr: IpAddr, prefix: u8) -> Net {
+        let addr = match addr {
+            IpAddr::V4(a) => {
+                let bits = u32::from(a);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(prefix.min(32)))
+                    .unwrap_or(0);
+                IpAddr::V4((bits & mask).into())
+            }
+            IpAddr::V6(a) => {
+                let bits = u128::from(a);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(prefix.min(128)))
+                    .unwrap_or(0);
+                IpAddr::V6((bits & mask).into())
+            }
+        };
+        Net { addr, prefix }
+    }
+
+    /// One host.
+    pub fn host(addr: IpAddr) -> Net {
+        Net {
+            addr,
+            prefix: if addr.is_ipv4() { 32 } else { 128 },
+        }
+    }
+}
+
+impl fmt::Display for Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Which sources may reach a port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Allow {
+    /// Every source.
+    Any,
+    /// Only these networks (never empty).
+    Only(Vec<Net>),
+}
+
+/// Source allow-lists of the API and peer ports (`[firewall]`, or the defaults
+/// derived from the static interfaces and peers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Firewall {
+    /// Who may reach the admin API port.
+    pub api: Allow,
+    /// Who may reach the peer port.
+    pub peer: Allow,
+    /// `firewall.api_allow` was given (false: the default).
+    pub api_given: bool,
+    /// `firewall.peer_allow` was given (false: the default).
+    pub peer_given: bool,
+}
+
+impl Default for Firewall {
+    /// What an answer saved before `[firewall]` existed meant: open to any source.
+    fn default() -> Firewall {
+        Firewall {
+            api: Allow::Any,
+            peer: Allow::Any,
+            api_given: true,
+            peer_given: true,
+        }
+    }
+}
 
 /// How the target disk is chosen.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -381,6 +475,40 @@ pub struct Answer {
     pub smtp: Option<Smtp>,
     /// Alarm recipients.
     pub alarm_recipients: Vec<String>,
+    /// Source allow-lists of the API and peer ports.
+    #[serde(default)]
+    pub firewall: Firewall,
+}
+
+impl Answer {
+    /// What the installer should point out although the answer is valid: a port
+    /// left open to any source because no allow-list was given and no static
+    /// interface tells where the management network is.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        for (given, allow, key, port) in [
+            (
+                self.firewall.api_given,
+                &self.firewall.api,
+                "firewall.api_allow",
+                self.api_listen.port(),
+            ),
+            (
+                self.firewall.peer_given,
+                &self.firewall.peer,
+                "firewall.peer_allow",
+                self.listen.port(),
+            ),
+        ] {
+            if !given && *allow == Allow::Any {
+                w.push(format!(
+                    "{key} is not set and no interface has a static address: port {port}/tcp \
+                     is open to any source; set {key} = [\"<management network>/<prefix>\"]"
+                ));
+            }
+        }
+        w
+    }
 }
 
 /// Parses and validates an answer file's text.
@@ -1017,6 +1145,38 @@ pub fn validate(raw: &RawAnswer) -> Result<Answer, Problems> {
         ));
     }
 
+    // [firewall]
+    let fw = raw.firewall.clone().unwrap_or_default();
+    let local: Vec<Net> = interfaces
+        .iter()
+        .filter_map(|i| match i.addressing {
+            Addressing::Static {
+                address, prefix, ..
+            } => Some(Net::containing(address, prefix)),
+            Addressing::Dhcp => None,
+        })
+        .collect();
+    let default_allow = |extra: Vec<Net>| {
+        if local.is_empty() {
+            return Allow::Any;
+        }
+        let mut v = local.clone();
+        v.extend(extra);
+        v.sort();
+        v.dedup();
+        Allow::Only(v)
+    };
+    let api_allow = match &fw.api_allow {
+        Some(list) => parse_allow(list, "firewall.api_allow", &mut p),
+        None => Some(default_allow(Vec::new())),
+    };
+    let peer_allow = match &fw.peer_allow {
+        Some(list) => parse_allow(list, "firewall.peer_allow", &mut p),
+        None => Some(default_allow(
+            peers.iter().map(|peer| Net::host(peer.addr.ip())).collect(),
+        )),
+    };
+
     if !p.is_empty() {
         return Err(Problems(p));
     }
@@ -1038,7 +1198,79 @@ pub fn validate(raw: &RawAnswer) -> Result<Answer, Problems> {
         admin_token: api.admin_token.clone(),
         smtp,
         alarm_recipients,
+        firewall: Firewall {
+            api: api_allow.expect("checked"),
+            peer: peer_allow.expect("checked"),
+            api_given: fw.api_allow.is_some(),
+            peer_given: fw.peer_allow.is_some(),
+        },
     })
+}
+
+/// A source allow-list: `"any"`, networks `ip/prefix` (host bits are cleared) and
+/// hosts `ip`.
+fn parse_allow(list: &[String], key: &str, p: &mut Vec<Problem>) -> Option<Allow> {
+    if list.is_empty() {
+        p.push(problem(
+            key,
+            "empty: nobody could reach the port",
+            "list the networks that may, e.g. [\"198.18.0.0/24\"], or [\"any\"]",
+        ));
+        return None;
+    }
+    let mut nets = Vec::new();
+    let mut any = false;
+    let before = p.len();
+    for (i, item) in list.iter().enumerate() {
+        let item = item.trim();
+        if item.eq_ignore_ascii_case("any") {
+            any = true;
+            continue;
+        }
+        let (a, len) = match item.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (item, None),
+        };
+        let Ok(ip) = a.parse::<IpAddr>() else {
+            p.push(problem(
+                format!("{key}[{i}]"),
+                format!("`{item}` is not an IP address or network"),
+                "write a network \"198.18.0.0/24\", a host \"198.18.0.7\" or \"any\" (host names are not supported)",
+            ));
+            continue;
+        };
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let prefix = match len.map(str::parse::<u8>) {
+            None => max,
+            Some(Ok(n)) if n <= max => n,
+            Some(_) => {
+                p.push(problem(
+                    format!("{key}[{i}]"),
+                    format!("`{item}`: the prefix length must be 0..={max}"),
+                    "write e.g. \"198.18.0.0/24\"",
+                ));
+                continue;
+            }
+        };
+        if ip.is_multicast() {
+            p.push(problem(
+                format!("{key}[{i}]"),
+                format!("`{item}` is a multicast address, never a source"),
+                "write the unicast network of the clients",
+            ));
+            continue;
+        }
+        nets.push(Net::containing(ip, prefix));
+    }
+    if p.len() > before {
+        return None;
+    }
+    if any {
+        return Some(Allow::Any);
+    }
+    nets.sort();
+    nets.dedup();
+    Some(Allow::Only(nets))
 }
 
 /// `ip:port` (IPv6 in brackets); a bare IP gets `default_port`.
@@ -1283,5 +1515,88 @@ recipients = ["noc@example.com"]
         let text = GOOD.replace("id = 1\nrole", "id = \"one\"\nrole");
         let e = parse(&text).unwrap_err();
         assert_eq!(e.0[0].key, "node.id", "{e}");
+    }
+
+    fn nets(list: &[&str]) -> Allow {
+        Allow::Only(
+            list.iter()
+                .map(|n| {
+                    let (a, l) = n.split_once('/').unwrap();
+                    Net {
+                        addr: a.parse().unwrap(),
+                        prefix: l.parse().unwrap(),
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn firewall_defaults_to_the_static_networks_and_the_peers() {
+        let a = parse(GOOD).unwrap();
+        assert_eq!(a.firewall.api, nets(&["198.18.0.0/24"]));
+        // The peers are inside that network already: one entry each, deduplicated.
+        assert_eq!(
+            a.firewall.peer,
+            nets(&["198.18.0.0/24", "198.18.0.1/32", "198.18.0.2/32"])
+        );
+        assert!(a.warnings().is_empty(), "{:?}", a.warnings());
+        // Only DHCP: nothing tells the management network, so open, with a warning.
+        let dhcp = GOOD
+            .replace("address = \"198.18.0.1/24\"", "dhcp = true")
+            .replace(
+                "mode = \"init\"",
+                "mode = \"init\"\nlisten = \"198.18.0.1:7000\"",
+            );
+        let a = parse(&dhcp).unwrap();
+        assert_eq!(a.firewall.api, Allow::Any);
+        assert_eq!(a.firewall.peer, Allow::Any);
+        let w = a.warnings();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains("firewall.api_allow") && w[0].contains("8080"),
+            "{w:?}"
+        );
+        assert!(
+            w[1].contains("firewall.peer_allow") && w[1].contains("7000"),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn firewall_lists_from_the_answer_are_normalised_and_bad_entries_named() {
+        let text = format!(
+            "{GOOD}\n[firewall]\napi_allow = [\"10.1.2.3/16\", \"10.9.0.7\", \"fd00::1/64\", \"10.9.0.7\"]\npeer_allow = [\"any\"]\n"
+        );
+        let a = parse(&text).unwrap();
+        assert_eq!(
+            a.firewall.api,
+            nets(&["10.1.0.0/16", "10.9.0.7/32", "fd00::/64"])
+        );
+        assert_eq!(a.firewall.peer, Allow::Any);
+        assert!(
+            a.warnings().is_empty(),
+            "given on purpose: {:?}",
+            a.warnings()
+        );
+        let bad = format!(
+            "{GOOD}\n[firewall]\napi_allow = [\"10.0.0.0/24\", \"mgmt.example.com\", \"10.0.0.0/33\", \"224.0.0.1\"]\npeer_allow = []\n"
+        );
+        let e = parse(&bad).unwrap_err();
+        let keys: Vec<&str> = e.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "firewall.api_allow[1]",
+                "firewall.api_allow[2]",
+                "firewall.api_allow[3]",
+                "firewall.peer_allow"
+            ],
+            "{e}"
+        );
+        assert!(e.to_string().contains("mgmt.example.com"), "{e}");
+        let typo = format!("{GOOD}\n[firewall]\napi_alow = [\"any\"]\n");
+        let e = parse(&typo).unwrap_err();
+        assert!(e.to_string().contains("api_alow"), "{e}");
     }
 }

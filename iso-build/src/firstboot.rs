@@ -164,7 +164,8 @@ pub fn settings(p: &Paths) -> Result<()> {
             .map_err(io(format!("writing {}", done.display())))?;
         return Ok(());
     }
-    let api = format!("http://127.0.0.1:{}", a.api_listen.port());
+    // HTTPS (render::node_config): the CLI trusts the cluster CA through the config.
+    let api = format!("https://127.0.0.1:{}", a.api_listen.port());
     let mut st = Stages::new(1);
     st.begin("apply mail settings");
     let mut last = String::new();

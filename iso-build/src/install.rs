@@ -409,6 +409,9 @@ pub fn install(o: &InstallOptions) -> Result<()> {
         answer.role.as_str(),
         render::bootstrap_words(&answer)
     ));
+    for w in answer.warnings() {
+        say(&format!("  warning: {w}"));
+    }
     if disk.size < 4_000_000_000 {
         return Err(Error::Answer {
             origin,
@@ -594,6 +597,7 @@ pub fn configure_target(target: &Path, a: &Answer, root_uuid: &str, esp_uuid: &s
         write_file(&t(&format!("/etc/systemd/network/{name}")), &text, 0o644)?;
     }
     write_file(&t(render::CONFIG_PATH), &render::node_config(a), 0o644)?;
+    write_file(&t("/etc/nftables.conf"), &render::nftables(a), 0o644)?;
     let state = serde_json::to_string_pretty(a).expect("answer serializes");
     write_file(&t(render::INSTALL_STATE), &state, 0o600)?;
     if let Some(tok) = &a.admin_token {

@@ -161,6 +161,9 @@ fn main() -> ExitCode {
                         tandem_iso::render::bootstrap_words(&a),
                         a.disk
                     );
+                    for w in a.warnings() {
+                        println!("warning: {w}");
+                    }
                     if print_config {
                         print!("{}", tandem_iso::render::node_config(&a));
                     }

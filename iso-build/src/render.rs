@@ -3,10 +3,15 @@
 
 use std::fmt::Write as _;
 
-use crate::answer::{Addressing, Answer, Bootstrap};
+use crate::answer::{Addressing, Allow, Answer, Bootstrap, Net};
 
 /// Where the installed node keeps its data.
 pub const DATA_DIR: &str = "/var/lib/tandem";
+/// The node's TLS material (cluster CA, node certificate and key), written by
+/// `tandem init`/`tandem join` on first boot.
+pub const TLS_DIR: &str = "/var/lib/tandem/tls";
+/// The cluster CA certificate clients of the HTTPS API trust.
+pub const API_CA_FILE: &str = "/var/lib/tandem/tls/ca.pem";
 /// Node config path on the installed system.
 pub const CONFIG_PATH: &str = "/etc/tandem/tandem.toml";
 /// The validated answer, kept for first boot (mode 0600).
@@ -72,7 +77,106 @@ pub fn node_config(a: &Answer) -> String {
         toml_str(&a.api_listen.to_string()),
         toml_str(&format!("{DATA_DIR}/admin.token"))
     );
+    let _ = writeln!(
+        s,
+        "# HTTPS with the certificate the cluster CA issued to this node at init/join\n\
+         # (it names the node's addresses, host name and VIP). Clients trust\n\
+         # {API_CA_FILE}; replace both lines to serve your own certificate.\n\
+         tls_cert = {}\ntls_key = {}",
+        toml_str(&format!("{TLS_DIR}/node.pem")),
+        toml_str(&format!("{TLS_DIR}/node.key"))
+    );
     s
+}
+
+/// The SIP port the appliance opens (the node's `[sip] listen` default).
+const SIP_PORT: u16 = 5060;
+/// The RTP range the appliance opens (the node's `[sip] rtp_ports` default).
+const RTP_PORTS: &str = "10000-20000";
+
+/// `/etc/nftables.conf` for the installed node: input policy drop; the API and
+/// peer ports only from their allow-lists (`[firewall]`), SIP and RTP from any
+/// source. The allow-lists are named sets, so an operator can change them live
+/// (`nft add element inet tandem api_allow { 198.18.1.0/24 }`) and for good (this
+/// file). The SIP ban sets of the node (`sip_ban`, `sip_ban6`) go into the same
+/// table at run time.
+pub fn nftables(a: &Answer) -> String {
+    let mut sets = String::new();
+    let mut rules = String::new();
+    for (name, allow, port, what, key) in [
+        (
+            "api_allow",
+            &a.firewall.api,
+            a.api_listen.port(),
+            "tandem admin API",
+            "firewall.api_allow",
+        ),
+        (
+            "peer_allow",
+            &a.firewall.peer,
+            a.listen.port(),
+            "tandem peer (raft) transport",
+            "firewall.peer_allow",
+        ),
+    ] {
+        match allow {
+            Allow::Any => {
+                let _ = writeln!(
+                    rules,
+                    "\t\ttcp dport {port} accept comment \"{what}, any source ({key})\""
+                );
+            }
+            Allow::Only(nets) => {
+                let v4: Vec<&Net> = nets.iter().filter(|n| n.addr.is_ipv4()).collect();
+                let v6: Vec<&Net> = nets.iter().filter(|n| n.addr.is_ipv6()).collect();
+                for (set, family, ty, list) in [
+                    (name.to_string(), "ip", "ipv4_addr", v4),
+                    (format!("{name}6"), "ip6", "ipv6_addr", v6),
+                ] {
+                    let _ = write!(sets, "\tset {set} {{\n\t\ttype {ty}; flags interval;\n");
+                    if !list.is_empty() {
+                        let elems: Vec<String> = list.iter().map(|n| n.to_string()).collect();
+                        let _ = writeln!(sets, "\t\telements = {{ {} }}", elems.join(", "));
+                    }
+                    sets.push_str("\t}\n");
+                    let _ = writeln!(
+                        rules,
+                        "\t\t{family} saddr @{set} tcp dport {port} accept comment \"{what} ({key})\""
+                    );
+                }
+            }
+        }
+    }
+    format!(
+        "#!/usr/sbin/nft -f\n\
+         # tandem appliance firewall, written by the tandem installer from the answer\n\
+         # file ([firewall] api_allow / peer_allow; docs/security.md). Input policy drop;\n\
+         # the API and peer ports only from their allow-lists, SIP and RTP from anywhere.\n\
+         flush ruleset\n\
+         \n\
+         table inet tandem {{\n\
+         {sets}\
+         \tchain input {{\n\
+         \t\ttype filter hook input priority filter; policy drop;\n\
+         \t\tct state established,related accept\n\
+         \t\tct state invalid drop\n\
+         \t\tiifname \"lo\" accept\n\
+         \t\t# ICMP (1) and ICMPv6 (58, neighbour discovery); numbers because the\n\
+         \t\t# appliance has no /etc/protocols.\n\
+         \t\tmeta l4proto 1 accept\n\
+         \t\tmeta l4proto 58 accept\n\
+         {rules}\
+         \t\tudp dport {SIP_PORT} accept comment \"SIP\"\n\
+         \t\ttcp dport {SIP_PORT} accept comment \"SIP\"\n\
+         \t\tudp dport {RTP_PORTS} accept comment \"RTP media\"\n\
+         \t\tudp sport 67 udp dport 68 accept comment \"DHCP replies\"\n\
+         \t\tudp sport 123 accept comment \"NTP replies (chrony)\"\n\
+         \t}}\n\
+         \tchain forward {{\n\
+         \t\ttype filter hook forward priority filter; policy drop;\n\
+         \t}}\n\
+         }}\n"
+    )
 }
 
 /// One systemd-networkd `.network` file per interface: (file name, content).
@@ -228,6 +332,15 @@ addr = "198.18.0.2:7000"
             Some("198.18.0.1:8080")
         );
         assert_eq!(v["api"]["listen"].as_str(), Some("0.0.0.0:8080"));
+        // HTTPS by default, with the certificate the cluster CA issues at init/join.
+        assert_eq!(
+            v["api"]["tls_cert"].as_str(),
+            Some("/var/lib/tandem/tls/node.pem")
+        );
+        assert_eq!(
+            v["api"]["tls_key"].as_str(),
+            Some("/var/lib/tandem/tls/node.key")
+        );
         assert!(v.get("vip").is_none());
     }
 

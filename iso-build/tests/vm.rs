@@ -12,8 +12,7 @@
 //! and temporary file is removed when a test ends, also on failure.
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -367,31 +366,23 @@ fn wait_serial(lab: &mut Lab, idx: usize, serial: &Path, needle: &str, limit: Du
 }
 
 /// Minimal HTTP/1.1 GET on 127.0.0.1; (status, body).
+/// GET over HTTPS (the appliance default) with curl: (status, body). The test does
+/// not check the certificate (the cluster CA is inside the VM); the API's TLS
+/// itself is covered by node/tests/cluster/https.rs.
 fn http_get(port: u16, path: &str, bearer: Option<&str>) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(
-        &format!("127.0.0.1:{port}").parse().unwrap(),
-        Duration::from_secs(3),
-    )
-    .ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let auth = bearer
-        .map(|b| format!("Authorization: Bearer {b}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    // Chunked bodies: good enough to search in.
-    Some((status, body))
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sk", "--max-time", "5", "-w", "\n%{http_code}"]);
+    if let Some(b) = bearer {
+        cmd.arg("-H").arg(format!("Authorization: Bearer {b}"));
+    }
+    let out = cmd
+        .arg(format!("https://127.0.0.1:{port}{path}"))
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n')?;
+    let status: u16 = code.trim().parse().ok()?;
+    (status != 0).then(|| (status, body.to_string()))
 }
 
 fn wait_health(lab: &mut Lab, idx: usize, port: u16, serial: &Path, limit: Duration) -> String {
@@ -659,7 +650,12 @@ addr = "198.18.0.1:7000"
 [[cluster.peers]]
 id = 2
 addr = "198.18.0.2:7000"
-{extra}"#
+{extra}
+# The API through qemu's port forward comes from the user-net gateway 10.0.2.2;
+# without this only the static 198.18.0.0/24 could reach it.
+[firewall]
+api_allow = ["10.0.2.0/24", "198.18.0.0/24"]
+"#
     )
 }
 

@@ -101,3 +101,33 @@ async fn a_bad_api_certificate_stops_startup_naming_the_key() {
         "{err}"
     );
 }
+
+/// The appliance's default: each node serves the certificate the cluster CA issued
+/// it at init (the init node) or join (the others, signed by the node they joined
+/// through), naming its own addresses; clients need only the cluster CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_serve_https_with_the_cluster_ca_certificate_issued_at_init_and_join() {
+    let mut cluster = LocalCluster::prepare(exe(), 2, &["127.0.0.1", "127.0.0.2"], "").unwrap();
+    cluster.serve_https().unwrap();
+    cluster.bootstrap().await.unwrap();
+    for (i, n) in cluster.nodes.iter().enumerate() {
+        // Verified against ca.pem and the node's own IP address (127.0.0.1, 127.0.0.2).
+        let h = n.anonymous().unwrap().health().await.unwrap();
+        assert_eq!(h.node_id, n.id);
+        let out = tokio::process::Command::new(exe())
+            .args(["status", "--json", "--config"])
+            .arg(&n.config)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "node {}: {}",
+            i + 1,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // A client that does not trust the cluster CA is refused.
+        let stranger = Client::new(format!("https://{}", n.api_addr), None).unwrap();
+        assert!(stranger.health().await.is_err(), "node {}", i + 1);
+    }
+}
