@@ -141,6 +141,10 @@ pub struct SipStatus {
     /// SIP/TCP connections closed at accept, over a cap (counter).
     #[serde(default)]
     pub tcp_refused_total: u64,
+    /// SIP/TCP connections without a complete message closed to make room for a
+    /// new one at the total cap (counter).
+    #[serde(default)]
+    pub tcp_evicted_total: u64,
 }
 
 enum Event {
@@ -340,6 +344,7 @@ impl<B: Backend> ServiceHandle<B> {
             sources_banned_total: c.sources_banned.load(Ordering::Relaxed),
             accounts_locked_total: c.accounts_locked.load(Ordering::Relaxed),
             tcp_refused_total: self.tcp.refused(),
+            tcp_evicted_total: self.tcp.evicted(),
         }
     }
 

@@ -2,7 +2,9 @@
 //! per connection, and the limits that keep a prober from holding the listener.
 //!
 //! ```text
-//!  accept ─▶ slot? (total cap, per-source cap) ── no ─▶ closed at once
+//!  accept ─▶ slot? per-source cap ── full ─▶ closed at once
+//!     │        total cap ── full ─▶ close the oldest connection that has not
+//!     │                             completed a message yet, or refuse
 //!     │ yes
 //!     ▼
 //!  reader: frame by Content-Length ─▶ Event::Bytes ─▶ core task
@@ -10,6 +12,10 @@
 //!     │ or nothing received for idle_timeout ─▶ closed
 //!  writer ◀── send() from the core task (opens a connection when none exists)
 //! ```
+//!
+//! A full port makes room by closing its oldest connection that has not sent a
+//! complete message yet (a slowloris holds its slot only until somebody needs
+//! it); phones, which REGISTER right after connecting, are never evicted.
 //!
 //! Accept errors (EMFILE: out of file descriptors) back off exponentially instead
 //! of spinning, with one warning per run of errors.
@@ -25,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 /// Caps and timeouts of SIP over TCP.
 #[derive(Debug, Clone)]
@@ -63,30 +69,60 @@ pub(super) struct Tcp {
     accepted: Mutex<Accepted>,
     /// Connections closed at accept, over a cap.
     refused: AtomicU64,
+    /// Connections closed to make room for a new one (none had sent a message).
+    evicted: AtomicU64,
 }
 
 #[derive(Default)]
 struct Accepted {
     total: usize,
     per_source: HashMap<IpAddr, usize>,
+    /// Accepted connections that have not completed a message, oldest first
+    /// (by slot id): the candidates for eviction.
+    pending: std::collections::BTreeMap<u64, (IpAddr, Arc<Notify>)>,
+    /// Slots evicted whose connection task has not ended yet: their counts were
+    /// given back at eviction, not again on drop.
+    evicted: std::collections::HashSet<u64>,
+    next_id: u64,
+}
+
+impl Accepted {
+    fn release(&mut self, ip: IpAddr) {
+        self.total = self.total.saturating_sub(1);
+        if let Some(n) = self.per_source.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_source.remove(&ip);
+            }
+        }
+    }
 }
 
 /// An accepted connection's place under the caps, given back on drop.
 struct Slot {
     tcp: Arc<Tcp>,
     ip: IpAddr,
+    id: u64,
+    /// Notified when the slot is taken for a newer connection.
+    evict: Arc<Notify>,
+}
+
+impl Slot {
+    /// The connection completed a message: it is no longer evicted for room.
+    fn settled(&self) {
+        let mut a = self.tcp.accepted.lock().unwrap_or_else(|e| e.into_inner());
+        a.pending.remove(&self.id);
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut a = self.tcp.accepted.lock().unwrap_or_else(|e| e.into_inner());
-        a.total = a.total.saturating_sub(1);
-        if let Some(n) = a.per_source.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                a.per_source.remove(&self.ip);
-            }
+        if a.evicted.remove(&self.id) {
+            return;
         }
+        a.pending.remove(&self.id);
+        a.release(self.ip);
     }
 }
 
@@ -104,7 +140,13 @@ impl Tcp {
             writers: Mutex::default(),
             accepted: Mutex::default(),
             refused: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
         }
+    }
+
+    /// Connections closed to make room so far.
+    pub(super) fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
     }
 
     /// Connections refused over a cap so far.
@@ -114,18 +156,30 @@ impl Tcp {
 
     fn slot(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Full> {
         let mut a = self.accepted.lock().unwrap_or_else(|e| e.into_inner());
-        if a.total >= self.limits.max_connections {
-            return Err(Full::Total);
-        }
-        let n = a.per_source.entry(ip).or_insert(0);
-        if *n >= self.limits.max_per_source {
+        if a.per_source.get(&ip).copied().unwrap_or(0) >= self.limits.max_per_source {
             return Err(Full::Source);
         }
-        *n += 1;
+        if a.total >= self.limits.max_connections {
+            // Room from the oldest connection that never completed a message.
+            let Some((old, (old_ip, evict))) = a.pending.pop_first() else {
+                return Err(Full::Total);
+            };
+            a.release(old_ip);
+            a.evicted.insert(old);
+            evict.notify_one();
+            self.evicted.fetch_add(1, Ordering::Relaxed);
+        }
+        *a.per_source.entry(ip).or_insert(0) += 1;
         a.total += 1;
+        let id = a.next_id;
+        a.next_id += 1;
+        let evict = Arc::new(Notify::new());
+        a.pending.insert(id, (ip, evict.clone()));
         Ok(Slot {
             tcp: self.clone(),
             ip,
+            id,
+            evict,
         })
     }
 
@@ -260,9 +314,24 @@ fn spawn_connection(
         let mut buf: Vec<u8> = Vec::with_capacity(8192);
         let mut chunk = vec![0u8; 16384];
         let mut clock = ReadClock::new(_slot.is_some(), Instant::now());
+        let evict = _slot.as_ref().map(|s| s.evict.clone());
         'conn: loop {
             let deadline = clock.deadline(!buf.is_empty(), &limits);
-            let n = match tokio::time::timeout_at(deadline.into(), rd.read(&mut chunk)).await {
+            let evicted = async {
+                match &evict {
+                    Some(e) => e.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let read = tokio::select! {
+                biased;
+                _ = evicted => {
+                    tracing::debug!(%addr, "sip: TCP connection without a message closed to make room");
+                    break;
+                }
+                r = tokio::time::timeout_at(deadline.into(), rd.read(&mut chunk)) => r,
+            };
+            let n = match read {
                 Err(_) => {
                     tracing::debug!(%addr, "sip: TCP connection timed out (idle or a message incomplete), closing");
                     break;
@@ -296,6 +365,11 @@ fn spawn_connection(
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         break 'conn;
                     }
+                }
+            }
+            if completed && clock.first_pending {
+                if let Some(s) = &_slot {
+                    s.settled();
                 }
             }
             clock.received(was_empty, completed, buf.is_empty(), Instant::now());

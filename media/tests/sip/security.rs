@@ -274,3 +274,53 @@ async fn an_idle_tcp_connection_is_closed_and_the_total_cap_holds() {
     assert!(read_until_closed(&mut a, 15).await, "idle connection kept");
     e.svc.shutdown().await;
 }
+
+#[tokio::test]
+async fn at_the_total_cap_the_oldest_silent_tcp_connection_makes_room_for_a_phone() {
+    let e = env(33500, |c| {
+        c.tcp_limits.max_connections = 3;
+    })
+    .await;
+    // A phone that completed a message is never evicted.
+    let mut phone = tokio::net::TcpStream::connect(e.server).await.unwrap();
+    assert!(answered(&mut phone, e.server, 1).await);
+    // Two silent connections fill the port (from other addresses).
+    let mut silent = Vec::new();
+    for ip in ["127.0.0.2", "127.0.0.3"] {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+        silent.push(s.connect(e.server).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A new phone gets in: the oldest silent connection is closed for it...
+    let mut second = tokio::net::TcpStream::connect(e.server).await.unwrap();
+    assert!(
+        answered(&mut second, e.server, 2).await,
+        "locked out by silent connections"
+    );
+    assert!(
+        read_until_closed(&mut silent[0], 5).await,
+        "oldest silent kept"
+    );
+    assert_eq!(e.svc.status().tcp_evicted_total, 1);
+    // ...and the next one takes the other silent connection's place.
+    let mut third = tokio::net::TcpStream::connect(e.server).await.unwrap();
+    assert!(answered(&mut third, e.server, 3).await);
+    assert!(
+        read_until_closed(&mut silent[1], 5).await,
+        "second silent kept"
+    );
+    // Now every connection has completed a message: the next one is refused, and
+    // the phones are still served.
+    let mut fourth = tokio::net::TcpStream::connect(e.server).await.unwrap();
+    assert!(
+        !answered(&mut fourth, e.server, 4).await,
+        "over the total cap"
+    );
+    assert_eq!(e.svc.status().tcp_refused_total, 1);
+    assert!(
+        answered(&mut phone, e.server, 5).await,
+        "the first phone was evicted"
+    );
+    e.svc.shutdown().await;
+}

@@ -430,6 +430,11 @@ impl crate::http::state::TelephonyStatus for SipRuntime {
                     "SIP/TCP connections closed at accept, over a cap",
                     s.tcp_refused_total,
                 ),
+                (
+                    "tandem_sip_tcp_evicted_total",
+                    "SIP/TCP connections without a complete message closed to make room",
+                    s.tcp_evicted_total,
+                ),
             ] {
                 line(name, "counter", help, v);
             }
