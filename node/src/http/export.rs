@@ -81,23 +81,35 @@ pub(crate) fn csv_stream(
     q: CdrQuery,
     limit: Option<usize>,
 ) -> Result<impl futures::Stream<Item = std::io::Result<Bytes>>, ApiError> {
+    csv_stream_on(&EXPORTS, EXPORT_STALL, tree, q, limit)
+}
+
+/// [`csv_stream`] with its slots and stall limit given (tests use short ones).
+fn csv_stream_on(
+    slots: &'static Semaphore,
+    stall: Duration,
+    tree: Tree,
+    q: CdrQuery,
+    limit: Option<usize>,
+) -> Result<impl futures::Stream<Item = std::io::Result<Bytes>>, ApiError> {
+    let max = MAX_EXPORTS;
     let busy = || {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
-                "{MAX_EXPORTS} CSV exports are running on this node, its limit: retry when \
+                "{max} CSV exports are running on this node, its limit: retry when \
                  one ends, or export from another node"
             ),
         )
     };
-    let permit = EXPORTS.try_acquire().map_err(|_| busy())?;
+    let permit = slots.try_acquire().map_err(|_| busy())?;
     let runtime = tokio::runtime::Handle::current();
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(8);
     std::thread::Builder::new()
         .name("csv-export".into())
         .spawn(move || {
             let _slot = permit;
-            stream_csv(&runtime, tree, q, limit, tx);
+            stream_csv(&runtime, stall, tree, q, limit, tx);
         })
         .map_err(|e| {
             tracing::warn!(error = %e, "cannot start a CSV export thread");
@@ -110,20 +122,21 @@ pub(crate) fn csv_stream(
 
 fn stream_csv(
     runtime: &tokio::runtime::Handle,
+    stall: Duration,
     tree: Tree,
     q: CdrQuery,
     limit: Option<usize>,
     tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
 ) {
-    // Waits for the client to take a chunk, at most EXPORT_STALL.
+    // Waits for the client to take a chunk, at most `stall`.
     let send = |item: std::io::Result<Bytes>| {
         // The timer is made inside block_on: it needs the runtime's context.
-        match runtime.block_on(async { tokio::time::timeout(EXPORT_STALL, tx.send(item)).await }) {
+        match runtime.block_on(async { tokio::time::timeout(stall, tx.send(item)).await }) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(client_gone()),
             Err(_) => Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                format!("client took no data for {} s", EXPORT_STALL.as_secs()),
+                format!("client took no data for {} ms", stall.as_millis()),
             )),
         }
     };
@@ -322,5 +335,55 @@ mod export_tests {
         }));
         let err = export(&tree, CdrQuery::default(), None, w).unwrap_err();
         assert!(err.contains("client went away"), "{err}");
+    }
+
+    #[test]
+    fn an_export_whose_client_takes_no_data_is_stopped_and_its_slot_freed() {
+        static SLOTS: Semaphore = Semaphore::const_new(MAX_EXPORTS);
+        let dir = tempfile::tempdir().unwrap();
+        // Far more CSV than the stream's queue holds: the export thread blocks.
+        let tree = tree_with(dir.path(), 30_000);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let stall = Duration::from_millis(300);
+            let open = || csv_stream_on(&SLOTS, stall, tree.clone(), CdrQuery::default(), None);
+            let mut stalled = Vec::new();
+            for _ in 0..MAX_EXPORTS {
+                stalled.push(open().map_err(|e| e.message().to_string()).unwrap());
+            }
+            let busy = open().err().expect("a slot over the cap");
+            assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+            // Nobody reads: every export gives up after `stall` and frees its slot.
+            let t0 = std::time::Instant::now();
+            while SLOTS.available_permits() < MAX_EXPORTS {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(20),
+                    "stalled exports kept {} slots",
+                    MAX_EXPORTS - SLOTS.available_permits()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // What the stalled client gets when it reads at last: the queued chunks,
+            // then the end of the stream (the export was cut), never a hang.
+            use futures::StreamExt;
+            let mut s = Box::pin(stalled.pop().unwrap());
+            let mut bytes = 0;
+            while let Some(item) = tokio::time::timeout(Duration::from_secs(5), s.next())
+                .await
+                .expect("a stopped export ends its stream")
+            {
+                bytes += item.map(|b| b.len()).unwrap_or(0);
+            }
+            assert!(
+                bytes < 30_000 * 50,
+                "the whole export was sent: {bytes} bytes"
+            );
+            // The freed slots serve new exports.
+            assert!(open().is_ok());
+        });
     }
 }
