@@ -16,11 +16,38 @@ pub fn optional_field(body: &[u8], name: &str) -> Result<Option<serde_json::Valu
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(None);
     }
-    let mut v: serde_json::Value =
+    let v: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("malformed JSON: {e}")))?;
-    match v.get_mut(name).map(serde_json::Value::take) {
+    let mut map = match v {
+        serde_json::Value::Null => return Ok(None),
+        serde_json::Value::Object(m) => m,
+        other => {
+            return Err(ApiError::bad(format!(
+                "expected a JSON object such as {{\"{name}\": ...}} or an empty body, got {}",
+                json_kind(&other)
+            )))
+        }
+    };
+    // A misspelt field must not silently mean "absent" (a switchover to any node).
+    if let Some(k) = map.keys().find(|k| k.as_str() != name) {
+        return Err(ApiError::bad(format!(
+            "unknown field `{k}`: the only field here is `{name}`"
+        )));
+    }
+    match map.remove(name) {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(x) => Ok(Some(x)),
+    }
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
     }
 }
 
@@ -95,5 +122,37 @@ pub(crate) fn created_or_ok(resp: &tandem_replication::types::Response) -> axum:
     match resp {
         tandem_replication::types::Response::Config { existed: false, .. } => StatusCode::CREATED,
         _ => StatusCode::OK,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_optional_field_body_must_be_an_object_with_only_that_field() {
+        assert_eq!(optional_field(b"", "to").unwrap(), None);
+        assert_eq!(optional_field(b" null ", "to").unwrap(), None);
+        assert_eq!(optional_field(br#"{}"#, "to").unwrap(), None);
+        assert_eq!(
+            optional_field(br#"{"to": 2}"#, "to").unwrap(),
+            Some(serde_json::json!(2))
+        );
+        for (body, want) in [
+            (&br#"[2]"#[..], "got an array"),
+            (br#"2"#, "got a number"),
+            (br#""node-2""#, "got a string"),
+            (br#"{"node": 2}"#, "unknown field `node`"),
+            (br#"{"to": 2, "force": true}"#, "unknown field `force`"),
+        ] {
+            let e = optional_field(body, "to").unwrap_err();
+            assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST);
+            assert!(
+                e.message().contains(want),
+                "{}: {}",
+                String::from_utf8_lossy(body),
+                e.message()
+            );
+        }
     }
 }
