@@ -132,6 +132,7 @@ alarm_ids! {
     MasterChanged => "cluster.master_changed",
     QuorumLost => "cluster.quorum_lost",
     WitnessLost => "cluster.witness_lost",
+    NoWitness => "cluster.no_witness",
     Maintenance => "cluster.maintenance",
     ReplicationLag => "replication.lag",
     DiskSpaceLow => "storage.disk_space_low",
@@ -229,6 +230,22 @@ pub const CATALOG: &[AlarmDef] = &[
         advice: "Restore the witness host or its network path; until then avoid \
                  maintenance on the data nodes.",
         repeat_s: Some(12 * HOUR),
+        default_enabled: true,
+    },
+    AlarmDef {
+        id: AlarmId::NoWitness,
+        family: Family::Cluster,
+        severity: Severity::Major,
+        kind: Kind::State,
+        title: "No witness",
+        cleared_title: "Third voter added",
+        text: "The cluster votes with two data nodes and no witness: if either fails, the \
+               other has no majority and does not take over the master role by itself. \
+               {detail}",
+        advice: "Add a witness on a third machine (`role = \"witness\"`, `tandem join`; \
+                 docs/failover.md) or a third data node. Until then a failed master needs \
+                 manual recovery (docs/failover.md, \"Runbook\").",
+        repeat_s: Some(24 * HOUR),
         default_enabled: true,
     },
     AlarmDef {

@@ -349,6 +349,10 @@ impl AlarmService {
             ..Snapshot::default()
         };
         if leader {
+            let voters: Vec<_> = members.iter().filter(|x| x.voter).collect();
+            if voters.len() == 2 && voters.iter().all(|x| x.kind == MemberKind::Data) {
+                s.two_data_voters = voters.iter().map(|x| x.name.clone()).collect();
+            }
             for id in roles.unreachable() {
                 let witness = members
                     .iter()

@@ -20,6 +20,9 @@ pub struct Snapshot {
     pub unreachable: BTreeMap<String, bool>,
     /// On the master: members behind by more than the threshold, name → detail.
     pub lagging: BTreeMap<String, String>,
+    /// On the master: the voters are exactly two data nodes (no witness, no third
+    /// voter): their names. Empty otherwise.
+    pub two_data_voters: Vec<String>,
     /// `alarm.maintenance`: mute alarm mails cluster-wide.
     pub maintenance: bool,
     /// Conditions of this node itself (disk space low, recording sync behind):
@@ -146,6 +149,20 @@ impl Observer {
                 });
             }
         }
+        // Two data voters and no witness (master's view): one alarm for the cluster.
+        let no_witness = !s.two_data_voters.is_empty();
+        if no_witness && self.prev.two_data_voters.is_empty() {
+            out.push(Event::Raise {
+                alarm: AlarmId::NoWitness,
+                subject: "cluster".into(),
+                detail: format!("Voters: {}.", s.two_data_voters.join(", ")),
+            });
+        } else if !no_witness && !self.prev.two_data_voters.is_empty() {
+            out.push(Event::Clear {
+                alarm: AlarmId::NoWitness,
+                subject: "cluster".into(),
+            });
+        }
         // Replication lag (master's view).
         for (name, detail) in &s.lagging {
             if self.prev.lagging.get(name) != Some(detail) {
@@ -239,6 +256,28 @@ mod tests {
         };
         o.observe(&lonely, 11_000);
         assert_eq!(o.observe(&lonely, 16_000).len(), 1);
+    }
+
+    #[test]
+    fn two_data_voters_without_a_witness_raise_one_alarm_until_a_third_joins() {
+        let mut o = Observer::new(5000);
+        let mut s = snap(Some("node-a"));
+        s.two_data_voters = vec!["node-a".into(), "node-b".into()];
+        let ev = o.observe(&s, 0);
+        assert!(
+            matches!(&ev[..], [Event::Raise { alarm: AlarmId::NoWitness, subject, detail }]
+                if subject == "cluster" && detail.contains("node-a, node-b")),
+            "{ev:?}"
+        );
+        assert!(o.observe(&s, 1000).is_empty(), "raised once");
+        s.two_data_voters.clear();
+        assert_eq!(
+            o.observe(&s, 2000),
+            vec![Event::Clear {
+                alarm: AlarmId::NoWitness,
+                subject: "cluster".into()
+            }]
+        );
     }
 
     #[test]

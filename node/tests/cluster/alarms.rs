@@ -1023,3 +1023,66 @@ async fn test_mail_over_implicit_tls_with_auth() {
     assert_eq!(mails.len(), 1);
     assert_eq!(header(&mails[0], "X-Test-Tls").as_deref(), Some("True"));
 }
+
+/// Two data voters and no witness: the master mails `cluster.no_witness` once, and
+/// the cleared mail once a witness joins as the third voter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_data_nodes_without_a_witness_are_mailed_until_a_witness_joins() {
+    let root = tempfile::tempdir().unwrap();
+    let Some(smtp) = SmtpServer::start(root.path(), None).await else {
+        return;
+    };
+    let mut cluster = LocalCluster::prepare(exe(), 3, &["127.0.0.1"], "").unwrap();
+    let witness_cfg = std::fs::read_to_string(&cluster.nodes[2].config)
+        .unwrap()
+        .replace("name = \"node-3\"", "name = \"node-3\"\nrole = \"witness\"");
+    std::fs::write(&cluster.nodes[2].config, witness_cfg).unwrap();
+    let cfg = |i: usize| cluster.nodes[i].config.display().to_string();
+    let (cfg0, cfg1, cfg2) = (cfg(0), cfg(1), cfg(2));
+    cluster
+        .tandem(&["init", "--json", "--config", &cfg0])
+        .await
+        .unwrap();
+    let token = std::fs::read_to_string(cluster.nodes[0].dir.join("tls/join.token")).unwrap();
+    let token = token.trim().to_string();
+    cluster.start(0).unwrap();
+    cluster
+        .wait_health(0, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let c = cluster.nodes[0].client().unwrap();
+    mail_to_noc(&c, smtp.port).await;
+    let peer0 = cluster.nodes[0].peer_addr.clone();
+    let join = ["join", &peer0, "--token", &token, "--json", "--config"];
+    cluster
+        .tandem(&[&join[..], &[&cfg1]].concat())
+        .await
+        .unwrap();
+    cluster.start(1).unwrap();
+    cluster
+        .wait_for(Duration::from_secs(30), "2 voters", |v| v.voters == 2)
+        .await
+        .unwrap();
+    let mails = smtp.wait_mails(1).await;
+    assert_eq!(mails.len(), 1, "{mails:#?}");
+    assert_eq!(
+        header(&mails[0], "Subject").as_deref(),
+        Some("[MAJOR][tandem][node-1] No witness")
+    );
+    assert!(mails[0].contains("node-1, node-2"), "{}", mails[0]);
+    cluster
+        .tandem(&[&join[..], &[&cfg2]].concat())
+        .await
+        .unwrap();
+    cluster.start(2).unwrap();
+    cluster
+        .wait_for(Duration::from_secs(30), "3 voters", |v| v.voters == 3)
+        .await
+        .unwrap();
+    let mails = smtp.wait_mails(2).await;
+    assert_eq!(mails.len(), 2, "{mails:#?}");
+    assert_eq!(
+        header(&mails[1], "Subject").as_deref(),
+        Some("[CLEARED][tandem][node-1] Third voter added")
+    );
+}
