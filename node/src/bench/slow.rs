@@ -4,7 +4,8 @@
 //! ```text
 //!  3 nodes on 127.0.0.1-3 (this binary, shipped limits, nofile = the unit's 65536)
 //!    baseline: writer (100 CDR/s, pooled keep-alive client) + /health probe (1/s,
-//!              a fresh connection each time) on the master and on a standby
+//!              a fresh connection each time) on the master and on a standby, and a
+//!              phone's SIP/TCP OPTIONS (1/s, fresh connection) on the master
 //!    flood:    same, plus N slow connections to EACH port (API, peer, SIP/TCP) of the
 //!              master and of the standby, from many 127.x.y.z sources; a connection
 //!              the server closes is opened again after --slow-reopen-ms
@@ -305,16 +306,46 @@ async fn probe_once(addr: SocketAddr) -> (f64, bool) {
     (ms, matches!(r, Ok(Ok(true))))
 }
 
+/// A phone's OPTIONS over a fresh SIP/TCP connection; ok if a SIP response came
+/// within [`BOUND_HEALTH`] (a phone locked out by the flood gets none).
+async fn sip_probe_once(addr: SocketAddr, n: u64) -> (f64, bool) {
+    let t0 = Instant::now();
+    let r = tokio::time::timeout(BOUND_HEALTH, async {
+        let mut s = TcpStream::connect(addr).await?;
+        let local = s.local_addr()?;
+        let msg = format!(
+            "OPTIONS sip:{addr} SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bKprobe{n}\r\n\
+             From: <sip:probe@{addr}>;tag=p{n}\r\nTo: <sip:{addr}>\r\nCall-ID: bench-probe-{n}\r\n\
+             CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        );
+        s.write_all(msg.as_bytes()).await?;
+        let mut buf = vec![0u8; 4096];
+        let got = s.read(&mut buf).await?;
+        Ok::<bool, std::io::Error>(buf[..got].starts_with(b"SIP/2.0 "))
+    })
+    .await;
+    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    (ms, matches!(r, Ok(Ok(true))))
+}
+
+/// Probes `addr` once a second: `/health`, or with `sip` a SIP/TCP OPTIONS.
 fn prober(
     addr: SocketAddr,
+    sip: bool,
     samples: Samples,
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut n = 0u64;
         while !stop.load(Ordering::Relaxed) {
             tick.tick().await;
-            let (ms, ok) = probe_once(addr).await;
+            n += 1;
+            let (ms, ok) = if sip {
+                sip_probe_once(addr, n).await
+            } else {
+                probe_once(addr).await
+            };
             samples
                 .lock()
                 .expect("samples")
@@ -490,8 +521,12 @@ pub async fn run(
     let health: Vec<Samples> = vec![Arc::default(), Arc::default()];
     let mut tasks = vec![writer(client.clone(), writes.clone(), stop.clone())];
     for (k, &i) in [m, sb].iter().enumerate() {
-        tasks.push(prober(api(i)?, health[k].clone(), stop.clone()));
+        tasks.push(prober(api(i)?, false, health[k].clone(), stop.clone()));
     }
+    // A phone on the master's SIP/TCP port (only the master runs the SIP service).
+    let phone: Samples = Arc::default();
+    let master_sip = SocketAddr::new(ips[m].parse()?, sip_ports[m]);
+    tasks.push(prober(master_sip, true, phone.clone(), stop.clone()));
     let usage = Arc::new(Mutex::new(vec![Usage::default(); 2]));
     {
         let (usage, stop, pids) = (usage.clone(), stop.clone(), pids.clone());
@@ -611,15 +646,18 @@ pub async fn run(
         .iter()
         .map(|h| window(h, flood_from, flood_to))
         .collect();
+    let pb = window(&phone, base_from, base_to);
+    let pf = window(&phone, flood_from, flood_to);
     let rss_mb = |u: &Usage| u.hwm_kb.max(u.peak_rss_kb) as f64 / 1024.0;
     let peak_rss = flood_usage.iter().map(rss_mb).fold(0.0, f64::max);
     let fd_bound = (node_nofile as f64 * BOUND_FD_SHARE) as u64;
     let pass_writes = wf.1 == 0 && wa.1 == 0 && wf.0 > 0;
     let pass_health = hf.iter().all(|h| h.1 == 0 && h.0 > 0);
+    let pass_phone = pf.1 == 0 && pf.0 > 0;
     let pass_rss = peak_rss < BOUND_RSS_MB;
     let pass_fds = flood_usage.iter().all(|u| u.peak_fds < fd_bound)
         && nofile.iter().all(|l| *l == Some(node_nofile));
-    let pass = pass_writes && pass_health && pass_rss && pass_fds;
+    let pass = pass_writes && pass_health && pass_phone && pass_rss && pass_fds;
     let role = |k: usize| if k == 0 { "master" } else { "standby" };
 
     if json_mode {
@@ -650,6 +688,7 @@ pub async fn run(
             serde_json::to_string_pretty(&json!({
                 "slow_connections_per_port": n, "per_source": args.slow_per_source,
                 "writes": {"baseline": w(wb), "flood": w(wf), "after": w(wa)},
+                "sip_phone": {"baseline": w(pb), "flood": w(pf)},
                 "nodes": nodes, "ports": ports, "term": term_changes,
                 "bounds": {"rss_mb": BOUND_RSS_MB, "health_ms": BOUND_HEALTH.as_millis() as u64, "fds": fd_bound},
                 "pass": pass,
@@ -687,6 +726,12 @@ pub async fn run(
             ));
         }
     }
+    for (name, h) in [("baseline", pb), ("flood", pf)] {
+        say(format!(
+            "  SIP/TCP phone OPTIONS (master) {name:<9} {:>4} ok {:>4} failed   p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>8.2} ms",
+            h.0, h.1, h.2, h.3, h.4
+        ));
+    }
     for t in &targets {
         let c = &t.counts;
         say(format!(
@@ -714,10 +759,11 @@ pub async fn run(
         ));
     }
     say(format!(
-        "  bound: 0 failed writes during and after the flood [{}], every /health 200 within {} ms on both nodes [{}], peak RSS < {BOUND_RSS_MB} MB [{}], open fds < {fd_bound} under nofile {node_nofile} [{}]",
+        "  bound: 0 failed writes during and after the flood [{}], every /health 200 within {} ms on both nodes [{}], every phone OPTIONS answered within that time [{}], peak RSS < {BOUND_RSS_MB} MB [{}], open fds < {fd_bound} under nofile {node_nofile} [{}]",
         verdict(pass_writes),
         BOUND_HEALTH.as_millis(),
         verdict(pass_health),
+        verdict(pass_phone),
         verdict(pass_rss),
         verdict(pass_fds)
     ));
