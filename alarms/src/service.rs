@@ -33,6 +33,7 @@ use super::smtp::{Mailer, RetryPolicy, SmtpSettings};
 use super::sources::{Observer, Snapshot};
 use tandem_api as api;
 
+use tandem_failover::controller::Role;
 use tandem_failover::state::RoleState;
 
 /// Most entries kept in the history.
@@ -172,8 +173,8 @@ impl AlarmService {
         impl std::future::Future<Output = ()> + Send + 'static,
     ) {
         (
-            self.clone().drive(replica.clone(), roles),
-            self.clone().deliver(replica),
+            self.clone().drive(replica.clone(), roles.clone()),
+            self.clone().deliver(replica, roles),
         )
     }
 
@@ -527,7 +528,10 @@ impl AlarmService {
                     self.enqueue(&mut st, out, is_master);
                 }
             }
-            self.sync_outbox(&replica, is_master).await;
+            // Mails are taken from the replicated outbox only by the lease-holding
+            // master (a restarted node may be Raft leader for a moment without it).
+            self.sync_outbox(&replica, lease_master(&replica, &roles))
+                .await;
         }
     }
 
@@ -634,7 +638,36 @@ impl AlarmService {
         }
     }
 
-    async fn deliver(self: Arc<Self>, replica: Arc<Replica>) {
+    /// Before a mail of the replicated outbox goes out: is this node still the
+    /// lease-holding master, and is the mail still queued? The read-index barrier
+    /// brings this node's state up to the cluster's commit index first, so a copy
+    /// of the outbox older than the node's last absence (mails another master sent
+    /// and deleted meanwhile) is never taken for the current one.
+    async fn still_queued(&self, replica: &Replica, roles: &RoleState, job: &Outgoing) -> Claim {
+        if !lease_master(replica, roles) {
+            return Claim::NotMaster;
+        }
+        if let Err(e) = replica.linearizable_barrier(Duration::from_secs(3)).await {
+            return Claim::Unknown(e.to_string());
+        }
+        if !lease_master(replica, roles) {
+            return Claim::NotMaster;
+        }
+        let tree = replica.tree();
+        let queued = job.covers.iter().any(|mid| {
+            query::config_get(&tree, &queue_key(mid))
+                .ok()
+                .flatten()
+                .is_some()
+        });
+        if queued {
+            Claim::Send
+        } else {
+            Claim::Delivered
+        }
+    }
+
+    async fn deliver(self: Arc<Self>, replica: Arc<Replica>, roles: Arc<RoleState>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
@@ -653,9 +686,39 @@ impl AlarmService {
                 }
                 (job, st.entries.clone())
             };
-            let Some(job) = job else {
+            let Some(mut job) = job else {
                 continue;
             };
+            if job.replicated {
+                match self.still_queued(&replica, &roles, &job).await {
+                    Claim::Send => {}
+                    Claim::Delivered => {
+                        tracing::info!(message_id = %job.mail.message_id, "alarm mail not sent: no longer in the replicated outbox (another master sent it)");
+                        let mut st = self.lock();
+                        let now = wall_ms();
+                        for mid in &job.covers {
+                            st.in_flight.remove(mid);
+                            st.done.insert(mid.clone(), now);
+                        }
+                        continue;
+                    }
+                    other => {
+                        if let Claim::Unknown(e) = &other {
+                            tracing::debug!(error = %e, message_id = %job.mail.message_id, "alarm mail held: cannot confirm it is still queued");
+                        }
+                        // Back to the queue; a node that is not master drops its
+                        // copies of replicated mails (sync_outbox), the master's own
+                        // copy is tried again in a second.
+                        let mut st = self.lock();
+                        for mid in &job.covers {
+                            st.in_flight.remove(mid);
+                        }
+                        job.next_try_ms = wall_ms() + 1000;
+                        st.outbox.push(job);
+                        continue;
+                    }
+                }
+            }
             let result = match SmtpSettings::from_entries(&entries) {
                 Ok(settings) => match Mailer::new(settings) {
                     Ok(m) => m.send(&job.mail, &job.to).await,
@@ -721,6 +784,24 @@ impl AlarmService {
             self.enqueue(&mut st, out, is_master);
         }
     }
+}
+
+/// Whether this node may send the mails of the replicated outbox: it is the Raft
+/// leader and the role controller holds the master role (with its lease).
+fn lease_master(replica: &Replica, roles: &RoleState) -> bool {
+    replica.is_leader() && roles.role() == Role::Master
+}
+
+/// What [`AlarmService::still_queued`] found.
+enum Claim {
+    /// Still queued and this node is the master: send it.
+    Send,
+    /// Gone from the replicated outbox: sent by another master.
+    Delivered,
+    /// This node is not the lease-holding master (any more).
+    NotMaster,
+    /// The barrier failed (no quorum): try again later.
+    Unknown(String),
 }
 
 /// `alarm.retry_first_s` / `alarm.retry_max_s` over the defaults (30 s doubling up

@@ -715,6 +715,27 @@ async fn queued_mails_survive_the_masters_death_and_go_out_once() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    // The old master comes back with its stale copy of the outbox (the entries were
+    // deleted while it was down): it must not send them again (issue 15, defect 2).
+    cluster.start(m).unwrap();
+    cluster
+        .wait_health(m, Duration::from_secs(20))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let mails = smtp.mails();
+    let mut count: std::collections::HashMap<String, usize> = Default::default();
+    for mail in &mails {
+        *count
+            .entry(header(mail, "Message-ID").unwrap())
+            .or_default() += 1;
+    }
+    for (id, n) in &count {
+        assert_eq!(
+            *n, 1,
+            "{id} delivered {n} times after {old_master} restarted: {mails:#?}"
+        );
+    }
 }
 
 /// A node that goes down and up again and again is reported as flapping once, not
