@@ -306,15 +306,14 @@ fn spawn_connection(
     });
     let limits = tcp.limits.clone();
     tokio::spawn(async move {
-        let _slot = slot;
         let peer = Peer {
             addr,
             transport: Transport::Tcp,
         };
         let mut buf: Vec<u8> = Vec::with_capacity(8192);
         let mut chunk = vec![0u8; 16384];
-        let mut clock = ReadClock::new(_slot.is_some(), Instant::now());
-        let evict = _slot.as_ref().map(|s| s.evict.clone());
+        let mut clock = ReadClock::new(slot.is_some(), Instant::now());
+        let evict = slot.as_ref().map(|s| s.evict.clone());
         'conn: loop {
             let deadline = clock.deadline(!buf.is_empty(), &limits);
             let evicted = async {
@@ -368,7 +367,7 @@ fn spawn_connection(
                 }
             }
             if completed && clock.first_pending {
-                if let Some(s) = &_slot {
+                if let Some(s) = &slot {
                     s.settled();
                 }
             }

@@ -92,12 +92,11 @@ fn csv_stream_on(
     q: CdrQuery,
     limit: Option<usize>,
 ) -> Result<impl futures::Stream<Item = std::io::Result<Bytes>>, ApiError> {
-    let max = MAX_EXPORTS;
     let busy = || {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
-                "{max} CSV exports are running on this node, its limit: retry when \
+                "{MAX_EXPORTS} CSV exports are running on this node, its limit: retry when \
                  one ends, or export from another node"
             ),
         )
